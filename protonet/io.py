@@ -1,0 +1,157 @@
+"""Caffe's file formats: prototxt (text) and binary protobuf files.
+
+Nets and solvers are upgraded from old formats on load, as Caffe does.
+Binary writes are atomic (temporary file + rename), so an interrupted
+snapshot never leaves a torn file where a good one was.
+"""
+import os
+import tempfile
+
+import numpy as np
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from .proto import caffe_pb2
+
+
+class FormatError(ValueError):
+    """A file could not be read as the expected Caffe message."""
+
+
+def _read(path, mode):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FormatError("%s: no such file" % path) from None
+    except IsADirectoryError:
+        raise FormatError("%s: is a directory, expected a file" % path) from None
+
+
+def parse_text(text, message, source="<string>"):
+    """Parse protobuf text format into ``message``; errors name source:line:col."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        line, col = exc.GetLine(), exc.GetColumn()
+        detail = str(exc)
+        # protobuf prefixes "line:col : "; we put the file in front instead.
+        if line is not None and detail.startswith("%s:%s" % (line, col)):
+            detail = detail.split(":", 2)[-1].strip(" :")
+        where = "%s:%s:%s" % (source, line, col) if line is not None else source
+        raise FormatError("%s: cannot parse as %s: %s"
+                          % (where, message.DESCRIPTOR.name, detail)) from None
+    return message
+
+
+def read_text(path, message):
+    return parse_text(_read(path, "r"), message, source=str(path))
+
+
+def read_binary(path, message):
+    data = _read(path, "rb")
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        raise FormatError("%s: not a binary %s (%s)" % (path, message.DESCRIPTOR.name, exc)) from None
+    return message
+
+
+def write_binary(path, message):
+    """Serialize ``message`` to ``path`` atomically."""
+    write_bytes_atomic(path, message.SerializeToString())
+
+
+def write_bytes_atomic(path, payload):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_text(path, message):
+    write_bytes_atomic(path, text_format.MessageToString(message).encode())
+
+
+# -- nets and solvers ------------------------------------------------------
+
+def _upgrade_net(param, source):
+    from .upgrade import upgrade_net
+    upgrade_net(param, source=str(source))
+    return param
+
+
+def read_net(path):
+    """A NetParameter from a prototxt, upgraded to the current format."""
+    return _upgrade_net(read_text(path, caffe_pb2.NetParameter()), path)
+
+
+def parse_net(text, source="<string>"):
+    return _upgrade_net(parse_text(text, caffe_pb2.NetParameter(), source), source)
+
+
+def read_net_binary(path):
+    """A NetParameter from a .caffemodel (V1/V0 models are upgraded)."""
+    return _upgrade_net(read_binary(path, caffe_pb2.NetParameter()), path)
+
+
+def read_solver(path):
+    from .upgrade import upgrade_solver
+    param = read_text(path, caffe_pb2.SolverParameter())
+    upgrade_solver(param, source=str(path))
+    return param
+
+
+# -- blobs -----------------------------------------------------------------
+
+def blob_shape(proto):
+    """Shape of a BlobProto: ``shape.dim``, else the legacy 4-d num/channels/height/width."""
+    if proto.HasField("num") or proto.HasField("channels") or proto.HasField("height") \
+            or proto.HasField("width"):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(int(d) for d in proto.shape.dim)
+
+
+def blobproto_to_array(proto, return_diff=False):
+    shape = blob_shape(proto)
+    if return_diff:
+        values = proto.double_diff if len(proto.double_diff) else proto.diff
+    else:
+        values = proto.double_data if len(proto.double_data) else proto.data
+    arr = np.asarray(values, dtype=np.float64 if (len(proto.double_data) and not return_diff)
+                     else np.float32)
+    count = int(np.prod(shape)) if shape else 1
+    if arr.size != count:
+        raise FormatError("BlobProto holds %d values but its shape %s needs %d"
+                          % (arr.size, shape, count))
+    return arr.reshape(shape)
+
+
+def array_to_blobproto(arr, diff=None):
+    proto = caffe_pb2.BlobProto()
+    arr = np.asarray(arr)
+    proto.shape.dim.extend(int(d) for d in arr.shape)
+    proto.data.extend(arr.astype(np.float32).ravel().tolist())
+    if diff is not None:
+        proto.diff.extend(np.asarray(diff, np.float32).ravel().tolist())
+    return proto
+
+
+def read_blobproto(path):
+    """A .binaryproto file (e.g. a mean file) as a float32 array."""
+    return blobproto_to_array(read_binary(path, caffe_pb2.BlobProto())).astype(np.float32)
+
+
+def write_blobproto(path, arr):
+    write_binary(path, array_to_blobproto(arr))

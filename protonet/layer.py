@@ -1,0 +1,138 @@
+"""Layer base class and the registry keyed by Caffe's type strings.
+
+Built-in layers and Python plugins share one interface, pycaffe's:
+``setup(bottom, top)``, ``reshape(bottom, top)``, ``forward(bottom, top)``,
+``backward(top, propagate_down, bottom)``; ``bottom``/``top`` are lists of
+:class:`~protonet.blob.Blob`. As in Caffe, ``backward`` overwrites bottom
+diffs and *accumulates* into parameter diffs (the solver clears them once per
+iteration).
+"""
+import numpy as np
+
+from . import backend
+from .blob import Blob
+
+TRAIN = 0
+TEST = 1
+
+_REGISTRY = {}
+
+
+class LayerError(ValueError):
+    """A layer was configured wrongly; the message names the layer."""
+
+
+def register(*type_names):
+    """Class decorator: register a layer under its Caffe type name(s)."""
+    def deco(cls):
+        for name in type_names:
+            if name in _REGISTRY and _REGISTRY[name] is not cls:
+                raise RuntimeError("layer type %r registered twice" % name)
+            _REGISTRY[name] = cls
+        cls.type = type_names[0]
+        return cls
+    return deco
+
+
+def known_types():
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def layer_class(type_name):
+    _load_builtins()
+    return _REGISTRY.get(type_name)
+
+
+def _load_builtins():
+    from . import layers  # noqa: F401  (importing registers every built-in)
+
+
+class Layer:
+    """Base of every layer.
+
+    Subclasses set the arity attributes (None = unchecked) and override the
+    four methods. ``self.layer_param`` is the LayerParameter message,
+    ``self.blobs`` the learnable parameter blobs, ``self.phase`` TRAIN/TEST.
+    """
+
+    type = None
+    exact_num_bottom = None
+    min_bottom = None
+    max_bottom = None
+    exact_num_top = None
+    min_top = None
+    max_top = None
+    equal_num_bottom_top = False
+    # True for *Loss layers: top 0 gets loss_weight 1 unless the prototxt says otherwise.
+    is_loss = False
+
+    def __init__(self, layer_param, phase=TRAIN, dtype=np.float32, xp=None):
+        self.layer_param = layer_param
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.xp = xp if xp is not None else backend.xp()
+        self.blobs = []
+        self.param_propagate_down = []
+        self.loss_weights = []
+
+    @property
+    def name(self):
+        return self.layer_param.name
+
+    # -- the four calls ------------------------------------------------
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError("layer type %s has no reshape" % self.type)
+
+    def forward(self, bottom, top):
+        raise NotImplementedError("layer type %s has no forward" % self.type)
+
+    def backward(self, top, propagate_down, bottom):
+        # Layers without a gradient (data, Accuracy, ArgMax...) say so only if asked for one.
+        if any(propagate_down):
+            raise LayerError("layer '%s' (type %s) has no backward" % (self.name, self.type))
+
+    def allow_force_backward(self, bottom_index):
+        """Whether force_backward may ask for this bottom's gradient."""
+        return True
+
+    # -- helpers for subclasses ----------------------------------------
+    def new_blob(self, shape=()):
+        return Blob(shape, dtype=self.dtype, xp=self.xp)
+
+    def error(self, message):
+        return LayerError("layer '%s' (type %s): %s" % (self.name, self.type, message))
+
+    def check_arity(self, nbottom, ntop):
+        def bad(what, expected, got):
+            return self.error("expects %s %s blob(s), got %d" % (expected, what, got))
+        if self.exact_num_bottom is not None and nbottom != self.exact_num_bottom:
+            raise bad("bottom", "exactly %d" % self.exact_num_bottom, nbottom)
+        if self.min_bottom is not None and nbottom < self.min_bottom:
+            raise bad("bottom", "at least %d" % self.min_bottom, nbottom)
+        if self.max_bottom is not None and nbottom > self.max_bottom:
+            raise bad("bottom", "at most %d" % self.max_bottom, nbottom)
+        if self.exact_num_top is not None and ntop != self.exact_num_top:
+            raise bad("top", "exactly %d" % self.exact_num_top, ntop)
+        if self.min_top is not None and ntop < self.min_top:
+            raise bad("top", "at least %d" % self.min_top, ntop)
+        if self.max_top is not None and ntop > self.max_top:
+            raise bad("top", "at most %d" % self.max_top, ntop)
+        if self.equal_num_bottom_top and nbottom != ntop:
+            raise self.error("needs as many tops as bottoms, got %d bottoms and %d tops" % (nbottom, ntop))
+
+    def param_needs_grad(self, i):
+        return i < len(self.param_propagate_down) and self.param_propagate_down[i]
+
+
+def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None):
+    """Instantiate the registered class for ``layer_param.type``."""
+    cls = layer_class(layer_param.type)
+    if cls is None:
+        raise LayerError(
+            "layer '%s': unknown layer type '%s'. Known types: %s"
+            % (layer_param.name, layer_param.type, ", ".join(known_types())))
+    return cls(layer_param, phase=phase, dtype=dtype, xp=xp)

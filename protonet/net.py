@@ -1,0 +1,506 @@
+"""Net: a graph of layers built from a NetParameter, run forward and backward.
+
+Construction follows Caffe: upgrade -> NetState filter -> automatic splits ->
+layers created from the registry, bottoms resolved, tops created (or reused
+in place), ``setup`` + ``reshape``, loss weights, parameters (sharing by
+``param { name }``), then which layers and blobs need backward.
+"""
+import collections
+import os
+import re
+
+import numpy as np
+
+from . import backend
+from .blob import Blob
+from .io import (FormatError, blob_shape, blobproto_to_array, parse_net, read_net,
+                 read_net_binary, write_bytes_atomic)
+from .layer import TRAIN, TEST, LayerError, create_layer
+from .netstate import filter_net
+from .proto import caffe_pb2
+from .splits import insert_splits
+
+
+class NetError(ValueError):
+    """The net description is inconsistent; the message says where."""
+
+
+_PHASES = {TRAIN: TRAIN, TEST: TEST, "TRAIN": TRAIN, "TEST": TEST, "train": TRAIN, "test": TEST}
+
+
+def _phase(value):
+    if value not in _PHASES:
+        raise ValueError("phase must be TRAIN (0) or TEST (1), got %r" % (value,))
+    return _PHASES[value]
+
+
+def layer_lines(text):
+    """Map layer name -> line number of its ``name:`` inside a top-level layer block."""
+    lines = {}
+    depth = 0
+    name_re = re.compile(r'^\s*name\s*:?\s*"((?:[^"\\]|\\.)*)"')
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0]
+        if depth == 1:
+            m = name_re.match(line)
+            if m and m.group(1) not in lines:
+                lines[m.group(1)] = lineno
+        # Strings never hold braces in practice for layer blocks; count them plainly.
+        depth += line.count("{") - line.count("}")
+    return lines
+
+
+class Net:
+    """A Caffe network.
+
+    Forms (as pycaffe): ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)``,
+    ``Net(prototxt, phase, weights=..., stages=[...], level=0)``; ``prototxt`` may
+    also be a NetParameter message, whose own ``state`` is then used as given
+    when ``phase`` is None.
+    """
+
+    def __init__(self, network, *args, weights=None, phase=None, level=None, stages=None,
+                 dtype=np.float32):
+        args = list(args)
+        if args and isinstance(args[0], (str, os.PathLike)) and not isinstance(args[0], bool):
+            if weights is not None:
+                raise TypeError("weights given twice")
+            weights = args.pop(0)
+        if args:
+            if phase is not None:
+                raise TypeError("phase given twice")
+            phase = args.pop(0)
+        if args:
+            raise TypeError("unexpected positional arguments %r" % (args,))
+
+        if isinstance(network, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(network)
+            self.source = "<NetParameter %s>" % (param.name or "unnamed")
+            self._lines = {}
+            from .upgrade import upgrade_net
+            upgrade_net(param, source=self.source)
+        else:
+            self.source = os.fspath(network)
+            param = read_net(self.source)
+            try:
+                with open(self.source) as f:
+                    self._lines = layer_lines(f.read())
+            except OSError:
+                self._lines = {}
+        if phase is not None:
+            param.state.phase = _phase(phase)
+        elif not isinstance(network, caffe_pb2.NetParameter):
+            raise TypeError("Net(prototxt, ...) needs a phase (TRAIN or TEST)")
+        if stages:
+            param.state.stage.extend(stages)
+        if level is not None or not isinstance(network, caffe_pb2.NetParameter):
+            # Caffe's file constructor always sets the level (default 0).
+            param.state.level = int(level or 0)
+        self.dtype = np.dtype(dtype)
+        self.xp = backend.xp()
+        self._init(param)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------ build
+    def _where(self, layer_name):
+        line = self._lines.get(layer_name)
+        return " at %s:%d" % (self.source, line) if line else " in %s" % self.source
+
+    def _init(self, in_param):
+        self.phase = in_param.state.phase
+        self.name = in_param.name
+        self.force_backward = in_param.force_backward
+        try:
+            filtered = filter_net(in_param)
+            param = insert_splits(filtered, locate=self._where)
+        except ValueError as exc:
+            raise NetError(str(exc)) from None
+        self.param = param
+        self.layers = []
+        self.layer_names = []
+        self.blobs = collections.OrderedDict()
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_names, self.top_names = [], []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        blob_need_backward = {}
+        available = {}                      # blob name -> Blob, not yet consumed
+        self.inputs = []
+        # parameters
+        self._all_params = []               # (layer index, param index, blob)
+        self._param_owner = []              # index into _all_params or -1
+        self._param_names = {}
+        self.learnable_params = []          # unique blobs the solver updates
+        self.params_lr = []
+        self.params_weight_decay = []
+        self._has_lr, self._has_decay = [], []
+        self._learnable_index = []          # per _all_params entry
+        self.param_display_names = []
+
+        for lp in param.layer:
+            where = self._where(lp.name)
+            if lp.name in self.layer_names and lp.name:
+                raise NetError("duplicate layer name '%s'%s" % (lp.name, where))
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise NetError("layer '%s'%s: propagate_down must be given once per bottom (%d), "
+                               "got %d" % (lp.name, where, len(lp.bottom), len(lp.propagate_down)))
+            try:
+                layer = create_layer(lp, phase=self.phase, dtype=self.dtype, xp=self.xp)
+            except LayerError as exc:
+                raise NetError("%s%s" % (exc, where)) from None
+            li = len(self.layers)
+            self.layers.append(layer)
+            self.layer_names.append(lp.name)
+            bottoms, bnames, bneed = [], [], []
+            need_backward = False
+            for j, bname in enumerate(lp.bottom):
+                if bname not in available:
+                    known = self.blobs.keys()
+                    hint = ("it was consumed by an earlier layer" if bname in known
+                            else "no earlier layer produces it")
+                    raise NetError("Unknown bottom blob '%s' (layer '%s', bottom %d)%s: %s"
+                                   % (bname, lp.name, j, where, hint))
+                blob = available.pop(bname)
+                bottoms.append(blob)
+                bnames.append(bname)
+                nb = blob_need_backward[bname]
+                if lp.propagate_down:
+                    nb = bool(lp.propagate_down[j])
+                bneed.append(nb)
+                need_backward |= blob_need_backward[bname]
+            tops, tnames = [], []
+            for j, tname in enumerate(lp.top):
+                if j < len(lp.bottom) and tname == lp.bottom[j]:
+                    blob = bottoms[j]         # in place: the same blob
+                elif tname in lp.bottom:
+                    blob = bottoms[list(lp.bottom).index(tname)]
+                else:
+                    if tname in self.blobs:
+                        raise NetError("Top blob '%s' produced by multiple sources (layer '%s')%s"
+                                       % (tname, lp.name, where))
+                    blob = Blob((), dtype=self.dtype, xp=self.xp)
+                    self.blobs[tname] = blob
+                    blob_need_backward[tname] = False
+                tops.append(blob)
+                tnames.append(tname)
+                available[tname] = blob
+                if lp.type == "Input":
+                    self.inputs.append(tname)
+            try:
+                layer.check_arity(len(bottoms), len(tops))
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+                self._set_loss_weights(layer, tops)
+                if len(lp.blobs):
+                    self._load_layer_blobs(layer, lp.blobs, "the prototxt")
+            except (LayerError, ValueError) as exc:
+                raise NetError("%s%s" % (exc, where)) from None
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names.append(bnames)
+            self.top_names.append(tnames)
+            self.bottom_need_backward.append(bneed)
+
+            specs = layer.layer_param.param   # a layer may add specs (BatchNorm fixes lr 0)
+            if len(specs) > len(layer.blobs):
+                raise NetError("layer '%s'%s: %d param specs given but the layer has %d parameter blobs"
+                               % (lp.name, where, len(specs), len(layer.blobs)))
+            layer.param_propagate_down = []
+            for pi in range(len(layer.blobs)):
+                spec = specs[pi] if pi < len(specs) else caffe_pb2.ParamSpec()
+                pneed = spec.lr_mult != 0
+                need_backward |= pneed
+                layer.param_propagate_down.append(pneed)
+            for pi in range(len(layer.blobs)):
+                self._append_param(li, pi, specs, where)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for tname in tnames:
+                    blob_need_backward[tname] = True
+
+        self._prune_backward(blob_need_backward)
+        self.blob_need_backward = blob_need_backward
+        self.outputs = sorted(available)
+        self.params = collections.OrderedDict(
+            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers) if layer.blobs)
+
+    def _set_loss_weights(self, layer, tops):
+        weights = list(layer.layer_param.loss_weight)
+        if not weights and layer.is_loss:
+            weights = [1.0] + [0.0] * (len(tops) - 1)
+        if weights and len(weights) != len(tops):
+            raise layer.error("loss_weight must be unspecified or given once per top (%d tops, %d weights)"
+                              % (len(tops), len(weights)))
+        layer.loss_weights = weights or [0.0] * len(tops)
+        for w, top in zip(layer.loss_weights, tops):
+            if w:
+                top.diff[...] = w
+
+    def _append_param(self, li, pi, specs, where):
+        layer = self.layers[li]
+        spec = specs[pi] if pi < len(specs) else caffe_pb2.ParamSpec()
+        pname = spec.name if pi < len(specs) else ""
+        idx = len(self._all_params)
+        blob = layer.blobs[pi]
+        self._all_params.append((li, pi, blob))
+        self.param_display_names.append(pname or str(pi))
+        if not pname or pname not in self._param_names:
+            self._param_owner.append(-1)
+            if pname:
+                self._param_names[pname] = idx
+            self._learnable_index.append(len(self.learnable_params))
+            self.learnable_params.append(blob)
+            self._has_lr.append(spec.HasField("lr_mult"))
+            self._has_decay.append(spec.HasField("decay_mult"))
+            self.params_lr.append(spec.lr_mult)
+            self.params_weight_decay.append(spec.decay_mult)
+            return
+        owner = self._param_names[pname]
+        self._param_owner.append(owner)
+        oli, opi, oblob = self._all_params[owner]
+        owner_name = self.layer_names[oli]
+        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            if oblob.count != blob.count:
+                raise NetError("Cannot share param '%s' owned by layer '%s' with layer '%s'%s; count "
+                               "mismatch: owner shape %s, sharing shape %s"
+                               % (pname, owner_name, layer.name, where, oblob.shape, blob.shape))
+        elif oblob.shape != blob.shape:
+            raise NetError("Cannot share param '%s' owned by layer '%s' with layer '%s'%s; shape "
+                           "mismatch: owner shape %s, sharing shape %s"
+                           % (pname, owner_name, layer.name, where, oblob.shape, blob.shape))
+        lidx = self._learnable_index[owner]
+        self._learnable_index.append(lidx)
+        if oblob.shape == blob.shape:
+            layer.blobs[pi] = oblob          # one blob object: data and diff shared
+        else:
+            blob.share_data(oblob)
+            blob.share_diff(oblob)
+        for has, values, field in ((self._has_lr, self.params_lr, "lr_mult"),
+                                   (self._has_decay, self.params_weight_decay, "decay_mult")):
+            if spec.HasField(field):
+                value = getattr(spec, field)
+                if has[lidx] and values[lidx] != value:
+                    raise NetError("Shared param '%s' has mismatched %s (layer '%s')%s"
+                                   % (pname, field, layer.name, where))
+                has[lidx] = True
+                values[lidx] = value
+
+    def _prune_backward(self, blob_need_backward):
+        under_loss, skip = set(), set()
+        for li in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[li]
+            contributes = False
+            skip_down = True
+            for j, tname in enumerate(self.top_names[li]):
+                if layer.loss_weights[j] or tname in under_loss:
+                    contributes = True
+                if tname not in skip:
+                    skip_down = False
+            if self.layer_need_backward[li] and skip_down:
+                self.layer_need_backward[li] = False
+                self.bottom_need_backward[li] = [False] * len(self.bottom_need_backward[li])
+            if not contributes:
+                self.layer_need_backward[li] = False
+            for j, bname in enumerate(self.bottom_names[li]):
+                if contributes:
+                    under_loss.add(bname)
+                else:
+                    self.bottom_need_backward[li][j] = False
+                if not self.bottom_need_backward[li][j]:
+                    skip.add(bname)
+        if self.force_backward:
+            for li, layer in enumerate(self.layers):
+                self.layer_need_backward[li] = True
+                for j, bname in enumerate(self.bottom_names[li]):
+                    need = self.bottom_need_backward[li][j] or layer.allow_force_backward(j)
+                    self.bottom_need_backward[li][j] = need
+                    blob_need_backward[bname] = blob_need_backward.get(bname, False) or need
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # ------------------------------------------------------------- run
+    def _layer_index(self, name, default):
+        if name is None:
+            return default
+        try:
+            return self.layer_names.index(name)
+        except ValueError:
+            raise KeyError("no layer named '%s' in net %s" % (name, self.name)) from None
+
+    def forward_from_to(self, start=0, end=None):
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for li in range(start, end + 1):
+            layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
+            try:
+                layer.reshape(bottom, top)
+                layer.forward(bottom, top)
+            except LayerError as exc:
+                raise NetError("%s%s" % (exc, self._where(layer.name))) from None
+            for w, t in zip(layer.loss_weights, top):
+                if w:
+                    loss += float((t.data * t.diff).sum())
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for li in range(start, end - 1, -1):
+            if self.layer_need_backward[li]:
+                self.layers[li].backward(self.top_vecs[li], self.bottom_need_backward[li],
+                                         self.bottom_vecs[li])
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Set inputs from ``kwargs`` (reshaping them if needed), run forward.
+
+        Returns {output name: array} for the net outputs (plus ``blobs``).
+        """
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise KeyError("'%s' is not a blob of this net (inputs: %s)" % (name, self.inputs))
+            blob = self.blobs[name]
+            if tuple(np.shape(value)) != blob.shape:
+                blob.reshape(np.shape(value))
+            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
+        si = self._layer_index(start, 0)
+        ei = self._layer_index(end, len(self.layers) - 1)
+        self.last_loss = self.forward_from_to(si, ei)
+        names = list(self.outputs) if end is None else list(self.top_names[ei])
+        names += [b for b in (blobs or []) if b not in names]
+        return {n: self.blobs[n].data for n in names}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
+        for name, value in kwargs.items():
+            self.blobs[name].diff[...] = value
+        si = self._layer_index(start, len(self.layers) - 1)
+        ei = self._layer_index(end, 0)
+        self.backward_from_to(si, ei)
+        names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
+        return {n: self.blobs[n].diff for n in names}
+
+    def forward_backward(self):
+        loss = self.forward_from_to()
+        self.backward_from_to()
+        return loss
+
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.reshape(bottom, top)
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.diff[...] = 0
+
+    # ------------------------------------------------------------ weights
+    def _load_layer_blobs(self, layer, protos, origin):
+        if len(protos) != len(layer.blobs):
+            raise NetError("Incompatible number of blobs for layer '%s' (type %s): %s has %d, "
+                           "the layer has %d" % (layer.name, layer.type, origin, len(protos),
+                                                 len(layer.blobs)))
+        for j, (proto, blob) in enumerate(zip(protos, layer.blobs)):
+            shape = blob_shape(proto)
+            if not _shape_equals(blob.shape, proto):
+                raise NetError(
+                    "Cannot copy param %d weights from layer '%s' (%s); shape mismatch. Source param "
+                    "shape is %s; target param shape is %s. To learn this layer's parameters from "
+                    "scratch rather than copying from a saved net, rename the layer."
+                    % (j, layer.name, origin, "x".join(map(str, shape)) or "(scalar)",
+                       "x".join(map(str, blob.shape)) or "(scalar)"))
+            values = blobproto_to_array(proto).reshape(blob.shape)
+            blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
+
+    def copy_from(self, source):
+        """Copy parameters by layer name from a .caffemodel path or a NetParameter.
+
+        Layers absent from this net are ignored (as Caffe does, for fine-tuning).
+        """
+        if isinstance(source, caffe_pb2.NetParameter):
+            param, origin = source, "the given NetParameter"
+        else:
+            path = os.fspath(source)
+            if path.endswith(".h5"):
+                raise FormatError("%s: HDF5 weights are not supported; use a .caffemodel" % path)
+            param, origin = read_net_binary(path), path
+        index = {name: i for i, name in enumerate(self.layer_names)}
+        for lp in param.layer:
+            li = index.get(lp.name)
+            if li is None or not len(lp.blobs) and not self.layers[li].blobs:
+                continue
+            self._load_layer_blobs(self.layers[li], lp.blobs, origin)
+
+    def share_with(self, other):
+        """Make this net's parameters views of ``other``'s, by layer name."""
+        index = {name: i for i, name in enumerate(other.layer_names)}
+        for name, layer in zip(self.layer_names, self.layers):
+            oi = index.get(name)
+            if oi is None:
+                continue
+            src = other.layers[oi].blobs
+            if len(src) != len(layer.blobs):
+                raise NetError("Incompatible number of blobs for layer '%s'" % name)
+            for j, (b, s) in enumerate(zip(layer.blobs, src)):
+                if b.shape != s.shape:
+                    raise NetError("Cannot share param %d of layer '%s'; shape mismatch: %s vs %s"
+                                   % (j, name, s.shape, b.shape))
+                layer.blobs[j] = s
+        self.params = collections.OrderedDict(
+            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers) if layer.blobs)
+
+    def to_proto_bytes(self, write_diff=False):
+        """The net (layers with their blobs) serialized as a NetParameter."""
+        head = caffe_pb2.NetParameter()
+        head.name = self.name
+        out = [head.SerializeToString()]
+        for layer in self.layers:
+            lp = caffe_pb2.LayerParameter()
+            lp.CopyFrom(layer.layer_param)
+            del lp.blobs[:]
+            payload = lp.SerializeToString() + b"".join(
+                _field(7, _blob_bytes(b, write_diff)) for b in layer.blobs)
+            out.append(_field(100, payload))
+        return b"".join(out)
+
+    def save(self, path, write_diff=False):
+        """Write a .caffemodel (binary NetParameter) that Caffe can load."""
+        write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _shape_equals(shape, proto):
+    if proto.HasField("num") or proto.HasField("channels") or proto.HasField("height") \
+            or proto.HasField("width"):
+        if len(shape) > 4:
+            return False
+        legacy = (1,) * (4 - len(shape)) + tuple(shape)
+        return legacy == (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(shape) == tuple(proto.shape.dim)
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field: tag, length, bytes."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _blob_bytes(blob, write_diff=False):
+    # BlobProto: shape = 7 (BlobShape, dim = 1 packed int64), data = 5, diff = 6 (packed floats).
+    shape = caffe_pb2.BlobShape()
+    shape.dim.extend(blob.shape)
+    out = _field(7, shape.SerializeToString())
+    data = np.ascontiguousarray(backend.to_host(blob.data), dtype="<f4").tobytes()
+    out += _field(5, data)
+    if write_diff:
+        diff = np.ascontiguousarray(backend.to_host(blob.diff), dtype="<f4").tobytes()
+        out += _field(6, diff)
+    return out

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="protonet",
+    version="0.1.0",
+    description="Caffe, reborn as a Python package: prototxt/caffemodel/LMDB assets on NumPy or CuPy",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["protonet", "protonet.*", "caffe", "caffe.*"]),
+    package_data={"protonet": ["../proto/caffe.proto"]},
+    install_requires=[
+        "numpy>=1.22",
+        # the committed caffe_pb2 is generated code that checks the runtime version
+        "protobuf>=7.35.1",
+        "scipy",
+        "lmdb",
+        "pydicom",
+        "Pillow",
+    ],
+    extras_require={
+        "gpu": ["cupy"],
+        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
+)

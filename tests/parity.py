@@ -1,0 +1,135 @@
+"""Drive real-Caffe reference cases from ../shared/parity through protonet's Net."""
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+import protonet
+from protonet.io import read_net
+from protonet.proto import caffe_pb2
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PARITY = SHARED / "parity"
+
+
+def cases(kind):
+    with open(PARITY / "cases.json") as f:
+        return json.load(f)[kind]
+
+
+@contextlib.contextmanager
+def cwd(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def load_case(kind, name):
+    folder = PARITY / kind / name
+    with open(folder / "meta.json") as f:
+        meta = json.load(f)
+    io = dict(np.load(folder / "io.npz")) if (folder / "io.npz").exists() else {}
+    return folder, meta, io
+
+
+def build_net(folder, meta):
+    """The case's net in its NetState (stages are already in the file's state)."""
+    phase = protonet.TRAIN if meta.get("phase", "TRAIN") == "TRAIN" else protonet.TEST
+    weights = folder / meta["weights"] if meta.get("weights") else None
+    with cwd(folder):
+        net = protonet.Net(str(folder / "net.prototxt"), phase, level=meta.get("level", 0))
+        if weights is not None:
+            net.copy_from(str(weights))
+    return net
+
+
+def set_params(net, io):
+    for key, value in io.items():
+        if key.startswith("param/"):
+            _, layer, i = key.split("/")
+            net.params[layer][int(i)].data[...] = value
+
+
+def check(actual, expected, tol, key):
+    rtol, atol = tol
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=atol,
+                               err_msg="parity key %s" % key)
+
+
+def run_layer_case(name):
+    """Forward, then (if meta says so) backward of a layers/<name> case; asserts every key."""
+    folder, meta, io = load_case("layers", name)
+    with cwd(folder):
+        net = build_net(folder, meta)
+        set_params(net, io)
+        inputs = {k[3:]: v for k, v in io.items() if k.startswith("in/")}
+        for k, v in inputs.items():
+            net.blobs[k].reshape(v.shape)
+            net.blobs[k].data[...] = v
+        net.forward_from_to()
+        tol = meta["tolerance"]
+        checked = 0
+        for key, expected in io.items():
+            if key.startswith("out/"):
+                check(net.blobs[key[4:]].data, expected, tol[key], key)
+                checked += 1
+            elif key.startswith("param_after_forward/"):
+                _, layer, i = key.split("/")
+                check(net.params[layer][int(i)].data, expected, tol[key], key)
+                checked += 1
+        if meta.get("backward"):
+            for key, value in io.items():
+                if key.startswith("top_diff/"):
+                    net.blobs[key[9:]].diff[...] = value
+            for blob in net.learnable_params:
+                blob.diff[...] = 0
+            net.backward_from_to()
+            for key, expected in io.items():
+                if key.startswith("in_diff/"):
+                    check(net.blobs[key[8:]].diff, expected, tol[key], key)
+                    checked += 1
+                elif key.startswith("param_diff/"):
+                    _, layer, i = key.split("/")
+                    check(net.params[layer][int(i)].diff, expected, tol[key], key)
+                    checked += 1
+    assert checked > 0
+    return net
+
+
+def run_net_case(name):
+    folder, meta, io = load_case("nets", name)
+    with cwd(folder):
+        net = build_net(folder, meta)
+        assert [(n, l.type) for n, l in zip(net.layer_names, net.layers)] == \
+            [(l["name"], l["type"]) for l in meta["layers"]]
+        assert list(net.blobs) == meta["blobs"]
+        set_params(net, io)
+        for key, v in io.items():
+            if key.startswith("in/"):
+                net.blobs[key[3:]].reshape(v.shape)
+                net.blobs[key[3:]].data[...] = v
+        net.forward_from_to()
+        tol = meta.get("tolerance", {})
+        for key, expected in io.items():
+            if key.startswith("blob/"):
+                check(net.blobs[key[5:]].data, expected, tol[key], key)
+        if meta.get("backward"):
+            net.clear_param_diffs()
+            net.backward_from_to()
+            tie = set(meta.get("tie_sensitive", []))
+            for key, expected in io.items():
+                if key.startswith("blob_diff/") and key[10:] not in tie:
+                    check(net.blobs[key[10:]].diff, expected, tol[key], key)
+                elif key.startswith("blob_diff_chsum/"):
+                    d = np.asarray(net.blobs[key[16:]].diff)
+                    axes = tuple(a for a in range(d.ndim) if a != 1)
+                    check(d.sum(axis=axes), expected, tol[key], key)
+                elif key.startswith("param_diff/"):
+                    _, layer, i = key.split("/")
+                    check(net.params[layer][int(i)].diff, expected, tol[key], key)
+    return net, meta

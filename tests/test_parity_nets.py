@@ -1,0 +1,10 @@
+"""Whole-net cases of ../shared/parity: layer sets after NetState filtering, every blob's
+data and diff, parameter diffs."""
+import pytest
+
+from parity import cases, run_net_case
+
+
+@pytest.mark.parametrize("name", cases("nets"))
+def test_net_case(name):
+    run_net_case(name)
