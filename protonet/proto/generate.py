@@ -56,10 +56,12 @@ def descriptor_bytes(proto_path=PROTO_PATH, import_path=IMPORT_PATH):
     """Compile `proto_path` and return its serialized FileDescriptorProto.
 
     The descriptor comes from protoc's ``--descriptor_set_out``, not from its
-    Python generator, so it can be compared with
-    ``caffe_pb2.DESCRIPTOR.serialized_pb`` to catch a generated module that no
-    longer matches the schema.  ``json_name`` is cleared from every field
-    because the Python generator drops it from the descriptor it embeds.
+    Python generator, so parsed as a FileDescriptorProto it can be compared
+    with the one embedded in caffe_pb2.py (the ``AddSerializedFile`` literal;
+    under upb ``DESCRIPTOR.serialized_pb`` is rebuilt and differs in how
+    float defaults are spelled) to catch a module that no longer matches the
+    schema.  ``json_name`` is cleared from every field because the Python
+    generator drops it from the descriptor it embeds.
     """
     from google.protobuf import descriptor_pb2
 
