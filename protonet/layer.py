@@ -48,6 +48,18 @@ def _load_builtins():
     from . import layers  # noqa: F401  (importing registers every built-in)
 
 
+class BlobList(list):
+    """A layer's parameter blobs; ``add_blob(*shape)`` as in pycaffe's BlobVec."""
+
+    def __init__(self, layer, items=()):
+        super().__init__(items)
+        self._layer = layer
+
+    def add_blob(self, *shape):
+        self.append(self._layer.new_blob(shape))
+        return self[-1]
+
+
 class Layer:
     """Base of every layer.
 
@@ -72,7 +84,7 @@ class Layer:
         self.phase = phase
         self.dtype = np.dtype(dtype)
         self.xp = xp if xp is not None else backend.xp()
-        self.blobs = []
+        self.blobs = BlobList(self)
         self.param_propagate_down = []
         self.loss_weights = []
 
@@ -128,8 +140,15 @@ class Layer:
         return i < len(self.param_propagate_down) and self.param_propagate_down[i]
 
 
-def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None):
-    """Instantiate the registered class for ``layer_param.type``."""
+def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None, search_dirs=()):
+    """Instantiate the registered class for ``layer_param.type``.
+
+    ``type: "Python"`` instantiates the user's class named by python_param,
+    looked up also in ``search_dirs`` (the prototxt's folder).
+    """
+    if layer_param.type == "Python":
+        from .python_layer import create_python_layer
+        return create_python_layer(layer_param, phase, dtype, xp, search_dirs)
     cls = layer_class(layer_param.type)
     if cls is None:
         raise LayerError(

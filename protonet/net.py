@@ -78,11 +78,13 @@ class Net:
             param.CopyFrom(network)
             self.source = "<NetParameter %s>" % (param.name or "unnamed")
             self._lines = {}
+            self._search_dirs = ()
             from .upgrade import upgrade_net
             upgrade_net(param, source=self.source)
         else:
             self.source = os.fspath(network)
             param = read_net(self.source)
+            self._search_dirs = (os.path.dirname(os.path.abspath(self.source)),)
             try:
                 with open(self.source) as f:
                     self._lines = layer_lines(f.read())
@@ -147,7 +149,8 @@ class Net:
                 raise NetError("layer '%s'%s: propagate_down must be given once per bottom (%d), "
                                "got %d" % (lp.name, where, len(lp.bottom), len(lp.propagate_down)))
             try:
-                layer = create_layer(lp, phase=self.phase, dtype=self.dtype, xp=self.xp)
+                layer = create_layer(lp, phase=self.phase, dtype=self.dtype, xp=self.xp,
+                                     search_dirs=self._search_dirs)
             except LayerError as exc:
                 raise NetError("%s%s" % (exc, where)) from None
             li = len(self.layers)
@@ -196,7 +199,13 @@ class Net:
                 if len(lp.blobs):
                     self._load_layer_blobs(layer, lp.blobs, "the prototxt")
             except (LayerError, ValueError) as exc:
+                if getattr(layer, "plugin_name", None):
+                    raise self._plugin_error(layer, "setup", exc) from exc
                 raise NetError("%s%s" % (exc, where)) from None
+            except Exception as exc:
+                if getattr(layer, "plugin_name", None):
+                    raise self._plugin_error(layer, "setup", exc) from exc
+                raise
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_names.append(bnames)
@@ -336,8 +345,12 @@ class Net:
             try:
                 layer.reshape(bottom, top)
                 layer.forward(bottom, top)
-            except LayerError as exc:
-                raise NetError("%s%s" % (exc, self._where(layer.name))) from None
+            except Exception as exc:
+                if getattr(layer, "plugin_name", None):
+                    raise self._plugin_error(layer, "forward", exc) from exc
+                if isinstance(exc, LayerError):
+                    raise NetError("%s%s" % (exc, self._where(layer.name))) from None
+                raise
             for w, t in zip(layer.loss_weights, top):
                 if w:
                     loss += float((t.data * t.diff).sum())
@@ -347,8 +360,20 @@ class Net:
         start = len(self.layers) - 1 if start is None else start
         for li in range(start, end - 1, -1):
             if self.layer_need_backward[li]:
-                self.layers[li].backward(self.top_vecs[li], self.bottom_need_backward[li],
-                                         self.bottom_vecs[li])
+                layer = self.layers[li]
+                try:
+                    layer.backward(self.top_vecs[li], self.bottom_need_backward[li],
+                                   self.bottom_vecs[li])
+                except Exception as exc:
+                    if getattr(layer, "plugin_name", None):
+                        raise self._plugin_error(layer, "backward", exc) from exc
+                    raise
+
+    def _plugin_error(self, layer, stage, exc):
+        from .python_layer import PythonLayerError
+        return PythonLayerError("Python layer '%s' (%s) failed in %s%s: %s: %s"
+                                % (layer.name, layer.plugin_name, stage, self._where(layer.name),
+                                   type(exc).__name__, exc))
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set inputs from ``kwargs`` (reshaping them if needed), run forward.

@@ -1,0 +1,90 @@
+"""``type: "Python"`` layers: user classes written against pycaffe's ``caffe.Layer``.
+
+As in Caffe, the user's object *is* the layer: it gets ``param_str`` and
+``phase`` before ``setup``, then ``setup``/``reshape``/``forward``/``backward``
+are called like any built-in's. Modules are found on ``sys.path``, in the
+working directory, the prototxt's folder, paths added with
+:func:`add_search_path` (``--python-path``) and the project's ``layers/``.
+"""
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .layer import Layer, LayerError
+
+_extra_paths = []
+
+
+def add_search_path(path):
+    path = os.path.abspath(os.fspath(path))
+    if path not in _extra_paths:
+        _extra_paths.append(path)
+
+
+def shipped_layers_dir():
+    """The top-level ``layers/`` folder of plugins we ship (Dice, DiceLoss)."""
+    return str(Path(__file__).resolve().parents[1] / "layers")
+
+
+class PythonLayerError(LayerError):
+    pass
+
+
+def _search_dirs(extra):
+    dirs = [os.getcwd()] + [os.path.abspath(d) for d in extra] + list(_extra_paths)
+    dirs.append(shipped_layers_dir())
+    out = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def load_class(module_name, class_name, layer_name="?", search_dirs=()):
+    dirs = _search_dirs(search_dirs)
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = added
+    # `import caffe` inside plugins must find protonet's drop-in module.
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.split(".")[0] != exc.name.split(".")[0]:
+                raise   # the plugin itself imports something missing: keep that error
+            raise PythonLayerError(
+                "layer '%s' (type Python): cannot import module '%s'; searched sys.path and %s"
+                % (layer_name, module_name, ", ".join(dirs))) from None
+    finally:
+        for d in added:
+            try:
+                sys.path.remove(d)
+            except ValueError:
+                pass
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise PythonLayerError("layer '%s' (type Python): module '%s' (%s) has no class '%s'"
+                               % (layer_name, module_name, getattr(module, "__file__", "?"),
+                                  class_name))
+    return cls
+
+
+def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_dirs=()):
+    pp = layer_param.python_param
+    if not pp.module or not pp.layer:
+        raise PythonLayerError("layer '%s' (type Python): python_param needs both 'module' and "
+                               "'layer'" % layer_param.name)
+    cls = load_class(pp.module, pp.layer, layer_param.name, search_dirs)
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise PythonLayerError("layer '%s' (type Python): %s.%s must subclass caffe.Layer"
+                               % (layer_param.name, pp.module, pp.layer))
+    obj = cls.__new__(cls)
+    Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=xp)
+    obj.param_str = pp.param_str
+    obj.plugin_name = "%s.%s" % (pp.module, pp.layer)
+    if type(obj).reshape is Layer.reshape:
+        raise PythonLayerError("layer '%s' (type Python): %s defines no reshape()"
+                               % (layer_param.name, obj.plugin_name))
+    return obj
