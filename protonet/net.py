@@ -34,19 +34,21 @@ def _phase(value):
     return _PHASES[value]
 
 
+_TOKEN = re.compile(r'#[^\n]*|name\s*:?\s*"((?:[^"\\]|\\.)*)"|"(?:[^"\\]|\\.)*"|[{}]')
+
+
 def layer_lines(text):
-    """Map layer name -> line number of its ``name:`` inside a top-level layer block."""
+    """Map layer name -> line of its ``name:`` field inside a top-level layer block."""
     lines = {}
     depth = 0
-    name_re = re.compile(r'^\s*name\s*:?\s*"((?:[^"\\]|\\.)*)"')
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0]
-        if depth == 1:
-            m = name_re.match(line)
-            if m and m.group(1) not in lines:
-                lines[m.group(1)] = lineno
-        # Strings never hold braces in practice for layer blocks; count them plainly.
-        depth += line.count("{") - line.count("}")
+    for m in _TOKEN.finditer(text):
+        tok = m.group(0)
+        if tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+        elif m.group(1) is not None and depth == 1 and m.group(1) not in lines:
+            lines[m.group(1)] = text.count("\n", 0, m.start()) + 1
     return lines
 
 

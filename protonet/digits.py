@@ -1,0 +1,167 @@
+"""DIGITS' conventions: dataset folders, sourceless Data layers, stages, epoch-based solvers.
+
+A DIGITS dataset folder holds ``train_db/features``, ``train_db/labels``,
+``val_db/features``, ``val_db/labels`` (LMDB) and optionally ``mean.binaryproto``.
+DIGITS networks leave ``data_param.source`` empty; DIGITS fills it in: tops
+``data``/``label`` bind to features/labels of the phase's split. Stages:
+train = TRAIN + "train", val = TEST + "val", deploy = TEST + "deploy".
+"""
+import math
+import os
+
+from .proto import caffe_pb2
+
+
+class DatasetError(ValueError):
+    pass
+
+
+SPLITS = {caffe_pb2.TRAIN: "train_db", caffe_pb2.TEST: "val_db"}
+KINDS = {"data": "features", "label": "labels"}
+
+
+def db_entries(path):
+    """Number of records in an LMDB folder."""
+    import lmdb
+    if not os.path.isdir(path):
+        raise DatasetError("%s: no such LMDB folder" % path)
+    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        return env.stat()["entries"]
+    finally:
+        env.close()
+
+
+def _layer_phase(layer):
+    for rule in layer.include:
+        if rule.HasField("phase"):
+            return rule.phase
+    return None
+
+
+def bind_dataset(net_param, dataset_dir, batch_size=None, mean_file=None):
+    """A copy of ``net_param`` whose sourceless Data layers read ``dataset_dir``.
+
+    A Data layer with one top binds by its top name (``data`` -> features,
+    ``label`` -> labels); a two-top layer (data, label) binds to features and
+    takes labels from the Datum (classification datasets).
+    """
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net_param)
+    for layer in out.layer:
+        if layer.type != "Data" or layer.data_param.source:
+            continue
+        phase = _layer_phase(layer)
+        if phase is None:
+            raise DatasetError("Data layer '%s' has no include { phase } rule, so it cannot be bound "
+                               "to a split of %s" % (layer.name, dataset_dir))
+        kind = KINDS.get(layer.top[0]) if layer.top else None
+        if kind is None:
+            raise DatasetError("Data layer '%s': top '%s' is neither 'data' nor 'label', the names "
+                               "DIGITS binds" % (layer.name, layer.top[0] if layer.top else ""))
+        source = os.path.join(dataset_dir, SPLITS[phase], kind)
+        if not os.path.isdir(source):
+            raise DatasetError("Data layer '%s' (%s phase) needs %s, which does not exist"
+                               % (layer.name, "TRAIN" if phase == caffe_pb2.TRAIN else "TEST", source))
+        layer.data_param.source = os.path.abspath(source)
+        layer.data_param.backend = caffe_pb2.DataParameter.LMDB
+        if batch_size:
+            layer.data_param.batch_size = int(batch_size)
+        elif not layer.data_param.HasField("batch_size"):
+            layer.data_param.batch_size = 1
+        if mean_file and kind == "features":
+            layer.transform_param.mean_file = os.path.abspath(mean_file)
+    return out
+
+
+def has_val(dataset_dir):
+    return os.path.isdir(os.path.join(dataset_dir, "val_db", "features"))
+
+
+def derive_deploy(net_param, input_shape):
+    """DIGITS' deploy net: TEST + "deploy" filtering, data layers replaced by one input."""
+    from .netstate import filter_net
+    p = caffe_pb2.NetParameter()
+    p.CopyFrom(net_param)
+    p.state.phase = caffe_pb2.TEST
+    del p.state.stage[:]
+    p.state.stage.append("deploy")
+    # Data layers are phase-specific; keep the rest of the filtering by stage only.
+    kept = [l for l in p.layer if l.type not in ("Data", "ImageData", "HDF5Data", "MemoryData")]
+    del p.layer[:]
+    p.layer.extend(kept)
+    filtered = filter_net(p)
+    deploy = caffe_pb2.NetParameter()
+    deploy.name = net_param.name
+    inp = deploy.layer.add(name="data", type="Input")
+    inp.top.append("data")
+    inp.input_param.shape.add().dim.extend(int(d) for d in input_shape)
+    for src in filtered.layer:
+        if "label" in src.bottom:
+            raise DatasetError("layer '%s' reads 'label' but is not excluded from the deploy stage; "
+                               "add exclude { stage: \"deploy\" } to it" % src.name)
+        layer = deploy.layer.add()
+        layer.CopyFrom(src)
+        del layer.include[:]
+        del layer.exclude[:]
+    return deploy
+
+
+def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD", batch_size=1,
+                 val_batch_size=None, snapshot_epochs=1.0, val_epochs=1.0, lr_policy="fixed",
+                 gamma=0.1, stepsize_pct=33.0, power=1.0, random_seed=None,
+                 snapshot_prefix="snapshot", momentum=0.9, weight_decay=0.0005):
+    """The SolverParameter DIGITS would write for this dataset and schedule.
+
+    Epochs become iterations from the number of training records; snapshot and
+    validation intervals are given in epochs; policies' step parameters are
+    percentages of the run as in DIGITS' form.
+    """
+    train_n = db_entries(os.path.join(dataset_dir, "train_db", "features"))
+    if train_n == 0:
+        raise DatasetError("%s: the training database is empty" % dataset_dir)
+    per_epoch = int(math.ceil(train_n / float(batch_size)))
+    s = caffe_pb2.SolverParameter()
+    s.net = train_val_path
+    s.type = solver_type
+    s.base_lr = base_lr
+    s.max_iter = max(1, int(round(per_epoch * epochs)))
+    snap = snapshot_epochs * per_epoch
+    s.snapshot = 1 if 0 < snap <= 1 else (int(snap) if snap < s.max_iter else 0)
+    s.snapshot_prefix = snapshot_prefix
+    s.train_state.stage.append("train")
+    if has_val(dataset_dir) and val_epochs:
+        val_n = db_entries(os.path.join(dataset_dir, "val_db", "features"))
+        vb = val_batch_size or batch_size
+        s.test_iter.append(max(1, int(math.ceil(val_n / float(vb)))))
+        interval = val_epochs * per_epoch
+        s.test_interval = 1 if 0 < interval <= 1 else (int(interval) if interval < s.max_iter
+                                                        else s.max_iter)
+        s.test_state.add().stage.append("val")
+        s.test_initialization = False
+    s.lr_policy = lr_policy
+    scale = s.max_iter / 100.0
+    if lr_policy == "step":
+        s.stepsize = max(1, int(math.ceil(stepsize_pct * scale)))
+        s.gamma = gamma
+    elif lr_policy == "exp":
+        s.gamma = math.pow(gamma, 1.0 / scale)
+    elif lr_policy == "inv":
+        s.gamma = gamma / scale
+        s.power = power
+    elif lr_policy == "poly":
+        s.power = power
+    elif lr_policy != "fixed":
+        raise DatasetError("lr policy '%s' is not one DIGITS offers here (fixed, step, exp, inv, "
+                           "poly)" % lr_policy)
+    if solver_type not in ("AdaGrad",):
+        s.momentum = momentum
+    if solver_type == "Adam":
+        s.momentum2 = 0.999
+    s.weight_decay = weight_decay
+    s.display = max(1, min(int(math.floor(s.max_iter / (epochs * 8.0))) or 1,
+                           int(math.ceil(5000.0 / batch_size))))
+    if random_seed is not None:
+        s.random_seed = int(random_seed)
+    s.solver_mode = caffe_pb2.SolverParameter.CPU
+    return s
