@@ -83,11 +83,12 @@ def run_layer_case(name):
                 check(net.params[layer][int(i)].data, expected, tol[key], key)
                 checked += 1
         if meta.get("backward"):
+            # clear first: a Parameter layer's top diff *is* its param diff
+            for blob in net.learnable_params:
+                blob.diff[...] = 0
             for key, value in io.items():
                 if key.startswith("top_diff/"):
                     net.blobs[key[9:]].diff[...] = value
-            for blob in net.learnable_params:
-                blob.diff[...] = 0
             net.backward_from_to()
             for key, expected in io.items():
                 if key.startswith("in_diff/"):
