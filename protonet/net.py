@@ -406,6 +406,13 @@ class Net:
         names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
         return {n: self.blobs[n].diff for n in names}
 
+    def set_input_arrays(self, data, labels):
+        """Feed the net's first MemoryData layer (pycaffe's Net.set_input_arrays)."""
+        for layer in self.layers:
+            if layer.type == "MemoryData":
+                return layer.set_input_arrays(data, labels)
+        raise NetError("set_input_arrays needs a MemoryData layer; net %s has none" % self.name)
+
     def forward_backward(self):
         loss = self.forward_from_to()
         self.backward_from_to()
