@@ -62,6 +62,12 @@ def write_binary(path, message):
     write_bytes_atomic(path, message.SerializeToString())
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path, payload):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -71,6 +77,8 @@ def write_bytes_atomic(path, payload):
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file owner-only; give it the mode open() would have
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -32,15 +32,17 @@ the DIGITS Sunnybrook data plugin (and the tutorial code it came from) does:
   ``float_data`` 1 x 256 x 256 (``--channels gray``) or 3 x 256 x 256
   (``rgb``: the gray copied to three channels), labels Datum uint8 ``data``
   1 x 256 x 256, both with ``label: 0``, under the same key ``%09d`` (DIGITS'
-  ``create_generic_db`` numbering, from 0 in each DB). Examples are shuffled
-  with ``--seed``; the first ``floor(n * val_pct / 100)`` go to val, as in
-  DIGITS. ``mean.binaryproto`` (also copied to ``train_db/``, where DIGITS
-  writes it) is the mean train feature; DIGITS rounds it to uint8, which
-  wraps 16-bit MR values, so it is kept as float here.
+  ``create_generic_db`` numbering, from 0 in each DB). The contours are
+  sorted, shuffled with ``--seed``, and of the n that could be read the
+  first ``floor(n * val_pct / 100)`` go to val, as in DIGITS.
+  ``mean.binaryproto`` (also copied to ``train_db/``, where DIGITS writes
+  it) is the mean train feature; DIGITS rounds it to uint8, which wraps
+  16-bit MR values, so it is kept as float here.
 
-A contour whose DICOM is missing, a contour file with a malformed line, or
-an image that is not ``size`` x ``size`` is reported (file and line), the
-rest is written, and :func:`run` exits 1.
+A contour whose DICOM is missing (or whose case has no image folder), a
+contour file with a malformed line, or an image that is not ``size`` x
+``size`` is reported (file and line), the rest is written, and :func:`run`
+exits 1.
 """
 import json
 import math
@@ -415,53 +417,24 @@ def _write_mean(path, mean):
     write_binary(path, blob)
 
 
-def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed=0, size=256,
-            progress=True, overwrite=False):
-    """Convert the Sunnybrook challenge data to a DIGITS segmentation dataset in ``out_dir``.
+def _load_examples(contours, order, cases, images_dir, size, report, warnings):
+    """Read the contours in ``order`` and their images; returns (examples, skipped, series used)."""
+    examples, skipped, series_used, noted, no_folder = [], [], {}, set(), {}
 
-    Returns the summary dict also written to ``out_dir/summary.json``:
-    ``splits`` (entries, shapes, LV pixel fraction, DB paths per split),
-    ``entries`` (split, key, contour, DICOM of every example), ``skipped``
-    (contour, reason) and ``ok`` (False when anything was skipped).
-    Raises SunnybrookError when nothing can be done (missing input folder,
-    no contour files, an existing dataset in ``out_dir`` without ``overwrite``).
-    """
-    if channels not in ("gray", "rgb"):
-        raise SunnybrookError("channels must be 'gray' or 'rgb', not %r" % (channels,))
-    if not 0 <= float(val_pct) <= 100:
-        raise SunnybrookError("val_pct must be between 0 and 100, not %r" % (val_pct,))
-    for what, folder in (("images", images_dir), ("contours", contours_dir)):
-        if not os.path.isdir(folder):
-            raise SunnybrookError("%s folder %s does not exist or is not a folder" % (what, folder))
-    dbs = [os.path.join(out_dir, d) for d in ("train_db", "val_db")]
-    present = [d for d in dbs if os.path.exists(d)]
-    if present and not overwrite:
-        raise SunnybrookError("%s already exists; pass --overwrite (overwrite=True) to replace "
-                              "the dataset in %s" % (present[0], out_dir))
-    nch = 3 if channels == "rgb" else 1
-    report = _Progress(progress)
-    images_dir, contours_dir = os.path.abspath(images_dir), os.path.abspath(contours_dir)
-
-    contours, warnings = find_contours(contours_dir)
-    if not contours:
-        raise SunnybrookError("no contour files IM-0001-NNNN-icontour-manual.txt under %s "
-                              "(expected <case>/contours-manual/IRCCI-expert/...)" % contours_dir)
-    cases, more = find_image_cases(images_dir)
-    warnings += more
-    for w in warnings:
-        report.message("sunnybrook: warning: " + w)
-
-    order = np.random.default_rng(seed).permutation(len(contours))
-    examples, skipped, series_used, noted = [], [], {}, set()
-
-    def skip(contour_path, case, image_no, reason, where=True):
+    def skip(contour_path, case, image_no, reason, where=True, quiet=False):
         text = "%s: %s" % (contour_path, reason) if where else reason
         skipped.append({"contour": contour_path, "case": case, "image": image_no, "reason": text})
-        report.message("sunnybrook: skipped " + text)
+        if not quiet:
+            report.message("sunnybrook: skipped " + text)
 
     for n, j in enumerate(order):
         case, image_no, cpath = contours[j]
         report.update("reading", n + 1, len(order))
+        if case not in cases:  # reported once per case below
+            no_folder[case] = no_folder.get(case, 0) + 1
+            skip(cpath, case, image_no, "no image folder for case %s under %s"
+                 % (case, images_dir), quiet=True)
+            continue
         try:
             points = read_contour(cpath)
         except ContourError as exc:  # the message starts with file:line
@@ -469,10 +442,6 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
             continue
         except OSError as exc:
             skip(cpath, case, image_no, "cannot read (%s)" % (exc.strerror or exc))
-            continue
-        if case not in cases:
-            skip(cpath, case, image_no, "no image folder for case %s under %s (no folder named %s "
-                 "with IM-SSSS-NNNN.dcm files)" % (case, images_dir, case))
             continue
         dpath, series, note = find_dicom(cases[case], case, image_no)
         if dpath is None:
@@ -498,9 +467,66 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
                          "contour": cpath, "dicom": dpath, "case": case})
         series_used.setdefault(case, set()).add(series)
     report.done()
+    for case, count in sorted(no_folder.items()):
+        report.message("sunnybrook: skipped %d contour(s) of case %s: no folder named %s holding "
+                       "IM-SSSS-NNNN.dcm files under %s" % (count, case, case, images_dir))
+    return examples, skipped, series_used
 
-    for d in present:
-        shutil.rmtree(d)
+
+def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed=0, size=256,
+            progress=True, overwrite=False):
+    """Convert the Sunnybrook challenge data to a DIGITS segmentation dataset in ``out_dir``.
+
+    Returns the summary dict also written to ``out_dir/summary.json``:
+    ``splits`` (entries, shapes, LV pixel fraction, DB paths per split),
+    ``entries`` (split, key, case, contour, DICOM of every example),
+    ``skipped`` (contour, reason), ``series`` (SAX series used per case)
+    and ``ok`` (False when anything was skipped). Raises SunnybrookError
+    when nothing can be done: a missing input folder, no contour files, no
+    image folder for any contoured case, or a dataset already in
+    ``out_dir`` (unless ``overwrite``).
+    """
+    if channels not in ("gray", "rgb"):
+        raise SunnybrookError("channels must be 'gray' or 'rgb', not %r" % (channels,))
+    if not 0 <= float(val_pct) <= 100:
+        raise SunnybrookError("val_pct must be between 0 and 100, not %r" % (val_pct,))
+    for what, folder in (("images", images_dir), ("contours", contours_dir)):
+        if not os.path.isdir(folder):
+            raise SunnybrookError("%s folder %s does not exist or is not a folder" % (what, folder))
+    outputs = [os.path.join(out_dir, d) for d in ("train_db", "val_db", "mean.binaryproto")]
+    present = [d for d in outputs if os.path.exists(d)]
+    if present and not overwrite:
+        raise SunnybrookError("%s already exists; pass --overwrite (overwrite=True) to replace "
+                              "the dataset in %s" % (present[0], out_dir))
+    nch = 3 if channels == "rgb" else 1
+    report = _Progress(progress)
+    images_dir, contours_dir = os.path.abspath(images_dir), os.path.abspath(contours_dir)
+
+    contours, warnings = find_contours(contours_dir)
+    if not contours:
+        raise SunnybrookError("no contour files IM-0001-NNNN-icontour-manual.txt under %s "
+                              "(expected <case>/contours-manual/IRCCI-expert/...)" % contours_dir)
+    cases, more = find_image_cases(images_dir)
+    warnings += more
+    wanted = sorted({c for c, _, _ in contours})
+    if not any(c in cases for c in wanted):
+        raise SunnybrookError(
+            "none of the %d contoured cases (%s) has a folder of IM-SSSS-NNNN.dcm files under %s%s"
+            % (len(wanted), ", ".join(wanted[:4]) + (", ..." if len(wanted) > 4 else ""),
+               images_dir, "; image folders found: " + ", ".join(sorted(cases)[:8])
+               if cases else "; it holds no IM-SSSS-NNNN.dcm files at all"))
+    for w in warnings:
+        report.message("sunnybrook: warning: " + w)
+
+    order = np.random.default_rng(seed).permutation(len(contours))
+    examples, skipped, series_used = _load_examples(contours, order, cases, images_dir, size,
+                                                    report, warnings)
+
+    for path in present:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
     n_val = int(math.floor(len(examples) * float(val_pct) / 100.0))
     splits = {"val_db": examples[:n_val], "train_db": examples[n_val:]}
@@ -571,9 +597,12 @@ def format_summary(summary):
         lines.append("  mean  %s" % ", ".join(summary["mean_files"]))
     lines.append("  %d of %d contours written; summary.json lists every entry"
                  % (summary["written"], summary["contours_found"]))
-    if summary["skipped"]:
-        lines.append("  SKIPPED %d:" % len(summary["skipped"]))
-        lines.extend("    " + s["reason"] for s in summary["skipped"])
+    skipped = summary["skipped"]
+    if skipped:
+        lines.append("  SKIPPED %d:" % len(skipped))
+        lines.extend("    " + s["reason"] for s in skipped[:20])
+        if len(skipped) > 20:
+            lines.append("    ... and %d more (summary.json lists them all)" % (len(skipped) - 20))
     return "\n".join(lines)
 
 
@@ -582,14 +611,14 @@ def format_summary(summary):
 def add_arguments(parser):
     """Arguments of ``protonet data sunnybrook``."""
     import argparse
-    parser.description = ("Convert the Sunnybrook LV Segmentation Challenge data (DICOM images and "
-                          "expert inner contours) into a DIGITS segmentation dataset: "
-                          "train_db/{features,labels}, val_db/{features,labels} LMDBs, "
+    parser.description = ("Convert the Sunnybrook LV Segmentation Challenge data (DICOM images\n"
+                          "and expert inner contours) into a DIGITS segmentation dataset:\n"
+                          "train_db/{features,labels} and val_db/{features,labels} LMDBs,\n"
                           "mean.binaryproto and summary.json.")
     parser.epilog = ("example:\n"
-                     "  protonet data sunnybrook --images challenge_training "
-                     "--contours TrainingDataContours --out sunnybrook_db --channels rgb\n"
-                     "exit status: 0 all contours written, 1 some were skipped (listed), "
+                     "  protonet data sunnybrook --images challenge_training \\\n"
+                     "      --contours TrainingDataContours --out sunnybrook_db --channels rgb\n\n"
+                     "exit status: 0 all contours written, 1 some skipped (each is listed),\n"
                      "2 nothing could be done")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--images", required=True, metavar="DIR",

@@ -111,7 +111,7 @@ def _bias_field(canvas, rng, strength):
 
 def _new_case(rng):
     """Anatomy and scanner settings shared by the slices of one case."""
-    c = {
+    return {
         "gain": rng.uniform(0.6, 1.6),                   # scanner/coil intensity scale
         "blood": rng.uniform(380, 520),                  # blood pool before gain
         "noise": rng.uniform(0.025, 0.06),               # Rician sigma / blood
@@ -127,7 +127,6 @@ def _new_case(rng):
         "bias_seed": int(rng.integers(1 << 31)),
         "harmonics": [(k, rng.uniform(0.01, 0.05), rng.uniform(0, 2 * np.pi)) for k in (3, 4, 5)],
     }
-    return c
 
 
 def _background(canvas, rng, case):
@@ -166,8 +165,6 @@ def _render(canvas, rng, case, level, systole):
                 case["angle"] + rng.uniform(-0.15, 0.15), harm)
     wall = case["wall"] * (1.25 if systole else 1.0) * (1.0 - 0.15 * level)
 
-    if "background" not in case:
-        case["background"], case["inside"] = _background(canvas, rng, case)
     img = case["background"].copy()
     inner = case["inside"]
     bx, by, ba, bb, bang = case["body"]
@@ -286,7 +283,11 @@ def write_dicom(path, pixels, case, series, image_no, seed, trigger_time=0.0, sl
     ds.WindowCenter = "%d" % (top // 2)
     ds.WindowWidth = "%d" % top
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:  # pydicom < 3 spells it differently and wants the encoding on the dataset
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
 
 
 def _format_contour(points):
@@ -327,6 +328,7 @@ def synth_sunnybrook(out_dir, cases=20, seed=0, images_per_case=10, overwrite=Fa
     show = progress and sys.stderr.isatty()
     for i, name in enumerate(names):
         case = _new_case(rng)
+        case["background"], case["inside"] = _background(canvas, rng, case)
         series = SAX_SERIES.get(name, "%04d" % (1100 + 17 * i))
         img_dir = os.path.join(images_root, "challenge_training", name)
         ctr_dir = os.path.join(contours_root, "TrainingDataContours", _contour_name(name),
@@ -345,7 +347,7 @@ def synth_sunnybrook(out_dir, cases=20, seed=0, images_per_case=10, overwrite=Fa
             pixels, points = _render(canvas, rng, case, level, systole=phase == 1)
             write_dicom(os.path.join(img_dir, "IM-%s-%04d.dcm" % (series, image_no)), pixels,
                         name, series, image_no, seed, trigger_time=trigger,
-                        slice_location=-10.0 * s)
+                        slice_location=float(-10 * s))
             with open(os.path.join(ctr_dir, "IM-0001-%04d-icontour-manual.txt" % image_no),
                       "w") as f:
                 f.write(_format_contour(points))
@@ -365,13 +367,13 @@ def synth_sunnybrook(out_dir, cases=20, seed=0, images_per_case=10, overwrite=Fa
 def add_arguments(parser):
     """Arguments of ``protonet data synth-sunnybrook``."""
     import argparse
-    parser.description = ("Write a synthetic Sunnybrook LV segmentation dataset (real 16-bit MR "
-                          "DICOM files and expert-style inner contours) in the challenge's "
+    parser.description = ("Write a synthetic Sunnybrook LV segmentation dataset (real 16-bit MR\n"
+                          "DICOM files and expert-style inner contours) in the challenge's\n"
                           "on-disk layout: OUT/images and OUT/contours.")
     parser.epilog = ("example:\n"
                      "  protonet data synth-sunnybrook --out synth --cases 20\n"
                      "  protonet data sunnybrook --images synth/images "
-                     "--contours synth/contours --out synth/dataset")
+                     "--contours synth/contours \\\n      --out synth/dataset")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--cases", type=int, default=20, metavar="N",
