@@ -1,0 +1,444 @@
+"""The ``protonet`` command: Caffe's ``caffe`` tool verbs, with the same log lines.
+
+    protonet train --solver solver.prototxt [--weights init.caffemodel]
+    protonet test --model val.prototxt --weights snap_iter_1000.caffemodel
+    protonet time --model train_val.prototxt --iterations 10
+    protonet device_query
+
+Each subcommand is two functions, ``<name>_arguments(parser)`` and
+``<name>_command(args)`` (returns the exit status), plus one row of
+``COMMANDS``; adding a verb is that small.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import backend
+from .io import FormatError, read_solver
+from .layer import LayerError
+from .log import fmt, get_logger, setup as setup_logging
+from .proto import caffe_pb2
+
+log = get_logger()
+
+
+class CommandError(Exception):
+    """A wrong command line or input; printed as one line, exit status 1."""
+
+
+# ------------------------------------------------------------------ shared options
+def _stages(values):
+    """``--stage a,b --stage c`` -> ["a", "b", "c"] (Caffe's -stage takes a comma list)."""
+    out = []
+    for value in values or []:
+        out.extend(s for s in value.split(",") if s)
+    return out
+
+
+def _add_gpu(parser, what):
+    parser.add_argument("--gpu", metavar="N|all|-1", default=None,
+                        help="run %s on GPU N (CuPy), 'all' (the first is used), or -1 for the CPU"
+                             % what)
+
+
+def _add_net_state(parser):
+    parser.add_argument("--stage", action="append", metavar="NAME",
+                        help="NetState stage(s), comma separated or repeated")
+    parser.add_argument("--level", type=int, default=0, help="NetState level (default 0)")
+
+
+def _gpu_ids(flag):
+    """Caffe's get_gpus: '' / None -> [], 'all' -> every device, '0,1' -> [0, 1]; -1 -> CPU."""
+    if flag is None or flag.strip() in ("", "-1"):
+        return []
+    if flag.strip() == "all":
+        count = _device_count()
+        if not count:
+            raise CommandError("--gpu all: no GPU is usable (%s)" % _no_gpu_reason())
+        return list(range(count))
+    try:
+        ids = [int(x) for x in flag.split(",")]
+    except ValueError:
+        raise CommandError("--gpu expects device ids separated by ',', 'all' or -1; got %r" % flag) from None
+    if any(i < 0 for i in ids):
+        return []
+    return ids
+
+
+def _cupy():
+    """CuPy through protonet.backend (the only module that imports it), or None."""
+    return backend._load_cupy()  # noqa: SLF001  (backend owns the import)
+
+
+def _device_count():
+    cp = _cupy()
+    if cp is None:
+        return 0
+    try:
+        return int(cp.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def _no_gpu_reason():
+    cp = _cupy()
+    if cp is None:
+        return "CuPy is not installed or failed to load: %r" % (backend._cupy_error,)  # noqa: SLF001
+    return "CuPy sees no CUDA device"
+
+
+def _device_name(i):
+    try:
+        name = _cupy().cuda.runtime.getDeviceProperties(i)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return "?"
+
+
+def _use_devices(ids, single=True):
+    """Set protonet's mode as Caffe's tools do; only one GPU is used."""
+    if not ids:
+        log.info("Use CPU.")
+        backend.set_mode_cpu()
+        return
+    if single:
+        while len(ids) > 1:
+            log.info("Not using GPU #%d for single-GPU function", ids.pop())
+    count = _device_count()
+    if ids[0] >= count:
+        raise CommandError("GPU %d requested but %s" % (
+            ids[0], "only %d GPU(s) are usable" % count if count else "no GPU is usable (%s)"
+            % _no_gpu_reason()))
+    log.info("Use GPU with device ID %d", ids[0])
+    log.info("GPU device name: %s", _device_name(ids[0]))
+    backend.set_device(ids[0])
+    backend.set_mode_gpu()
+
+
+def _net_phase(name):
+    return caffe_pb2.TRAIN if name.upper() == "TRAIN" else caffe_pb2.TEST
+
+
+def _outputs(net):
+    weights = {}
+    for layer, names in zip(net.layers, net.top_names):
+        for w, name in zip(layer.loss_weights, names):
+            weights[name] = float(w)
+    return [(name, np.asarray(backend.to_host(net.blobs[name].data), np.float32).ravel(),
+             weights.get(name, 0.0)) for name in net.outputs]
+
+
+def _sync():
+    if backend.mode() == "gpu":
+        backend.xp().cuda.runtime.deviceSynchronize()
+
+
+# ------------------------------------------------------------------ train
+TRAIN_EXAMPLE = """example:
+  protonet train --solver solver.prototxt --weights bvlc_alexnet.caffemodel
+  protonet train --solver solver.prototxt --snapshot snap_iter_1000.solverstate --gpu 0
+
+Paths in the solver and net files are relative to the working directory, as
+with Caffe. Ctrl-C stops after the current iteration and snapshots (see
+--sigint-effect); SIGHUP snapshots and goes on."""
+
+
+def train_arguments(p):
+    p.add_argument("--solver", required=True, help="the solver definition (solver.prototxt)")
+    p.add_argument("--weights", help="caffemodel(s) to fine-tune from, comma separated; layers "
+                                     "are copied by name")
+    p.add_argument("--snapshot", help="a .solverstate to resume training from")
+    _add_gpu(p, "training")
+    _add_net_state(p)
+    p.add_argument("--iterations", type=int, default=None,
+                   help="stop at this iteration instead of the solver's max_iter "
+                        "(lr policies keep using max_iter)")
+    p.add_argument("--sigint-effect", choices=("stop", "snapshot", "none"), default="stop",
+                   help="what SIGINT (Ctrl-C) does: stop (after a snapshot), snapshot, none "
+                        "(default stop)")
+    p.add_argument("--sighup-effect", choices=("stop", "snapshot", "none"), default="snapshot",
+                   help="what SIGHUP does (default snapshot)")
+    p.add_argument("--no-curve", action="store_true",
+                   help="do not draw <snapshot_prefix>_curve.png")
+
+
+def train_command(args):
+    from .solver import SignalHandler, copy_weights, get_solver
+    if args.snapshot and args.weights:
+        raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
+    if not os.path.exists(args.solver):
+        raise CommandError("--solver: '%s' not found (working directory %s)" % (args.solver, os.getcwd()))
+    param = read_solver(args.solver)
+    # As `caffe train`: the level flag always lands in train_state (0 unless given).
+    param.train_state.level = args.level
+    param.train_state.stage.extend(_stages(args.stage))
+    gpu_flag = args.gpu
+    if gpu_flag is None and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        if _device_count():
+            gpu_flag = str(param.device_id)
+        elif param.HasField("solver_mode"):
+            log.warning("solver_mode is GPU but no GPU is usable (%s); training on the CPU",
+                        _no_gpu_reason())
+    ids = _gpu_ids(gpu_flag)
+    _use_devices(ids)
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
+        solver = get_solver(param, source_name=args.solver)
+        solver.action_request_function = handler
+        if args.no_curve:
+            solver.curve_path = None
+        if args.snapshot:
+            log.info("Resuming from %s", args.snapshot)
+            solver.restore(args.snapshot)
+        elif args.weights:
+            for path in args.weights.split(","):
+                log.info("Finetuning from %s", path)
+                copy_weights(solver.net, path)
+                for net in solver.test_nets:
+                    copy_weights(net, path)
+        log.info("Starting Optimization")
+        solver.solve(max_iter=args.iterations)
+    return 0
+
+
+# ------------------------------------------------------------------ test
+TEST_EXAMPLE = """example:
+  protonet test --model val.prototxt --weights snap_iter_1000.caffemodel --iterations 100
+
+Runs the net in the TEST phase and prints each batch's outputs, then their
+means over the batches (as `caffe test`)."""
+
+
+def test_arguments(p):
+    p.add_argument("--model", required=True, help="the net definition (prototxt)")
+    p.add_argument("--weights", required=True, help="the trained weights (.caffemodel)")
+    p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    _add_gpu(p, "the test")
+    _add_net_state(p)
+
+
+def test_command(args):
+    from .net import Net
+    from .solver import copy_weights
+    if args.iterations < 1:
+        raise CommandError("--iterations must be at least 1")
+    _use_devices(_gpu_ids(args.gpu))
+    net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=_stages(args.stage))
+    copy_weights(net, args.weights)
+    log.info("Running for %d iterations.", args.iterations)
+    scores, loss = None, np.float32(0)
+    for i in range(args.iterations):
+        loss += np.float32(net.forward_from_to())
+        outputs = _outputs(net)
+        for name, values, _ in outputs:
+            for v in values:
+                log.info("Batch %d, %s = %s", i, name, fmt(v))
+        if scores is None:
+            scores = [(name, values.copy(), w) for name, values, w in outputs]
+        else:
+            for (_, acc, _), (_, values, _) in zip(scores, outputs):
+                acc += values
+    loss /= np.float32(args.iterations)
+    log.info("Loss: %s", fmt(loss))
+    for name, acc, weight in scores or []:
+        for total in acc:
+            mean = total / np.float32(args.iterations)
+            extra = " (* %s = %s loss)" % (fmt(weight), fmt(np.float32(weight) * mean)) if weight else ""
+            log.info("%s = %s%s", name, fmt(mean), extra)
+    return 0
+
+
+# ------------------------------------------------------------------ time
+TIME_EXAMPLE = """example:
+  protonet time --model train_val.prototxt --iterations 10 --gpu 0
+  protonet time --model deploy.prototxt --phase TEST --json > timing.json
+
+Times each layer's forward and backward pass (milliseconds, averaged over the
+iterations) after one warm-up pass, as `caffe time`. Input blobs keep
+their zeros; data layers read their sources."""
+
+
+def time_arguments(p):
+    p.add_argument("--model", required=True, help="the net definition (prototxt)")
+    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN",
+                   help="NetState phase (default TRAIN)")
+    p.add_argument("--json", action="store_true", help="also print the timings as JSON on stdout")
+    _add_gpu(p, "the benchmark")
+    _add_net_state(p)
+
+
+def time_command(args):
+    from .net import Net
+    if args.iterations < 1:
+        raise CommandError("--iterations must be at least 1")
+    _use_devices(_gpu_ids(args.gpu))
+    net = Net(args.model, phase=_net_phase(args.phase), level=args.level, stages=_stages(args.stage))
+    log.info("Performing Forward")
+    initial_loss = net.forward_from_to()
+    log.info("Initial loss: %s", fmt(initial_loss))
+    log.info("Performing Backward")
+    net.backward_from_to()
+    n = len(net.layers)
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", args.iterations)
+    forward = [0.0] * n
+    backward = [0.0] * n
+    forward_total = backward_total = 0.0
+    total_start = time.perf_counter()
+    for j in range(args.iterations):
+        iter_start = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            net.forward_from_to(i, i)
+            _sync()
+            forward[i] += time.perf_counter() - t
+        forward_total += time.perf_counter() - iter_start
+        back_start = time.perf_counter()
+        for i in range(n - 1, -1, -1):
+            t = time.perf_counter()
+            net.backward_from_to(i, i)
+            _sync()
+            backward[i] += time.perf_counter() - t
+        backward_total += time.perf_counter() - back_start
+        log.info("Iteration: %d forward-backward time: %s ms.", j + 1,
+                 fmt((time.perf_counter() - iter_start) * 1e3))
+    total = time.perf_counter() - total_start
+    k = args.iterations
+    log.info("Average time per layer: ")
+    for i, name in enumerate(net.layer_names):
+        log.info("%10s\tforward: %s ms.", name, fmt(forward[i] * 1e3 / k))
+        log.info("%10s\tbackward: %s ms.", name, fmt(backward[i] * 1e3 / k))
+    log.info("Average Forward pass: %s ms.", fmt(forward_total * 1e3 / k))
+    log.info("Average Backward pass: %s ms.", fmt(backward_total * 1e3 / k))
+    log.info("Average Forward-Backward: %s ms.", fmt(total * 1e3 / k))
+    log.info("Total Time: %s ms.", fmt(total * 1e3))
+    log.info("*** Benchmark ends ***")
+    if args.json:
+        report = {
+            "model": args.model, "phase": args.phase, "iterations": k,
+            "device": "gpu:%d" % backend.device() if backend.mode() == "gpu" else "cpu",
+            "layers": [{"name": name, "type": layer.type,
+                        "forward_ms": forward[i] * 1e3 / k, "backward_ms": backward[i] * 1e3 / k}
+                       for i, (name, layer) in enumerate(zip(net.layer_names, net.layers))],
+            "forward_ms": forward_total * 1e3 / k,
+            "backward_ms": backward_total * 1e3 / k,
+            "forward_backward_ms": total * 1e3 / k,
+            "total_ms": total * 1e3,
+        }
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
+# ------------------------------------------------------------------ device_query
+DEVICE_QUERY_EXAMPLE = """example:
+  protonet device_query            # every GPU CuPy sees, or that protonet runs on the CPU
+  protonet device_query --gpu 0"""
+
+
+def device_query_arguments(p):
+    p.add_argument("--gpu", metavar="N|all", default="all",
+                   help="which device(s) to describe (default all)")
+
+
+_PROPERTIES = (
+    ("Major revision number", "major"), ("Minor revision number", "minor"), ("Name", "name"),
+    ("Total global memory", "totalGlobalMem"), ("Total shared memory per block", "sharedMemPerBlock"),
+    ("Total registers per block", "regsPerBlock"), ("Warp size", "warpSize"),
+    ("Maximum memory pitch", "memPitch"), ("Maximum threads per block", "maxThreadsPerBlock"),
+    ("Maximum dimension of block", "maxThreadsDim"), ("Maximum dimension of grid", "maxGridSize"),
+    ("Clock rate", "clockRate"), ("Total constant memory", "totalConstMem"),
+    ("Texture alignment", "textureAlignment"), ("Concurrent copy and execution", "deviceOverlap"),
+    ("Number of multiprocessors", "multiProcessorCount"),
+    ("Kernel execution timeout", "kernelExecTimeoutEnabled"),
+)
+
+
+def device_query_command(args):
+    log.info("Querying GPUs %s", args.gpu)
+    count = _device_count()
+    if not count:
+        log.info("No GPU: %s. protonet runs on the CPU with NumPy %s.", _no_gpu_reason(), np.__version__)
+        return 0
+    cp = _cupy()
+    ids = list(range(count)) if args.gpu in ("all", "", None) else _gpu_ids(args.gpu)
+    log.info("CuPy %s, CUDA runtime %s, %d device(s)", cp.__version__,
+             cp.cuda.runtime.runtimeGetVersion(), count)
+    for i in ids:
+        if i >= count:
+            raise CommandError("GPU %d requested but only %d GPU(s) are usable" % (i, count))
+        props = cp.cuda.runtime.getDeviceProperties(i)
+        log.info("Device id:                     %d", i)
+        for label, key in _PROPERTIES:
+            if key in props:
+                value = props[key]
+                if isinstance(value, bytes):
+                    value = value.decode()
+                elif isinstance(value, (tuple, list)):
+                    value = ", ".join(str(v) for v in value)
+                elif isinstance(value, (int, np.integer)) and key in ("deviceOverlap", "kernelExecTimeoutEnabled"):
+                    value = "Yes" if value else "No"
+                log.info("%-30s %s", label + ":", value)
+        free, total = cp.cuda.Device(i).mem_info
+        log.info("%-30s %d of %d bytes", "Free global memory:", free, total)
+    return 0
+
+
+# ------------------------------------------------------------------ table and main
+# name, command, arguments, one-line help, example epilog
+COMMANDS = [
+    ("train", train_command, train_arguments, "train or finetune a model", TRAIN_EXAMPLE),
+    ("test", test_command, test_arguments, "score a model", TEST_EXAMPLE),
+    ("time", time_command, time_arguments, "benchmark model execution time", TIME_EXAMPLE),
+    ("device_query", device_query_command, device_query_arguments, "show GPU diagnostic information",
+     DEVICE_QUERY_EXAMPLE),
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="protonet",
+        description="Caffe's command line on NumPy/CuPy: train, test and time nets from prototxt "
+                    "files; logs in Caffe's format on stderr.",
+        epilog="example:\n  protonet train --solver solver.prototxt --weights init.caffemodel\n"
+               "  protonet <command> --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version="protonet %s" % __version__)
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, func, arguments, help_text, example in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                           epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
+        arguments(p)
+        p.set_defaults(_func=func)
+    return parser
+
+
+def _user_errors():
+    from .net import NetError
+    from .solver import SolverError
+    from .upgrade import UpgradeError
+    return (CommandError, SolverError, NetError, FormatError, LayerError, UpgradeError, OSError,
+            RuntimeError)
+
+
+def main(argv=None):
+    """Entry point of the ``protonet`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_func", None) is None:
+        parser.print_help(sys.stderr)
+        return 1
+    setup_logging()
+    try:
+        return args._func(args) or 0
+    except KeyboardInterrupt:
+        log.error("Interrupted.")
+        return 130
+    except _user_errors() as exc:
+        log.error("%s", exc)
+        return 1

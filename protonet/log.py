@@ -1,0 +1,206 @@
+"""Caffe's log lines (glog's format) and a terminal progress bar.
+
+Every line starts like glog's::
+
+    I1122 10:07:39.123456  1234 solver.py:218] Iteration 20 (4.1 iter/s, 4.9s/20 iters), loss = 0.5
+
+(level letter, month+day, time with microseconds, thread id right-aligned in 5,
+source file:line) so tools written for Caffe logs (``tools/extra/parse_log.py``,
+DIGITS) read ours. Lines go to ``sys.stderr`` as glog's do, looked up when each
+line is written so redirection and test capture work.
+
+The library logs through the standard ``logging`` logger ``"protonet"``:
+``setup()`` (the command line calls it) installs the glog-format handler;
+``ensure_handler()`` installs it only when nobody configured logging, so a
+pycaffe-style script still sees Caffe's lines while an application that set
+up ``logging`` keeps control of them.
+"""
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+
+LOGGER_NAME = "protonet"
+logger = logging.getLogger(LOGGER_NAME)
+
+_LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
+            logging.ERROR: "E", logging.CRITICAL: "F"}
+
+
+def fmt(value):
+    """A number as C++ ``ostream <<`` prints a float (6 significant digits, like %g)."""
+    return "%g" % float(value)
+
+
+class GlogFormatter(logging.Formatter):
+    """``I1122 10:07:39.123456  1234 file.py:12] message``; later lines of a
+    multi-line message carry no prefix, as with glog."""
+
+    def format(self, record):
+        created = record.created
+        t = time.localtime(created)
+        micros = int(round((created - int(created)) * 1e6))
+        if micros >= 1000000:       # rounding reached the next second
+            micros = 999999
+        letter = _LETTERS.get(record.levelno, "I" if record.levelno < logging.WARNING else "E")
+        tid = getattr(record, "native_tid", None) or threading.get_native_id()
+        prefix = "%s%02d%02d %02d:%02d:%02d.%06d %5d %s:%d] " % (
+            letter, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, micros, tid,
+            record.filename, record.lineno)
+        text = prefix + record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler bound to whatever ``sys.stderr`` is at emit time.
+
+    While a :class:`ProgressBar` is drawn on the same stream, the bar is wiped
+    before a line is written and drawn again below it.
+    """
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass  # always the current sys.stderr
+
+    def emit(self, record):
+        bar = ProgressBar.active
+        if bar is not None and bar.stream is self.stream:
+            bar.clear()
+            super().emit(record)
+            bar.redraw()
+        else:
+            super().emit(record)
+
+
+def _has_glog_handler(log):
+    return any(isinstance(h.formatter, GlogFormatter) for h in log.handlers)
+
+
+def setup(level=logging.INFO, log_file=None):
+    """Send protonet's log lines to stderr in glog's format (idempotent).
+
+    ``log_file``: also append them to this file (as glog's ``-log_dir`` does).
+    """
+    if not _has_glog_handler(logger):
+        handler = StderrHandler()
+        handler.setFormatter(GlogFormatter())
+        logger.addHandler(handler)
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(GlogFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    return logger
+
+
+def ensure_handler():
+    """Install the glog handler unless logging is configured already."""
+    if logger.handlers or logging.getLogger().handlers:
+        return logger
+    return setup()
+
+
+def get_logger():
+    return logger
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty() and os.environ.get("TERM", "") != "dumb" and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """One line at the bottom of a terminal: iteration, loss, lr, speed, ETA.
+
+    Drawn only when the stream is a terminal (never in pipes, files or CI
+    logs); otherwise every method does nothing. Log lines written through
+    :class:`StderrHandler` appear above it.
+    """
+
+    active = None
+    min_interval = 0.1
+
+    def __init__(self, total, start=0, stream=None, enabled=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
+        self.total = max(int(total), 0)
+        self.start_iter = int(start)
+        self.iteration = int(start)
+        self.loss = None
+        self.lr = None
+        self._t0 = time.monotonic()
+        self._last_draw = 0.0
+        self._text = ""
+        if self.enabled:
+            ProgressBar.active = self
+
+    def update(self, iteration, loss=None, lr=None):
+        if not self.enabled:
+            return
+        self.iteration = int(iteration)
+        if loss is not None:
+            self.loss = float(loss)
+        if lr is not None:
+            self.lr = float(lr)
+        now = time.monotonic()
+        if now - self._last_draw >= self.min_interval or self.iteration >= self.total:
+            self._last_draw = now
+            self.redraw()
+
+    def _render(self):
+        width = shutil.get_terminal_size((80, 20)).columns
+        done = self.iteration - self.start_iter
+        todo = self.total - self.start_iter
+        elapsed = time.monotonic() - self._t0
+        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+        eta = (self.total - self.iteration) / rate if rate > 0 else None
+        info = " %d/%d" % (self.iteration, self.total)
+        if self.loss is not None:
+            info += "  loss %s" % fmt(self.loss)
+        if self.lr is not None:
+            info += "  lr %s" % fmt(self.lr)
+        if rate:
+            info += "  %.3g it/s" % rate
+        if eta is not None:
+            m, s = divmod(int(eta + 0.5), 60)
+            h, m = divmod(m, 60)
+            info += "  ETA %s" % ("%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s))
+        slots = max(min(40, width - len(info) - 4), 0)
+        frac = min(max(done / todo, 0.0), 1.0) if todo > 0 else 1.0
+        filled = int(round(frac * slots))
+        bar = "[%s%s]" % ("#" * filled, "." * (slots - filled)) if slots >= 5 else ""
+        return (bar + info)[:max(width - 1, 1)]
+
+    def redraw(self):
+        if not self.enabled:
+            return
+        self._text = self._render()
+        self.stream.write("\r" + self._text + "\033[K")
+        self.stream.flush()
+
+    def clear(self):
+        if self.enabled and self._text:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def close(self):
+        if not self.enabled:
+            return
+        self.clear()
+        self._text = ""
+        self.enabled = False
+        if ProgressBar.active is self:
+            ProgressBar.active = None
