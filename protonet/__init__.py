@@ -7,8 +7,12 @@ from .backend import set_mode_cpu, set_mode_gpu, set_device
 from .layer import TRAIN, TEST, Layer, register
 from .net import Net, NetError
 from .rng import set_random_seed
+from .solver import (get_solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                     AdaDeltaSolver, AdamSolver)
 
 __version__ = "0.1.0"
 
 __all__ = ["Net", "NetError", "Layer", "register", "TRAIN", "TEST", "set_mode_cpu",
-           "set_mode_gpu", "set_device", "set_random_seed", "__version__"]
+           "set_mode_gpu", "set_device", "set_random_seed", "get_solver", "SGDSolver",
+           "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+           "__version__"]

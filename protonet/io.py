@@ -156,6 +156,39 @@ def array_to_blobproto(arr, diff=None):
     return proto
 
 
+# -- fast binary writing ---------------------------------------------------
+# Big blobs go straight from the array's bytes into the wire format (packed
+# float field) instead of through protobuf's per-element repeated fields.
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def wire_field(number, payload):
+    """A length-delimited protobuf field: tag, length, bytes."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def blobproto_bytes(data, diff=None):
+    """Serialized BlobProto (shape = 7, packed float data = 5, diff = 6) for an array."""
+    from . import backend
+    host = np.ascontiguousarray(backend.to_host(data), dtype="<f4")
+    shape = caffe_pb2.BlobShape()
+    shape.dim.extend(int(d) for d in host.shape)
+    out = wire_field(7, shape.SerializeToString()) + wire_field(5, host.tobytes())
+    if diff is not None:
+        out += wire_field(6, np.ascontiguousarray(backend.to_host(diff), dtype="<f4").tobytes())
+    return out
+
+
 def read_blobproto(path):
     """A .binaryproto file (e.g. a mean file) as a float32 array."""
     return blobproto_to_array(read_binary(path, caffe_pb2.BlobProto())).astype(np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 from . import backend
 from .blob import Blob
 from .io import (FormatError, blob_shape, blobproto_to_array, parse_net, read_net,
-                 read_net_binary, write_bytes_atomic)
+                 read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
 from .layer import TRAIN, TEST, LayerError, create_layer
 from .netstate import filter_net
 from .proto import caffe_pb2
@@ -491,8 +491,8 @@ class Net:
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]
             payload = lp.SerializeToString() + b"".join(
-                _field(7, _blob_bytes(b, write_diff)) for b in layer.blobs)
-            out.append(_field(100, payload))
+                wire_field(7, blobproto_bytes(b.data, b.diff if write_diff else None)) for b in layer.blobs)
+            out.append(wire_field(100, payload))
         return b"".join(out)
 
     def save(self, path, write_diff=False):
@@ -508,33 +508,3 @@ def _shape_equals(shape, proto):
         legacy = (1,) * (4 - len(shape)) + tuple(shape)
         return legacy == (proto.num, proto.channels, proto.height, proto.width)
     return tuple(shape) == tuple(proto.shape.dim)
-
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field(number, payload):
-    """A length-delimited protobuf field: tag, length, bytes."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _blob_bytes(blob, write_diff=False):
-    # BlobProto: shape = 7 (BlobShape, dim = 1 packed int64), data = 5, diff = 6 (packed floats).
-    shape = caffe_pb2.BlobShape()
-    shape.dim.extend(blob.shape)
-    out = _field(7, shape.SerializeToString())
-    data = np.ascontiguousarray(backend.to_host(blob.data), dtype="<f4").tobytes()
-    out += _field(5, data)
-    if write_diff:
-        diff = np.ascontiguousarray(backend.to_host(blob.diff), dtype="<f4").tobytes()
-        out += _field(6, diff)
-    return out

@@ -35,8 +35,8 @@ import numpy as np
 from google.protobuf import text_format
 
 from . import backend, rng
-from .io import FormatError, blobproto_to_array, read_binary, read_net, read_solver, \
-    write_bytes_atomic
+from .io import FormatError, blobproto_to_array, blobproto_bytes, read_binary, read_net, read_solver, \
+    wire_field, write_bytes_atomic
 from .log import ProgressBar, ensure_handler, fmt, get_logger
 from .net import Net
 from .proto import caffe_pb2
@@ -266,30 +266,6 @@ class TrainingCurve:
 
 
 # ---------------------------------------------------------------- helpers
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field(number, payload):
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _blobproto_bytes(array):
-    """A BlobProto (packed float data = 5, shape = 7) from an array, fast for big blobs."""
-    host = np.ascontiguousarray(backend.to_host(array), dtype="<f4")
-    shape = caffe_pb2.BlobShape()
-    shape.dim.extend(int(d) for d in host.shape)
-    return _field(5, host.tobytes()) + _field(7, shape.SerializeToString())
-
-
 def _host_f32(array):
     return np.asarray(backend.to_host(array), dtype=np.float32)
 
@@ -840,7 +816,7 @@ class Solver:
         tail = caffe_pb2.SolverState()
         tail.current_step = self.current_step
         return (head.SerializeToString()
-                + b"".join(_field(3, _blobproto_bytes(h)) for h in self.history)
+                + b"".join(wire_field(3, blobproto_bytes(h)) for h in self.history)
                 + tail.SerializeToString())
 
     def _write_state_hdf5(self, path, model_filename):
