@@ -7,7 +7,9 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["protonet", "protonet.*", "caffe", "caffe.*"]),
+    packages=find_packages(include=["protonet", "protonet.*", "caffe", "caffe.*"]) + ["protonet_layers"],
+    # the shipped plugins (Dice, DiceLoss) live in layers/; installed as protonet_layers
+    package_dir={"protonet_layers": "layers"},
     package_data={"protonet": ["../proto/caffe.proto"]},
     install_requires=[
         "numpy>=1.22",

@@ -141,6 +141,8 @@ def _sync():
 TRAIN_EXAMPLE = """example:
   protonet train --solver solver.prototxt --weights bvlc_alexnet.caffemodel
   protonet train --solver solver.prototxt --snapshot snap_iter_1000.solverstate --gpu 0
+  protonet train --network fcn_alexnet.prototxt --dataset sunnybrook_lmdb --epochs 5 \\
+      --base-lr 1e-4 --out runs/fcn   (DIGITS-style: builds the solver DIGITS would write)
 
 Paths in the solver and net files are relative to the working directory, as
 with Caffe. Ctrl-C stops after the current iteration and snapshots (see
@@ -148,7 +150,7 @@ with Caffe. Ctrl-C stops after the current iteration and snapshots (see
 
 
 def train_arguments(p):
-    p.add_argument("--solver", required=True, help="the solver definition (solver.prototxt)")
+    p.add_argument("--solver", help="the solver definition (solver.prototxt)")
     p.add_argument("--weights", help="caffemodel(s) to fine-tune from, comma separated; layers "
                                      "are copied by name")
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
@@ -164,12 +166,57 @@ def train_arguments(p):
                    help="what SIGHUP does (default snapshot)")
     p.add_argument("--no-curve", action="store_true",
                    help="do not draw <snapshot_prefix>_curve.png")
+    p.add_argument("--python-path", action="append", default=[], metavar="DIR",
+                   help="a folder to search for Python layer modules (repeatable)")
+    d = p.add_argument_group("DIGITS-style quick start (instead of --solver)")
+    d.add_argument("--network", help="a DIGITS network prototxt (Data layers without source)")
+    d.add_argument("--dataset", help="a DIGITS dataset folder (train_db/, val_db/ with features "
+                                     "and labels LMDBs)")
+    d.add_argument("--epochs", type=float, default=30, help="training epochs (default 30)")
+    d.add_argument("--base-lr", type=float, default=0.01, help="base learning rate (default 0.01)")
+    d.add_argument("--solver-type", default="SGD",
+                   choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"))
+    d.add_argument("--lr-policy", default="fixed", choices=("fixed", "step", "exp", "inv", "poly"))
+    d.add_argument("--batch-size", type=int, default=None,
+                   help="override the Data layers' batch_size")
+    d.add_argument("--snapshot-epochs", type=float, default=1.0,
+                   help="snapshot interval in epochs (default 1)")
+    d.add_argument("--val-epochs", type=float, default=1.0,
+                   help="validation interval in epochs (default 1)")
+    d.add_argument("--mean-file", help="subtract this .binaryproto mean from the features")
+    d.add_argument("--python-layers", metavar="FILE",
+                   help="a Python layer file, importable as its own name and as "
+                        "'digits_python_layers' (as DIGITS does)")
+    d.add_argument("--seed", type=int, default=None, help="random_seed of the solver")
+    d.add_argument("--out", default="digits_run",
+                   help="folder for train_val.prototxt, solver.prototxt and snapshots")
 
 
 def train_command(args):
     from .solver import SignalHandler, copy_weights, get_solver
     if args.snapshot and args.weights:
         raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
+    from .python_layer import add_search_path, register_module_file
+    for folder in args.python_path:
+        add_search_path(folder)
+    if args.python_layers:
+        register_module_file(args.python_layers, alias="digits_python_layers")
+    if args.network or args.dataset:
+        if args.solver:
+            raise CommandError("give either --solver or --network with --dataset, not both")
+        if not (args.network and args.dataset):
+            raise CommandError("the DIGITS-style quick start needs both --network and --dataset")
+        from .digits import prepare_run
+        args.solver = prepare_run(args.network, args.dataset, args.out, epochs=args.epochs,
+                                  base_lr=args.base_lr, solver_type=args.solver_type,
+                                  lr_policy=args.lr_policy, batch_size=args.batch_size,
+                                  snapshot_epochs=args.snapshot_epochs,
+                                  val_epochs=args.val_epochs, mean_file=args.mean_file,
+                                  random_seed=args.seed)
+        log.info("Wrote %s (repeat this run with: protonet train --solver %s)",
+                 args.solver, args.solver)
+    if not args.solver:
+        raise CommandError("give --solver (or --network with --dataset)")
     if not os.path.exists(args.solver):
         raise CommandError("--solver: '%s' not found (working directory %s)" % (args.solver, os.getcwd()))
     param = read_solver(args.solver)
@@ -388,6 +435,37 @@ def device_query_command(args):
     return 0
 
 
+# ------------------------------------------------------------------ data
+DATA_EXAMPLE = """example:
+  protonet data synth-sunnybrook --out synth --cases 20
+  protonet data sunnybrook --images synth/images --contours synth/contours --out synth/lmdb
+  protonet data <tool> --help"""
+
+# tool name -> module with add_arguments(parser) and run(args)
+DATA_TOOLS = [
+    ("sunnybrook", "protonet.data.sunnybrook",
+     "Sunnybrook DICOM images + expert contours -> DIGITS-layout LMDB dataset"),
+    ("synth-sunnybrook", "protonet.data.synth",
+     "write a synthetic Sunnybrook-like dataset (DICOM + contour files)"),
+]
+
+
+def data_arguments(p):
+    import importlib
+    tools = p.add_subparsers(dest="tool", metavar="<tool>")
+    for name, module, help_text in DATA_TOOLS:
+        tp = tools.add_parser(name, help=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(tp)
+        tp.set_defaults(_tool=mod.run)
+
+
+def data_command(args):
+    if getattr(args, "_tool", None) is None:
+        raise CommandError("protonet data needs a tool: %s" % ", ".join(n for n, _, _ in DATA_TOOLS))
+    return args._tool(args)
+
+
 # ------------------------------------------------------------------ table and main
 # name, command, arguments, one-line help, example epilog
 COMMANDS = [
@@ -396,6 +474,8 @@ COMMANDS = [
     ("time", time_command, time_arguments, "benchmark model execution time", TIME_EXAMPLE),
     ("device_query", device_query_command, device_query_arguments, "show GPU diagnostic information",
      DEVICE_QUERY_EXAMPLE),
+    ("data", data_command, data_arguments, "prepare datasets (Sunnybrook DICOM -> LMDB, ...)",
+     DATA_EXAMPLE),
 ]
 
 

@@ -165,3 +165,30 @@ def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD"
         s.random_seed = int(random_seed)
     s.solver_mode = caffe_pb2.SolverParameter.CPU
     return s
+
+
+def prepare_run(network, dataset_dir, out_dir, epochs, base_lr, solver_type="SGD",
+                lr_policy="fixed", batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
+                mean_file=None, random_seed=None):
+    """Write ``out_dir``/train_val.prototxt (bound to the dataset) and solver.prototxt.
+
+    Returns the solver path; the run can be repeated with ``--solver`` alone.
+    """
+    from google.protobuf import text_format
+    from .io import read_net, write_text
+    net = read_net(network)
+    bound = bind_dataset(net, dataset_dir, batch_size=batch_size, mean_file=mean_file)
+    train_batch = batch_size or next(
+        (l.data_param.batch_size for l in bound.layer if l.type == "Data"
+         and _layer_phase(l) == caffe_pb2.TRAIN), 1)
+    os.makedirs(out_dir, exist_ok=True)
+    train_val = os.path.abspath(os.path.join(out_dir, "train_val.prototxt"))
+    with open(train_val, "w") as f:
+        f.write(text_format.MessageToString(bound))
+    solver = build_solver(train_val, dataset_dir, epochs, base_lr, solver_type=solver_type,
+                          batch_size=train_batch, snapshot_epochs=snapshot_epochs,
+                          val_epochs=val_epochs, lr_policy=lr_policy, random_seed=random_seed,
+                          snapshot_prefix=os.path.abspath(os.path.join(out_dir, "snapshot")))
+    path = os.path.join(out_dir, "solver.prototxt")
+    write_text(path, solver)
+    return path

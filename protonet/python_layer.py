@@ -7,6 +7,7 @@ working directory, the prototxt's folder, paths added with
 :func:`add_search_path` (``--python-path``) and the project's ``layers/``.
 """
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,29 @@ def add_search_path(path):
 
 def shipped_layers_dir():
     """The top-level ``layers/`` folder of plugins we ship (Dice, DiceLoss)."""
-    return str(Path(__file__).resolve().parents[1] / "layers")
+    source_tree = Path(__file__).resolve().parents[1] / "layers"
+    if source_tree.is_dir():
+        return str(source_tree)
+    try:   # a non-editable install carries them as the package protonet_layers
+        import protonet_layers
+        return os.path.dirname(protonet_layers.__file__)
+    except ImportError:
+        return str(source_tree)
+
+
+def register_module_file(path, alias=None):
+    """Make the Python file ``path`` importable under its own name (and ``alias``)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise PythonLayerError("Python layer file %s does not exist" % path)
+    add_search_path(os.path.dirname(path))
+    name = os.path.splitext(os.path.basename(path))[0]
+    if alias and alias != name:
+        spec = importlib.util.spec_from_file_location(alias, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = module
+        spec.loader.exec_module(module)
+    return name
 
 
 class PythonLayerError(LayerError):
@@ -84,6 +107,7 @@ def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_di
     Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=xp)
     obj.param_str = pp.param_str
     obj.plugin_name = "%s.%s" % (pp.module, pp.layer)
+    obj.type = "Python"          # pycaffe's net.layers[i].type for a plugin
     if type(obj).reshape is Layer.reshape:
         raise PythonLayerError("layer '%s' (type Python): %s defines no reshape()"
                                % (layer_param.name, obj.plugin_name))

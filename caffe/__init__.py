@@ -1,0 +1,76 @@
+"""``import caffe`` for pycaffe code, backed by protonet.
+
+Plugins (``class Dice(caffe.Layer)``) and scripts written for Caffe 1.0's
+Python interface run unchanged: ``caffe.Net``, ``caffe.SGDSolver`` and the
+other solvers, ``caffe.get_solver``, ``caffe.TRAIN``/``TEST``,
+``caffe.set_mode_cpu``/``set_mode_gpu``/``set_device``/``set_random_seed``,
+``caffe.io``, ``caffe.proto.caffe_pb2``, ``caffe.NetSpec``/``layers``/
+``params``/``to_proto``, ``caffe.coord_map``, ``caffe.draw``.
+
+``caffe.__version__`` is the Caffe version whose interface this follows
+(1.0.0); ``caffe.protonet_version`` is the engine's.
+"""
+import logging as _logging
+
+import protonet as _protonet
+from protonet import Layer, TRAIN, TEST, set_mode_cpu, set_mode_gpu, set_device, set_random_seed
+
+from .pycaffe import (Net, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: F401
+                      AdaDeltaSolver, AdamSolver, get_solver, layer_type_list)
+from . import io  # noqa: F401
+from . import proto  # noqa: F401
+from .net_spec import layers, params, NetSpec, to_proto  # noqa: F401
+
+__version__ = "1.0.0"
+protonet_version = _protonet.__version__
+
+_solver_state = {"count": 1, "rank": 0, "multiprocess": False}
+
+
+def init_log(level=0):
+    """Show Caffe's log lines (glog format) on stderr from ``level`` up (0 INFO .. 3 FATAL)."""
+    from protonet import log
+    log.ensure_handler()
+    levels = [_logging.INFO, _logging.WARNING, _logging.ERROR, _logging.CRITICAL]
+    _logging.getLogger(log.LOGGER_NAME).setLevel(levels[min(max(int(level), 0), 3)])
+
+
+def log(message):
+    """Write one INFO line to Caffe's log."""
+    from protonet import log as _log
+    _log.ensure_handler()
+    _logging.getLogger(_log.LOGGER_NAME).info("%s", message)
+
+
+# Multi-GPU bookkeeping of pycaffe; protonet trains in one process on one device.
+def solver_count():
+    return _solver_state["count"]
+
+
+def set_solver_count(count):
+    _solver_state["count"] = int(count)
+
+
+def solver_rank():
+    return _solver_state["rank"]
+
+
+def set_solver_rank(rank):
+    _solver_state["rank"] = int(rank)
+
+
+def set_multiprocess(multiprocess):
+    _solver_state["multiprocess"] = bool(multiprocess)
+
+
+def has_nccl():
+    """False: protonet has no NCCL multi-GPU training."""
+    return False
+
+
+__all__ = ["Layer", "TRAIN", "TEST", "Net", "SGDSolver", "NesterovSolver", "AdaGradSolver",
+           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "layer_type_list",
+           "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "init_log", "log",
+           "solver_count", "set_solver_count", "solver_rank", "set_solver_rank",
+           "set_multiprocess", "has_nccl", "io", "proto", "layers", "params", "NetSpec",
+           "to_proto", "__version__"]

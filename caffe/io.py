@@ -1,0 +1,476 @@
+"""``caffe.io``: pycaffe's array/proto conversions, image loading and preprocessing.
+
+Same names and results as Caffe 1.0's ``python/caffe/io.py``, without its
+scikit-image dependency: PNG (all bit depths, palette, alpha, interlaced),
+PPM/PGM and ``.npy`` files are decoded here with NumPy and zlib; other formats
+(JPEG, BMP, TIFF, ...) go through Pillow when it is installed. Resizing uses
+SciPy's ``ndimage`` with scikit-image's pixel-centre geometry.
+"""
+import struct
+import zlib
+
+import numpy as np
+
+from .proto import caffe_pb2
+
+
+# -- proto / datum / ndarray conversion ------------------------------------
+
+def blobproto_to_array(blob, return_diff=False):
+    """A BlobProto as a float64 array (pycaffe's ``np.array(blob.data)``).
+
+    The legacy num/channels/height/width shape wins when any of them is set,
+    as in pycaffe; ``double_data``/``double_diff`` are read when the float
+    fields are empty.
+    """
+    if return_diff:
+        values = blob.diff if len(blob.diff) or not len(blob.double_diff) else blob.double_diff
+    else:
+        values = blob.data if len(blob.data) or not len(blob.double_data) else blob.double_data
+    arr = np.array(values, dtype=np.float64)
+    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") \
+            or blob.HasField("width"):
+        return arr.reshape(blob.num, blob.channels, blob.height, blob.width)
+    return arr.reshape(tuple(blob.shape.dim))
+
+
+def array_to_blobproto(arr, diff=None):
+    """An N-d array (and optionally its diff) as a BlobProto with ``shape.dim``."""
+    arr = np.asarray(arr)
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend(int(d) for d in arr.shape)
+    blob.data.extend(arr.astype(float).flat)
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff).astype(float).flat)
+    return blob
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """A list of arrays as a serialized BlobProtoVector."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend([array_to_blobproto(arr) for arr in arraylist])
+    return vec.SerializeToString()
+
+
+# pycaffe's historic misspelling, kept so old scripts run.
+arraylist_to_blobprotovecor_str = arraylist_to_blobprotovector_str
+
+
+def blobprotovector_str_to_arraylist(str_):
+    """A serialized BlobProtoVector as a list of arrays."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(str_)
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def array_to_datum(arr, label=None):
+    """A C x H x W array as a Datum: uint8 arrays go to ``data`` (bytes), others to ``float_data``."""
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError("Incorrect array shape: a Datum holds a 3-d (C x H x W) array, got %s"
+                         % (arr.shape,))
+    datum = caffe_pb2.Datum()
+    datum.channels, datum.height, datum.width = (int(d) for d in arr.shape)
+    if arr.dtype == np.uint8:
+        datum.data = arr.tobytes()
+    else:
+        datum.float_data.extend(arr.astype(float).flat)
+    if label is not None:
+        datum.label = int(label)
+    return datum
+
+
+def datum_to_array(datum):
+    """A Datum's values as a C x H x W array (uint8 for ``data``, float64 for ``float_data``).
+
+    The label is not returned (it is ``datum.label``). An encoded Datum (a
+    PNG/JPEG file) is decoded as Caffe's data layers decode it: BGR, uint8.
+    """
+    if datum.encoded:
+        from protonet.data.datum import datum_to_array as decode_datum
+        return decode_datum(datum, what="encoded Datum")
+    if len(datum.data):
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(
+            datum.channels, datum.height, datum.width).copy()
+    return np.array(datum.float_data).astype(float).reshape(
+        datum.channels, datum.height, datum.width)
+
+
+# -- pre-processing -----------------------------------------------------------
+
+class Transformer:
+    """Prepare images for a net's inputs, as pycaffe's ``caffe.io.Transformer``.
+
+    ``inputs``: {input name: blob shape}, e.g. ``{'data': net.blobs['data'].data.shape}``.
+    ``preprocess`` does, in order: float32, resize to the input's H x W,
+    transpose, channel swap, raw scale, mean subtraction, input scale;
+    ``deprocess`` undoes it (except the resize).
+    """
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.transpose = {}
+        self.channel_swap = {}
+        self.raw_scale = {}
+        self.mean = {}
+        self.input_scale = {}
+
+    def __check_input(self, in_):
+        if in_ not in self.inputs:
+            raise Exception("{} is not one of the net inputs: {}".format(in_, self.inputs))
+
+    def preprocess(self, in_, data):
+        """(H' x W' x K) image -> (K x H x W) float32 array for input ``in_``."""
+        self.__check_input(in_)
+        caffe_in = np.asarray(data).astype(np.float32, copy=False)
+        transpose = self.transpose.get(in_)
+        channel_swap = self.channel_swap.get(in_)
+        raw_scale = self.raw_scale.get(in_)
+        mean = self.mean.get(in_)
+        input_scale = self.input_scale.get(in_)
+        in_dims = tuple(self.inputs[in_][2:])
+        if tuple(caffe_in.shape[:2]) != in_dims:
+            caffe_in = resize_image(caffe_in, in_dims)
+        if transpose is not None:
+            caffe_in = caffe_in.transpose(transpose)
+        if channel_swap is not None:
+            caffe_in = caffe_in[list(channel_swap), :, :]
+        if raw_scale is not None:
+            caffe_in = caffe_in * raw_scale
+        if mean is not None:
+            caffe_in = caffe_in - mean
+        if input_scale is not None:
+            caffe_in = caffe_in * input_scale
+        return caffe_in.astype(np.float32, copy=False)
+
+    def deprocess(self, in_, data):
+        """Invert :meth:`preprocess` (all but the resize)."""
+        self.__check_input(in_)
+        decaf_in = np.array(data, copy=True).squeeze()
+        transpose = self.transpose.get(in_)
+        channel_swap = self.channel_swap.get(in_)
+        raw_scale = self.raw_scale.get(in_)
+        mean = self.mean.get(in_)
+        input_scale = self.input_scale.get(in_)
+        if input_scale is not None:
+            decaf_in = decaf_in / input_scale
+        if mean is not None:
+            decaf_in = decaf_in + mean
+        if raw_scale is not None:
+            decaf_in = decaf_in / raw_scale
+        if channel_swap is not None:
+            decaf_in = decaf_in[np.argsort(channel_swap), :, :]
+        if transpose is not None:
+            decaf_in = decaf_in.transpose(np.argsort(transpose))
+        return decaf_in
+
+    def set_transpose(self, in_, order):
+        """Axis order applied to the (H x W x K) image, e.g. (2, 0, 1) for K x H x W."""
+        self.__check_input(in_)
+        if len(order) != len(self.inputs[in_]) - 1:
+            raise Exception("Transpose order needs to have the same number of "
+                            "dimensions as the input.")
+        self.transpose[in_] = order
+
+    def set_channel_swap(self, in_, order):
+        """Channel order after the transpose; (2, 1, 0) turns RGB into BGR."""
+        self.__check_input(in_)
+        if len(order) != self.inputs[in_][1]:
+            raise Exception("Channel swap needs to have the same number of "
+                            "dimensions as the input channels.")
+        self.channel_swap[in_] = order
+
+    def set_raw_scale(self, in_, scale):
+        """Scale applied before the mean: 255 for models trained on [0, 255] pixels."""
+        self.__check_input(in_)
+        self.raw_scale[in_] = scale
+
+    def set_mean(self, in_, mean):
+        """Mean to subtract: K values (per channel) or a K x H x W (or H x W) array."""
+        self.__check_input(in_)
+        mean = np.asarray(mean)
+        ms = mean.shape
+        if mean.ndim == 1:
+            if ms[0] != self.inputs[in_][1]:
+                raise ValueError("Mean channels incompatible with input.")
+            mean = mean[:, np.newaxis, np.newaxis]
+        else:
+            if len(ms) == 2:
+                ms = (1,) + ms
+            if len(ms) != 3:
+                raise ValueError("Mean shape invalid")
+            if tuple(ms) != tuple(self.inputs[in_][1:]):
+                raise ValueError("Mean shape incompatible with input shape.")
+        self.mean[in_] = mean
+
+    def set_input_scale(self, in_, scale):
+        """Scale applied last, after the mean subtraction."""
+        self.__check_input(in_)
+        self.input_scale[in_] = scale
+
+
+# -- image IO -------------------------------------------------------------------
+
+def load_image(filename, color=True):
+    """An image file as float32 in [0, 1], H x W x 3 RGB (``color``) or H x W x 1.
+
+    As pycaffe: gray images are tiled to three channels when ``color``, alpha
+    is dropped, and ``color=False`` converts colour to luminance with
+    scikit-image's weights (0.2125 R + 0.7154 G + 0.0721 B).
+    """
+    with open(filename, "rb") as f:
+        payload = f.read()
+    img = _as_float(_decode(payload, str(filename)))
+    if img.ndim == 3 and img.shape[2] in (2, 4):
+        img = img[:, :, :-1]                      # drop alpha
+    if not color and img.ndim == 3 and img.shape[2] == 3:
+        img = img @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = img[:, :, np.newaxis]
+        if color:
+            img = np.tile(img, (1, 1, 3))
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
+def resize_image(im, new_dims, interp_order=1):
+    """Resize an H x W x K image to ``new_dims`` (height, width) with spline order ``interp_order``.
+
+    As pycaffe: 1- and 3-channel images are resized on pixel centres with
+    edge values repeated (scikit-image's ``resize`` geometry, without its
+    anti-aliasing blur when shrinking), other channel counts with
+    ``scipy.ndimage.zoom``; a constant image stays constant. Returns float32.
+    """
+    from scipy import ndimage
+    im = np.asarray(im)
+    new_dims = tuple(int(d) for d in new_dims)
+    if im.shape[-1] in (1, 3):
+        im_min, im_max = im.min(), im.max()
+        if im_max <= im_min:
+            out = np.empty((new_dims[0], new_dims[1], im.shape[-1]), dtype=np.float32)
+            out.fill(im_min)
+            return out
+        h, w = im.shape[:2]
+        # Output pixel centre i maps to input coordinate (i + 0.5) * in / out - 0.5.
+        rows = (np.arange(new_dims[0]) + 0.5) * (h / new_dims[0]) - 0.5
+        cols = (np.arange(new_dims[1]) + 0.5) * (w / new_dims[1]) - 0.5
+        grid = np.meshgrid(rows, cols, indexing="ij")
+        src = im.astype(np.float64)
+        resized = np.stack([ndimage.map_coordinates(src[:, :, k], grid, order=interp_order,
+                                                    mode="nearest")
+                            for k in range(im.shape[-1])], axis=-1)
+        # Splines above order 1 overshoot; skimage clips to the input's range.
+        resized = np.clip(resized, im_min, im_max)
+    else:
+        scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
+        resized = ndimage.zoom(im, scale + (1,), order=interp_order)
+    return resized.astype(np.float32)
+
+
+def oversample(images, crop_dims):
+    """The four corner crops and the centre crop of each image, then their mirrors.
+
+    ``images``: iterable of H x W x K arrays; returns (10*N) x h x w x K float32.
+    """
+    im_shape = np.array(images[0].shape)
+    crop_dims = np.array(crop_dims)
+    im_center = im_shape[:2] / 2.0
+    h_indices = (0, im_shape[0] - crop_dims[0])
+    w_indices = (0, im_shape[1] - crop_dims[1])
+    crops_ix = np.empty((5, 4), dtype=int)
+    curr = 0
+    for i in h_indices:
+        for j in w_indices:
+            crops_ix[curr] = (i, j, i + crop_dims[0], j + crop_dims[1])
+            curr += 1
+    crops_ix[4] = np.tile(im_center, (1, 2)) + np.concatenate([-crop_dims / 2.0, crop_dims / 2.0])
+    crops_ix = np.tile(crops_ix, (2, 1))
+    crops = np.empty((10 * len(images), crop_dims[0], crop_dims[1], im_shape[-1]),
+                     dtype=np.float32)
+    ix = 0
+    for im in images:
+        for crop in crops_ix:
+            crops[ix] = im[crop[0]:crop[2], crop[1]:crop[3], :]
+            ix += 1
+        crops[ix - 5:ix] = crops[ix - 5:ix, :, ::-1, :]   # the mirrors of the last five
+    return crops
+
+
+# -- decoders -------------------------------------------------------------------
+
+def _as_float(img):
+    """scikit-image's img_as_float: unsigned ints scaled by their maximum, floats kept."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    if img.dtype == np.bool_:
+        return img.astype(np.float32)
+    return img.astype(np.float32)
+
+
+def _decode(payload, what):
+    """Image bytes -> H x W or H x W x C array in the file's channel order (RGB[A])."""
+    if payload[:8] == b"\x89PNG\r\n\x1a\n":
+        return _decode_png(payload, what)
+    if payload[:2] in (b"P2", b"P3", b"P5", b"P6"):
+        return _decode_pnm(payload, what)
+    if payload[:6] == b"\x93NUMPY":
+        import io
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise IOError("%s: not PNG/PPM/PGM/.npy, and decoding other formats (JPEG, ...) needs "
+                      "Pillow: pip install Pillow" % what) from None
+    import io
+    try:
+        img = Image.open(io.BytesIO(payload))
+        img.load()
+    except Exception as exc:
+        raise IOError("%s: cannot decode as an image (%s: %s)"
+                      % (what, type(exc).__name__, exc)) from None
+    if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+        img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+    return np.asarray(img)
+
+
+def _decode_pnm(payload, what):
+    tokens, pos = [], 2
+    # Header: magic, width, height, maxval, separated by whitespace; '#' starts a comment.
+    while len(tokens) < 3:
+        while payload[pos:pos + 1].isspace():
+            pos += 1
+        if payload[pos:pos + 1] == b"#":
+            pos = payload.index(b"\n", pos) + 1
+            continue
+        end = pos
+        while end < len(payload) and not payload[end:end + 1].isspace():
+            end += 1
+        tokens.append(int(payload[pos:end]))
+        pos = end
+    width, height, maxval = tokens
+    channels = 3 if payload[:2] in (b"P3", b"P6") else 1
+    count = width * height * channels
+    if payload[:2] in (b"P5", b"P6"):
+        pos += 1                                   # exactly one whitespace byte
+        dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
+        values = np.frombuffer(payload, dtype=dtype, count=count, offset=pos)
+    else:
+        values = np.array(payload[pos:].split()[:count], dtype=np.int64)
+    if values.size != count:
+        raise IOError("%s: truncated PNM image" % what)
+    out_dtype = np.uint16 if maxval > 255 else np.uint8
+    values = values.astype(np.int64)
+    full = 65535 if maxval > 255 else 255
+    if maxval != full:
+        values = values * full // maxval
+    img = values.astype(out_dtype).reshape(height, width, channels)
+    return img[:, :, 0] if channels == 1 else img
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 passes: (row start, col start, row step, col step)
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
+          (1, 0, 2, 1))
+
+
+def _decode_png(payload, what):
+    pos, chunks, idat = 8, {}, []
+    while pos + 8 <= len(payload):
+        length, kind = struct.unpack(">I4s", payload[pos:pos + 8])
+        body = payload[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        else:
+            chunks.setdefault(kind, body)
+    if b"IHDR" not in chunks:
+        raise IOError("%s: PNG without an IHDR chunk" % what)
+    width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    if ctype not in _PNG_CHANNELS:
+        raise IOError("%s: PNG colour type %d is not valid" % (what, ctype))
+    channels = _PNG_CHANNELS[ctype]
+    raw = zlib.decompress(b"".join(idat))
+    if interlace:
+        img = np.zeros((height, width, channels), dtype=np.uint16 if depth == 16 else np.uint8)
+        offset = 0
+        for r0, c0, dr, dc in _ADAM7:
+            h, w = -(-(height - r0) // dr), -(-(width - c0) // dc)
+            if h <= 0 or w <= 0:
+                continue
+            part, used = _png_unfilter(raw, offset, w, h, depth, channels, ctype, what)
+            img[r0::dr, c0::dc] = part
+            offset += used
+    else:
+        img, _ = _png_unfilter(raw, 0, width, height, depth, channels, ctype, what)
+    if ctype == 3:
+        if b"PLTE" not in chunks:
+            raise IOError("%s: palette PNG without a PLTE chunk" % what)
+        palette = np.frombuffer(chunks[b"PLTE"], dtype=np.uint8).reshape(-1, 3)
+        index = img[:, :, 0]
+        if b"tRNS" in chunks:
+            alpha = np.full(len(palette), 255, dtype=np.uint8)
+            trns = np.frombuffer(chunks[b"tRNS"], dtype=np.uint8)[:len(palette)]
+            alpha[:len(trns)] = trns
+            palette = np.concatenate([palette, alpha[:, None]], axis=1)
+        return palette[index]
+    return img[:, :, 0] if channels == 1 else img
+
+
+def _png_unfilter(raw, offset, width, height, depth, channels, ctype, what):
+    """Undo the per-row filters of one (sub)image; returns (H x W x C array, bytes used)."""
+    bits = depth * channels
+    stride = (width * bits + 7) // 8
+    bpp = max(1, bits // 8)                        # filter distance in bytes
+    used = height * (stride + 1)
+    rows = np.frombuffer(raw, dtype=np.uint8, count=used, offset=offset).reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        ftype, line = rows[y, 0], rows[y, 1:].astype(np.int64)
+        if ftype == 0:
+            cur = line
+        elif ftype == 1:
+            # Sub: a running sum along each of the bpp byte lanes.
+            cur = np.empty_like(line)
+            for k in range(bpp):
+                cur[k::bpp] = np.cumsum(line[k::bpp]) & 0xFF
+        elif ftype == 2:
+            cur = (line + prev) & 0xFF
+        elif ftype in (3, 4):
+            # Average and Paeth depend on the reconstructed left neighbour: sequential.
+            cur = _png_sequential(ftype, line.tolist(), prev.tolist(), bpp)
+        else:
+            raise IOError("%s: bad PNG filter type %d" % (what, ftype))
+        out[y] = cur
+        prev = np.asarray(cur, dtype=np.int64)
+    if depth == 16:
+        img = out.view(">u2").astype(np.uint16).reshape(height, width, channels)
+    elif depth == 8:
+        img = out.reshape(height, width, channels)
+    else:
+        img = np.unpackbits(out, axis=1).reshape(height, stride * 8 // depth, depth)
+        img = img.dot(1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)[:, :width * channels]
+        img = img.reshape(height, width, channels)
+        if ctype == 0:                             # scale gray to the full 8-bit range
+            img = (img.astype(np.uint16) * 255 // ((1 << depth) - 1)).astype(np.uint8)
+    return img, used
+
+
+def _png_sequential(ftype, cur, prev, bpp):
+    for x in range(len(cur)):
+        left = cur[x - bpp] if x >= bpp else 0
+        up = prev[x]
+        if ftype == 3:
+            pred = (left + up) >> 1
+        else:
+            ul = prev[x - bpp] if x >= bpp else 0
+            p = left + up - ul
+            pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
+            pred = left if pa <= pb and pa <= pc else (up if pb <= pc else ul)
+        cur[x] = (cur[x] + pred) & 0xFF
+    return cur
