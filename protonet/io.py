@@ -180,12 +180,17 @@ def wire_field(number, payload):
 def blobproto_bytes(data, diff=None):
     """Serialized BlobProto (shape = 7, packed float data = 5, diff = 6) for an array."""
     from . import backend
-    host = np.ascontiguousarray(backend.to_host(data), dtype="<f4")
-    shape = caffe_pb2.BlobShape()
-    shape.dim.extend(int(d) for d in host.shape)
-    out = wire_field(7, shape.SerializeToString()) + wire_field(5, host.tobytes())
+    host = np.asarray(backend.to_host(data), dtype="<f4")
+    out = b""
+    if host.ndim:
+        # Caffe writes no shape at all for a 0-axis blob (e.g. a shared PReLU slope)
+        shape = caffe_pb2.BlobShape()
+        shape.dim.extend(int(d) for d in host.shape)
+        out = wire_field(7, shape.SerializeToString())
+    out += wire_field(5, np.ascontiguousarray(host.reshape(-1)).tobytes())
     if diff is not None:
-        out += wire_field(6, np.ascontiguousarray(backend.to_host(diff), dtype="<f4").tobytes())
+        flat = np.asarray(backend.to_host(diff), dtype="<f4").reshape(-1)
+        out += wire_field(6, np.ascontiguousarray(flat).tobytes())
     return out
 
 

@@ -145,8 +145,6 @@ class Net:
 
         for lp in param.layer:
             where = self._where(lp.name)
-            if lp.name in self.layer_names and lp.name:
-                raise NetError("duplicate layer name '%s'%s" % (lp.name, where))
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise NetError("layer '%s'%s: propagate_down must be given once per bottom (%d), "
                                "got %d" % (lp.name, where, len(lp.bottom), len(lp.propagate_down)))
@@ -464,7 +462,7 @@ class Net:
             self._load_layer_blobs(self.layers[li], lp.blobs, origin)
 
     def share_with(self, other):
-        """Make this net's parameters views of ``other``'s, by layer name."""
+        """Make this net's parameter values views of ``other``'s, by layer name."""
         index = {name: i for i, name in enumerate(other.layer_names)}
         for name, layer in zip(self.layer_names, self.layers):
             oi = index.get(name)
@@ -477,9 +475,7 @@ class Net:
                 if b.shape != s.shape:
                     raise NetError("Cannot share param %d of layer '%s'; shape mismatch: %s vs %s"
                                    % (j, name, s.shape, b.shape))
-                layer.blobs[j] = s
-        self.params = collections.OrderedDict(
-            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers) if layer.blobs)
+                b.share_data(s)        # values only, as Caffe's ShareTrainedLayersWith
 
     def to_proto_bytes(self, write_diff=False):
         """The net (layers with their blobs) serialized as a NetParameter."""

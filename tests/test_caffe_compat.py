@@ -313,7 +313,7 @@ def test_voc_data_layer_reshapes_every_iteration_and_trains(voc, tmp_path):
 
     # The test net shares the weights and walks the val split in order.
     val = solver.test_nets[0]
-    assert val.params["conv1_1"][0] is net.params["conv1_1"][0]
+    assert np.shares_memory(val.params["conv1_1"][0].data, net.params["conv1_1"][0].data)
     for h, w in VAL_SIZES * 2:
         out = val.forward()
         assert val.blobs["data"].data.shape == (1, 3, h, w)
@@ -529,7 +529,7 @@ def test_classic_fcn_solve_script_runs_unchanged(voc, tmp_path, capsys):
     test_net = solver.test_nets[0]
     for name in solver.net.params:
         for a, b in zip(test_net.params[name], solver.net.params[name]):
-            assert a is b
+            assert np.shares_memory(a.data, b.data)
 
     # The script's histograms, recounted: forward each val image, compare pixel by pixel.
     hist = np.zeros((3, 3))
@@ -745,7 +745,7 @@ def test_net_pycaffe_interface(tmp_path):
     # share_with: one set of parameter blobs.
     twin = caffe.Net(path, caffe.TEST)
     twin.share_with(net)
-    assert twin.params["conv"][0] is net.params["conv"][0]
+    assert np.shares_memory(twin.params["conv"][0].data, net.params["conv"][0].data)
 
 
 def test_blob_views_are_writable(tmp_path):
@@ -820,7 +820,7 @@ def test_solvers_and_module_surface(tmp_path, monkeypatch):
             assert s.iter == 2 and np.isfinite(s.net.blobs["loss"].data).all()
         twin = caffe.Net("net.prototxt", caffe.TEST)
         direct.share_weights(twin)
-        assert twin.params["ip"][0] is direct.net.params["ip"][0]
+        assert np.shares_memory(twin.params["ip"][0].data, direct.net.params["ip"][0].data)
 
     assert caffe.Layer is protonet.Layer and (caffe.TRAIN, caffe.TEST) == (0, 1)
     assert caffe.proto.caffe_pb2 is caffe_pb2

@@ -441,7 +441,7 @@ def test_test_nets_share_params_and_average_outputs():
     assert "val_only" in test_net.layer_names and "val_only" not in solver.net.layer_names
     assert test_net.phase == caffe_pb2.TEST and solver.net.phase == caffe_pb2.TRAIN
     for a, b in zip(test_net.params["ip"], solver.net.params["ip"]):
-        assert a is b
+        assert np.shares_memory(a.data, b.data)
     X, y = problem(1)
     test_net.blobs["data"].data[...] = X
     test_net.blobs["targets"].data[...] = y
