@@ -450,6 +450,16 @@ DATA_TOOLS = [
 ]
 
 
+def infer_arguments(p):
+    from . import infer
+    infer.add_arguments(p)
+
+
+def infer_command(args):
+    from . import infer
+    return infer.run(args)
+
+
 def data_arguments(p):
     import importlib
     tools = p.add_subparsers(dest="tool", metavar="<tool>")
@@ -476,6 +486,8 @@ COMMANDS = [
      DEVICE_QUERY_EXAMPLE),
     ("data", data_command, data_arguments, "prepare datasets (Sunnybrook DICOM -> LMDB, ...)",
      DATA_EXAMPLE),
+    ("infer", infer_command, infer_arguments,
+     "segment images, DICOMs or an LMDB; write overlays, masks and a Dice summary", None),
 ]
 
 
