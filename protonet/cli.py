@@ -435,6 +435,11 @@ def device_query_command(args):
     return 0
 
 
+def _lazy_example(module, name):
+    import importlib
+    return getattr(importlib.import_module("protonet." + module), name)
+
+
 # ------------------------------------------------------------------ data
 DATA_EXAMPLE = """example:
   protonet data synth-sunnybrook --out synth --cases 20
@@ -448,6 +453,16 @@ DATA_TOOLS = [
     ("synth-sunnybrook", "protonet.data.synth",
      "write a synthetic Sunnybrook-like dataset (DICOM + contour files)"),
 ]
+
+
+def tutorial_arguments(p):
+    from . import tutorial
+    tutorial.add_arguments(p)
+
+
+def tutorial_command(args):
+    from . import tutorial
+    return tutorial.run(args)
 
 
 def infer_arguments(p):
@@ -479,6 +494,9 @@ def data_command(args):
 # ------------------------------------------------------------------ table and main
 # name, command, arguments, one-line help, example epilog
 COMMANDS = [
+    ("tutorial", tutorial_command, tutorial_arguments,
+     "the Sunnybrook LV segmentation tutorial end to end (data, training, Dice, pictures)",
+     _lazy_example("tutorial", "TUTORIAL_EXAMPLE")),
     ("train", train_command, train_arguments, "train or finetune a model", TRAIN_EXAMPLE),
     ("test", test_command, test_arguments, "score a model", TEST_EXAMPLE),
     ("time", time_command, time_arguments, "benchmark model execution time", TIME_EXAMPLE),
