@@ -1,0 +1,346 @@
+"""Pooling: MAX, AVE and STOCHASTIC over 2-d windows, with Caffe's output-size rules.
+
+Windows are evaluated by strided views. Each plan loops over whichever is
+shorter: the kernel taps (each step touches one strided view of the input
+for every output at once) or the output positions (each step reduces one
+window; global pooling is a single step).
+"""
+import numpy as np
+
+from ..layer import Layer, register, TRAIN
+from ..proto import caffe_pb2
+from .. import rng
+
+P = caffe_pb2.PoolingParameter
+FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def pooled_size(size, kernel, pad, stride, ceil_mode, any_pad):
+    """Caffe's pooled length along one axis.
+
+    Caffe rounds (size + 2 pad - kernel) / stride up (CEIL, the default) or
+    down, plus one; then, when the layer has any padding, it drops a last
+    window that would start in the padding instead of inside the image.
+    """
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if any_pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _tap_steps(size, out, kernel, pad, stride):
+    """Per tap i: (i, lo, hi, input slice) for the outputs whose window row i lies in the image."""
+    steps = []
+    for i in range(kernel):
+        off = i - pad
+        lo = max(0, -(-(-off) // stride))
+        hi = min(out, (size - 1 - off) // stride + 1)
+        if lo < hi:
+            start = lo * stride + off
+            steps.append((i, lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)))
+    return steps
+
+
+class Pool2d:
+    """One pooling geometry on (N, C, H, W) arrays: forward, then backward from saved choices.
+
+    ``method``: P.MAX, P.AVE or P.STOCHASTIC; ``train`` picks stochastic
+    sampling (TRAIN) or its probability-weighted average (TEST).
+    Raises ValueError if the output would be empty.
+    """
+
+    def __init__(self, xp, dtype, method, shape, kernel, stride, pad, ceil_mode=True, train=True):
+        self.xp, self.dtype, self.method, self.train = xp, np.dtype(dtype), method, train
+        n, c, h, w = shape
+        (kh, kw), (sh, sw), (ph_, pw_) = kernel, stride, pad
+        any_pad = bool(ph_ or pw_)
+        oh = pooled_size(h, kh, ph_, sh, ceil_mode, any_pad)
+        ow = pooled_size(w, kw, pw_, sw, ceil_mode, any_pad)
+        if oh <= 0 or ow <= 0:
+            raise ValueError("input %dx%d gives an empty output (%dx%d) for kernel %dx%d, stride %dx%d, pad %dx%d"
+                             % (h, w, oh, ow, kh, kw, sh, sw, ph_, pw_))
+        self.in_shape = tuple(shape)
+        self.out_shape = (n, c, oh, ow)
+        self.kernel, self.stride, self.pad = (kh, kw), (sh, sw), (ph_, pw_)
+        self.by_taps = kh * kw <= oh * ow
+        if self.by_taps:
+            self.rows = _tap_steps(h, oh, kh, ph_, sh)
+            self.cols = _tap_steps(w, ow, kw, pw_, sw)
+        # Unclamped window starts; AVE divides by the window clipped to H + pad
+        # (padded cells count, cells past the padding do not).
+        self.hstart = np.arange(oh) * sh - ph_
+        self.wstart = np.arange(ow) * sw - pw_
+        if method == P.AVE:
+            dh = np.minimum(self.hstart + kh, h + ph_) - self.hstart
+            dw = np.minimum(self.wstart + kw, w + pw_) - self.wstart
+            self.divisor = xp.asarray((dh[:, None] * dw[None, :]).astype(self.dtype))
+        # Chosen tap + 1 per output (tap = i * kw + j from the unclamped window
+        # start; 0: none), in the narrowest integer type: the tap loop keeps it
+        # with branch-free multiply/maximum, which masked copies are not.
+        taps = kh * kw + 1
+        itype = np.int8 if taps < 2 ** 7 else np.int16 if taps < 2 ** 15 else np.int32
+        self.choice = None
+        if method != P.AVE:
+            self.choice = xp.empty(self.out_shape, itype)
+            self._mask = xp.empty(self.out_shape, bool)
+            self._itmp = xp.empty(self.out_shape, itype) if self.by_taps else None
+        self._cell = None
+
+    # -- helpers ---------------------------------------------------------
+    def _taps(self):
+        kw = self.kernel[1]
+        for i, hlo, hhi, hs in self.rows:
+            for j, wlo, whi, ws in self.cols:
+                yield i * kw + j, (Ellipsis, slice(hlo, hhi), slice(wlo, whi)), (Ellipsis, hs, ws)
+
+    def _windows(self):
+        h, w = self.in_shape[2:]
+        kh, kw = self.kernel
+        for a, hs in enumerate(self.hstart.tolist()):
+            for b, ws in enumerate(self.wstart.tolist()):
+                h0, h1 = max(hs, 0), min(hs + kh, h)
+                w0, w1 = max(ws, 0), min(ws + kw, w)
+                yield a, b, hs, ws, h0, h1, w0, w1
+
+    def flat_index(self):
+        """The choice as Caffe's mask: flat index h * W + w into the input plane (-1: none)."""
+        xp = self.xp
+        kw = self.kernel[1]
+        W = self.in_shape[3]
+        hs = xp.asarray(self.hstart)[:, None]
+        ws = xp.asarray(self.wstart)[None, :]
+        c = self.choice.astype(np.int64) - 1
+        flat = (hs + c // kw) * W + ws + c % kw
+        return xp.where(c >= 0, flat, -1)
+
+    # -- forward ---------------------------------------------------------
+    def forward(self, x, top):
+        if self.method == P.MAX:
+            self._forward_max(x, top)
+        elif self.method == P.AVE:
+            self._forward_ave(x, top)
+        elif self.train:
+            self._forward_stochastic_train(x, top)
+        else:
+            self._forward_stochastic_test(x, top)
+
+    def _forward_max(self, x, top):
+        xp = self.xp
+        # Caffe starts from -FLT_MAX and keeps the first strictly larger value.
+        top.fill(-FLT_MAX)
+        self.choice.fill(0)
+        if self.by_taps:
+            itype = self.choice.dtype.type
+            for t, tsl, xsl in self._taps():
+                v, tv, cv = x[xsl], top[tsl], self.choice[tsl]
+                m, mark = self._mask[tsl], self._itmp[tsl]
+                xp.greater(v, tv, out=m)
+                xp.maximum(tv, v, out=tv)
+                # Taps come in increasing order, so the last strictly-greater tap
+                # (the largest mark) is Caffe's first maximum in row-major order.
+                xp.multiply(m, itype(t + 1), out=mark)
+                xp.maximum(cv, mark, out=cv)
+            return
+        n, c = self.out_shape[:2]
+        kw = self.kernel[1]
+        for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
+            if h0 >= h1 or w0 >= w1:
+                continue
+            slab = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            k = slab.argmax(axis=-1)
+            val = xp.take_along_axis(slab, k[..., None], axis=-1)[..., 0]
+            ok = val > -FLT_MAX
+            top[:, :, a, b] = xp.where(ok, val, -FLT_MAX)
+            tap = (h0 - hs + k // (w1 - w0)) * kw + (w0 - ws) + k % (w1 - w0)
+            self.choice[:, :, a, b] = xp.where(ok, tap + 1, 0)
+
+    def _window_sums(self, x, top, square=False):
+        """top = sum over each clipped window of x (or of x * x)."""
+        top.fill(0)
+        n, c = self.out_shape[:2]
+        if self.by_taps:
+            for _, tsl, xsl in self._taps():
+                v = x[xsl]
+                tv = top[tsl]
+                tv += v * v if square else v
+            return
+        for a, b, _, _, h0, h1, w0, w1 in self._windows():
+            slab = x[:, :, h0:h1, w0:w1]
+            top[:, :, a, b] = (slab * slab if square else slab).reshape(n, c, -1).sum(axis=-1)
+
+    def _forward_ave(self, x, top):
+        self._window_sums(x, top)
+        top /= self.divisor
+
+    def _forward_stochastic_test(self, x, top):
+        # Caffe's TEST-time stochastic pooling: sum(x^2) / sum(x), the sum
+        # started at FLT_MIN to avoid dividing by zero.
+        total = self.xp.empty_like(top)
+        self._window_sums(x, total)
+        total += FLT_MIN
+        self._window_sums(x, top, square=True)
+        top /= total
+
+    def _forward_stochastic_train(self, x, top):
+        # Pick the first cell (row-major in its window) where the running sum
+        # reaches u * window sum, u ~ U[0, 1): a draw proportional to the values.
+        xp = self.xp
+        u = xp.asarray(rng.get_rng().random(self.out_shape).astype(self.dtype))
+        thres = xp.empty_like(top)
+        self._window_sums(x, thres)
+        thres *= u
+        self.choice.fill(0)
+        if self.by_taps:
+            cum = xp.zeros_like(top)
+            for t, tsl, xsl in self._taps():
+                v, cs = x[xsl], cum[tsl]
+                cs += v
+                hit = (cs >= thres[tsl]) & (self.choice[tsl] == 0)
+                xp.copyto(top[tsl], v, where=hit)
+                xp.copyto(self.choice[tsl], t + 1, where=hit)
+            return
+        n, c = self.out_shape[:2]
+        kw = self.kernel[1]
+        for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
+            if h0 >= h1 or w0 >= w1:
+                continue
+            slab = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            reached = xp.cumsum(slab, axis=-1) >= thres[:, :, a, b][..., None]
+            k = reached.argmax(axis=-1)
+            top[:, :, a, b] = xp.take_along_axis(slab, k[..., None], axis=-1)[..., 0]
+            tap = (h0 - hs + k // (w1 - w0)) * kw + (w0 - ws) + k % (w1 - w0)
+            self.choice[:, :, a, b] = xp.where(reached.any(axis=-1), tap + 1, 0)
+
+    # -- backward ----------------------------------------------------------
+    def backward(self, top_diff, dx):
+        """Overwrite dx with the gradient of the last forward."""
+        xp = self.xp
+        if self.method == P.AVE:
+            dx.fill(0)
+            g = top_diff / self.divisor
+            if self.by_taps:
+                for _, tsl, xsl in self._taps():
+                    dv = dx[xsl]
+                    dv += g[tsl]
+            else:
+                for a, b, _, _, h0, h1, w0, w1 in self._windows():
+                    dv = dx[:, :, h0:h1, w0:w1]
+                    dv += g[:, :, a, b, None, None]
+            return
+        # MAX and STOCHASTIC: each top diff goes to its chosen cell; one
+        # bincount over flat cell indices sums the diffs of windows that chose
+        # the same cell (2-3x faster than a pass over dx per tap).
+        if self._cell is None:
+            n, c, h, w = self.in_shape
+            kw = self.kernel[1]
+            plane = xp.arange(n * c, dtype=np.intp).reshape(n, c, 1, 1) * (h * w)
+            start = xp.asarray(self.hstart[:, None] * w + self.wstart[None, :], dtype=np.intp)
+            self._cell = plane + start
+            taps = np.arange(self.kernel[0] * kw)
+            self._tap_offset = xp.asarray(np.concatenate([[0], taps // kw * w + taps % kw]), dtype=np.intp)
+        weights = top_diff.reshape(-1)
+        cells = (self._cell + self._tap_offset[self.choice]).reshape(-1)
+        if not bool(self.choice.all()):
+            # windows that chose no cell (all -inf or NaN) pass no gradient
+            none = self.choice.reshape(-1) == 0
+            cells = xp.where(none, 0, cells)
+            weights = xp.where(none, 0, weights)
+        dx[...] = xp.bincount(cells, weights=weights, minlength=dx.size).reshape(dx.shape)
+
+
+def pooling_geometry(layer, param, height, width):
+    """Kernel, stride, pad from a PoolingParameter with Caffe's checks (global pooling: the whole plane)."""
+    if param.global_pooling:
+        if param.HasField("kernel_size") or param.HasField("kernel_h") or param.HasField("kernel_w"):
+            raise layer.error("global_pooling takes the whole plane; do not give a kernel size")
+        kernel = (height, width)
+    else:
+        has_size = param.HasField("kernel_size")
+        has_hw = param.HasField("kernel_h") and param.HasField("kernel_w")
+        if has_size == has_hw:
+            raise layer.error("give kernel_size, or both kernel_h and kernel_w (not both forms)")
+        kernel = (param.kernel_size,) * 2 if has_size else (param.kernel_h, param.kernel_w)
+    if param.HasField("pad_h") != param.HasField("pad_w") or (param.HasField("pad") and param.HasField("pad_h")):
+        raise layer.error("give pad, or both pad_h and pad_w")
+    if param.HasField("stride_h") != param.HasField("stride_w") or (
+            param.HasField("stride") and param.HasField("stride_h")):
+        raise layer.error("give stride, or both stride_h and stride_w")
+    pad = (param.pad_h, param.pad_w) if param.HasField("pad_h") else (param.pad,) * 2
+    stride = (param.stride_h, param.stride_w) if param.HasField("stride_h") else (param.stride,) * 2
+    kernel, pad, stride = tuple(map(int, kernel)), tuple(map(int, pad)), tuple(map(int, stride))
+    if min(kernel) <= 0:
+        raise layer.error("kernel dimensions must be positive, got %s" % (kernel,))
+    if min(stride) <= 0:
+        raise layer.error("stride dimensions must be positive, got %s" % (stride,))
+    if param.global_pooling and (pad != (0, 0) or stride != (1, 1)):
+        raise layer.error("global_pooling needs pad 0 and stride 1")
+    if pad != (0, 0):
+        if param.pool not in (P.MAX, P.AVE):
+            raise layer.error("padding is implemented only for MAX and AVE pooling")
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise layer.error("pad %s must be smaller than the kernel %s" % (pad, kernel))
+    return kernel, stride, pad
+
+
+@register("Pooling", "POOLING")
+class PoolingLayer(Layer):
+    """2-d pooling, Caffe's Pooling.
+
+    Reads pooling_param: pool (MAX, AVE, STOCHASTIC), kernel_size or
+    kernel_h+kernel_w, stride or stride_h+stride_w, pad or pad_h+pad_w,
+    global_pooling, round_mode. Bottom ``(N, C, H, W)``; top
+    ``(N, C, PH, PW)`` with ``PH = ceil((H + 2 pad - k) / stride) + 1``
+    (floor with round_mode FLOOR), minus one if the layer has padding and the
+    last window would start in the padding. AVE divides by the window clipped
+    to ``H + pad`` (padded cells count). MAX may have a second top: the argmax
+    as Caffe's mask, ``h * W + w`` stored as float. STOCHASTIC samples a cell
+    with probability proportional to its value at TRAIN and outputs
+    ``sum(x^2) / sum(x)`` at TEST (Caffe's GPU semantics).
+    """
+
+    exact_num_bottom = 1
+    min_top = 1
+
+    @property
+    def max_top(self):
+        return 2 if self.layer_param.pooling_param.pool == P.MAX else 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.pooling_param
+        if param.pool not in (P.MAX, P.AVE, P.STOCHASTIC):
+            raise self.error("unknown pooling method %d" % param.pool)
+        if bottom[0].num_axes != 4:
+            raise self.error("bottom must have 4 axes (num, channels, height, width), got shape %s"
+                             % (bottom[0].shape,))
+        # Checks the settings once at setup (global pooling re-reads the size per reshape).
+        pooling_geometry(self, param, *bottom[0].shape[2:])
+        self._plan = None
+        self._key = None
+
+    def reshape(self, bottom, top):
+        param = self.layer_param.pooling_param
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise self.error("bottom must have 4 axes (num, channels, height, width), got shape %s" % (shape,))
+        if shape != self._key:
+            kernel, stride, pad = pooling_geometry(self, param, *shape[2:])
+            try:
+                self._plan = Pool2d(self.xp, self.dtype, param.pool, shape, kernel, stride, pad,
+                                    ceil_mode=param.round_mode == P.CEIL,
+                                    train=self.phase == TRAIN)
+            except ValueError as exc:
+                raise self.error(str(exc))
+            self._key = shape
+        for t in top:
+            t.reshape(self._plan.out_shape)
+
+    def forward(self, bottom, top):
+        self._plan.forward(bottom[0].data, top[0].data)
+        if len(top) > 1:
+            top[1].data[...] = self._plan.flat_index()
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self._plan.backward(top[0].diff, bottom[0].diff)
