@@ -81,6 +81,10 @@ class Dice(caffe.Layer):
             raise ValueError("layer '%s' (Dice) is a metric and has no gradient; use DiceLoss "
                              "to train on the Dice coefficient" % self.name)
 
+    def allow_force_backward(self, bottom_index):
+        # a metric, like Caffe's Accuracy: force_backward does not ask it for gradients
+        return False
+
 
 class DiceLoss(caffe.Layer):
     """Soft Dice loss: one minus the Dice coefficient of the softmax foreground probability.

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import to_host
+from .blob import Blob
 from .layer import Layer, LayerError
 
 _extra_paths = []
+# None: copy to the host only on a device; True/False force it (tests exercise the GPU path's copies).
+force_host_copies = None
 
 
 def add_search_path(path):
@@ -94,7 +98,15 @@ def load_class(module_name, class_name, layer_name="?", search_dirs=()):
     return cls
 
 
-def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_dirs=()):
+def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_dirs=(),
+                        host_copies=None):
+    """The plugin object for a ``type: "Python"`` layer.
+
+    On the GPU (``xp`` is not NumPy) plugins see host NumPy blobs, as in
+    Caffe: they are wrapped in :class:`HostCopyLayer`, which copies around
+    each call. A plugin class that sets ``device_arrays = True`` gets the
+    device blobs directly. ``host_copies`` forces either choice (tests).
+    """
     pp = layer_param.python_param
     if not pp.module or not pp.layer:
         raise PythonLayerError("layer '%s' (type Python): python_param needs both 'module' and "
@@ -103,12 +115,88 @@ def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_di
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise PythonLayerError("layer '%s' (type Python): %s.%s must subclass caffe.Layer"
                                % (layer_param.name, pp.module, pp.layer))
+    if host_copies is None:
+        host_copies = force_host_copies
+    if host_copies is None:
+        host_copies = xp is not None and xp is not np and not getattr(cls, "device_arrays", False)
     obj = cls.__new__(cls)
-    Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=xp)
+    Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=np if host_copies else xp)
     obj.param_str = pp.param_str
     obj.plugin_name = "%s.%s" % (pp.module, pp.layer)
     obj.type = "Python"          # pycaffe's net.layers[i].type for a plugin
     if type(obj).reshape is Layer.reshape:
         raise PythonLayerError("layer '%s' (type Python): %s defines no reshape()"
                                % (layer_param.name, obj.plugin_name))
+    if host_copies:
+        return HostCopyLayer(obj, layer_param, phase, dtype, xp)
     return obj
+
+
+class HostCopyLayer(Layer):
+    """Runs a plugin on host (NumPy) mirrors of its blobs when the net lives on a device.
+
+    Bottom data are copied in before ``reshape``/``forward``, top data out after
+    ``forward``; for ``backward`` top diffs go in and the requested bottom diffs
+    come out. The plugin's own parameter blobs stay on the host.
+    """
+
+    def __init__(self, plugin, layer_param, phase, dtype, xp):
+        Layer.__init__(self, layer_param, phase=phase, dtype=dtype, xp=xp)
+        self.plugin = plugin
+        self.plugin_name = plugin.plugin_name
+        self.type = "Python"
+        self.blobs = plugin.blobs
+        self._bottom, self._top = [], []
+
+    @staticmethod
+    def _mirror(blobs, hosts, dtype):
+        while len(hosts) < len(blobs):
+            hosts.append(Blob((), dtype=dtype, xp=np))
+        for blob, host in zip(blobs, hosts):
+            if host.shape != blob.shape:
+                host.reshape(blob.shape)
+        return hosts[:len(blobs)]
+
+    def _bottoms_in(self, bottom):
+        hosts = self._mirror(bottom, self._bottom, self.dtype)
+        for blob, host in zip(bottom, hosts):
+            host.data[...] = to_host(blob.data)
+        return hosts
+
+    def _tops_out(self, top, hosts, what="data"):
+        for blob, host in zip(top, hosts):
+            if blob.shape != host.shape:
+                blob.reshape(host.shape)
+            getattr(blob, what)[...] = self.xp.asarray(getattr(host, what))
+
+    def setup(self, bottom, top):
+        hosts = self._bottoms_in(bottom)
+        tops = self._mirror(top, self._top, self.dtype)
+        self.plugin.setup(hosts, tops)
+
+    def reshape(self, bottom, top):
+        hosts = self._bottoms_in(bottom)
+        tops = self._top[:len(top)]
+        self.plugin.reshape(hosts, tops)
+        for blob, host in zip(top, tops):
+            blob.reshape(host.shape)
+
+    def forward(self, bottom, top):
+        hosts = self._bottoms_in(bottom)
+        tops = self._top[:len(top)]
+        self.plugin.forward(hosts, tops)
+        self._tops_out(top, tops)
+
+    def backward(self, top, propagate_down, bottom):
+        tops = self._top[:len(top)]
+        for blob, host in zip(top, tops):
+            host.diff[...] = to_host(blob.diff)
+        hosts = self._bottoms_in(bottom)
+        self.plugin.param_propagate_down = self.param_propagate_down
+        self.plugin.backward(tops, propagate_down, hosts)
+        for blob, host, down in zip(bottom, hosts, propagate_down):
+            if down:
+                blob.diff[...] = self.xp.asarray(host.diff)
+
+    def allow_force_backward(self, bottom_index):
+        return self.plugin.allow_force_backward(bottom_index)
