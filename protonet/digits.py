@@ -22,14 +22,15 @@ KINDS = {"data": "features", "label": "labels"}
 
 def db_entries(path):
     """Number of records in an LMDB folder."""
-    import lmdb
+    from .data.db import LMDBReader
     if not os.path.isdir(path):
         raise DatasetError("%s: no such LMDB folder" % path)
-    env = lmdb.open(path, readonly=True, lock=False)
+    # through the shared reader: python-lmdb refuses a second open of one environment
+    reader = LMDBReader(path)
     try:
-        return env.stat()["entries"]
+        return len(reader)
     finally:
-        env.close()
+        reader.close()
 
 
 def _layer_phase(layer):

@@ -436,9 +436,9 @@ class Net:
                 raise NetError(
                     "Cannot copy param %d weights from layer '%s' (%s); shape mismatch. Source param "
                     "shape is %s; target param shape is %s. To learn this layer's parameters from "
-                    "scratch rather than copying from a saved net, rename the layer."
+                    "scratch rather than copying from a saved net, rename the layer.%s"
                     % (j, layer.name, origin, "x".join(map(str, shape)) or "(scalar)",
-                       "x".join(map(str, blob.shape)) or "(scalar)"))
+                       "x".join(map(str, blob.shape)) or "(scalar)", _channel_hint(shape, blob.shape)))
             values = blobproto_to_array(proto).reshape(blob.shape)
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
 
@@ -494,6 +494,16 @@ class Net:
     def save(self, path, write_diff=False):
         """Write a .caffemodel (binary NetParameter) that Caffe can load."""
         write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _channel_hint(source, target):
+    """Extra advice when only the input channels of a conv weight differ (RGB vs gray)."""
+    if len(source) == 4 and len(target) == 4 and source[0] == target[0] \
+            and source[2:] == tuple(target[2:]) and source[1] != target[1]:
+        return (" The weights expect %d input channels but the net gets %d: for ImageNet-style "
+                "3-channel weights, build the dataset with 3 channels (e.g. `protonet data "
+                "sunnybrook --channels rgb`)." % (source[1], target[1]))
+    return ""
 
 
 def _shape_equals(shape, proto):
