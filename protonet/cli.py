@@ -168,7 +168,8 @@ def train_arguments(p):
                    help="do not draw <snapshot_prefix>_curve.png")
     p.add_argument("--python-path", action="append", default=[], metavar="DIR",
                    help="a folder to search for Python layer modules (repeatable)")
-    d = p.add_argument_group("DIGITS-style quick start (instead of --solver)")
+    d = p.add_argument_group("DIGITS-style quick start (with these, --solver is an optional "
+                             "template for the hyperparameters)")
     d.add_argument("--network", help="a DIGITS network prototxt (Data layers without source)")
     d.add_argument("--dataset", help="a DIGITS dataset folder (train_db/, val_db/ with features "
                                      "and labels LMDBs)")
@@ -202,17 +203,16 @@ def train_command(args):
     if args.python_layers:
         register_module_file(args.python_layers, alias="digits_python_layers")
     if args.network or args.dataset:
-        if args.solver:
-            raise CommandError("give either --solver or --network with --dataset, not both")
         if not (args.network and args.dataset):
             raise CommandError("the DIGITS-style quick start needs both --network and --dataset")
         from .digits import prepare_run
+        template = read_solver(args.solver) if args.solver else None
         args.solver = prepare_run(args.network, args.dataset, args.out, epochs=args.epochs,
                                   base_lr=args.base_lr, solver_type=args.solver_type,
                                   lr_policy=args.lr_policy, batch_size=args.batch_size,
                                   snapshot_epochs=args.snapshot_epochs,
                                   val_epochs=args.val_epochs, mean_file=args.mean_file,
-                                  random_seed=args.seed)
+                                  random_seed=args.seed, template=template)
         log.info("Wrote %s (repeat this run with: protonet train --solver %s)",
                  args.solver, args.solver)
     if not args.solver:

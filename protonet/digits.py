@@ -168,11 +168,20 @@ def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD"
     return s
 
 
+# Fields that follow from the dataset and the epochs; a template solver gives the rest.
+DATASET_FIELDS = {"net", "net_param", "train_net", "test_net", "train_net_param", "test_net_param",
+                  "train_state", "test_state", "test_iter", "test_interval", "max_iter", "snapshot",
+                  "snapshot_prefix", "solver_type"}
+
+
 def prepare_run(network, dataset_dir, out_dir, epochs, base_lr, solver_type="SGD",
                 lr_policy="fixed", batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
-                mean_file=None, random_seed=None):
+                mean_file=None, random_seed=None, template=None):
     """Write ``out_dir``/train_val.prototxt (bound to the dataset) and solver.prototxt.
 
+    ``template`` (a SolverParameter, e.g. examples/sunnybrook/solver_*.prototxt)
+    supplies the hyperparameters (type, base_lr, lr_policy, momentum, ...); the
+    iteration counts and intervals still come from the dataset and ``epochs``.
     Returns the solver path; the run can be repeated with ``--solver`` alone.
     """
     from google.protobuf import text_format
@@ -190,6 +199,24 @@ def prepare_run(network, dataset_dir, out_dir, epochs, base_lr, solver_type="SGD
                           batch_size=train_batch, snapshot_epochs=snapshot_epochs,
                           val_epochs=val_epochs, lr_policy=lr_policy, random_seed=random_seed,
                           snapshot_prefix=os.path.abspath(os.path.join(out_dir, "snapshot")))
+    if template is not None:
+        for field, value in template.ListFields():
+            if field.name in DATASET_FIELDS:
+                continue
+            solver.ClearField(field.name)
+            if field.type == field.TYPE_MESSAGE and not isinstance(value, (list, tuple)) \
+                    and not hasattr(value, "extend"):
+                getattr(solver, field.name).CopyFrom(value)
+            elif hasattr(value, "extend"):
+                getattr(solver, field.name).extend(value)
+            else:
+                setattr(solver, field.name, value)
+        if template.HasField("solver_type") and not template.HasField("type"):
+            from .upgrade import upgrade_solver
+            t = caffe_pb2.SolverParameter()
+            t.solver_type = template.solver_type
+            upgrade_solver(t)
+            solver.type = t.type
     path = os.path.join(out_dir, "solver.prototxt")
     write_text(path, solver)
     return path

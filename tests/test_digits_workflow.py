@@ -2,8 +2,8 @@
 edits, as a copy made here) trains on a Sunnybrook-layout dataset through --dataset,
 with the unchanged third-party Dice plugin; weights carry over with --weights, and
 RGB weights on a gray dataset fail with a clear message."""
-import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,15 +76,15 @@ def test_digits_fcn_alexnet_trains_via_dataset(tmp_path, datasets, caplog):
 def test_finetune_weights_carry_over_and_rgb_into_gray_is_clear(tmp_path, datasets, capsys):
     gray, rgb = datasets
     net = str(tmp_path / "fcn8s.prototxt")
-    src = (SHARED.parent / "main" / "examples" / "sunnybrook" / "fcn8s.prototxt")
-    if not src.exists():
-        from pathlib import Path
-        src = Path(__file__).resolve().parents[1] / "examples" / "sunnybrook" / "fcn8s.prototxt"
+    src = Path(__file__).resolve().parents[1] / "examples" / "sunnybrook" / "fcn8s.prototxt"
     with open(net, "w") as f:
         f.write(src.read_text())
     first = tmp_path / "first"
-    assert main(["train", "--network", net, "--dataset", rgb, "--epochs", "1", "--base-lr", "1e-3",
-                 "--solver-type", "Adam", "--out", str(first), "--no-curve"]) == 0
+    template = src.parent / "solver_fcn8s.prototxt"
+    assert main(["train", "--solver", str(template), "--network", net, "--dataset", rgb,
+                 "--epochs", "1", "--out", str(first), "--no-curve"]) == 0
+    written = read_solver(str(first / "solver.prototxt"))
+    assert written.type == "Adam" and abs(written.base_lr - 1e-3) < 1e-9 and written.max_iter == 4
     weights = str(first / "snapshot_iter_4.caffemodel")
     second = tmp_path / "second"
     assert main(["train", "--network", net, "--dataset", rgb, "--epochs", "1", "--base-lr", "1e-3",
