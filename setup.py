@@ -19,12 +19,13 @@ setup(
         "lmdb",
         "pydicom>=2.2",
         "Pillow",
+        # training curves (protonet train / tutorial draw a PNG beside the snapshots)
+        "matplotlib",
     ],
     extras_require={
         "gpu": ["cupy"],
-        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "matplotlib", "h5py"],
+        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py"],
         "hdf5": ["h5py"],
-        "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
 )
