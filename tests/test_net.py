@@ -268,3 +268,31 @@ layer { name: "stg" type: "ReLU" bottom: "x" top: "s" include { stage: "a" stage
     assert "lvl" in Net(p, protonet.TEST, level=2).layer_names
     assert "stg" not in Net(p, protonet.TEST, stages=["a"]).layer_names
     assert "stg" in Net(p, protonet.TEST, stages=["a", "b"]).layer_names
+
+
+def test_v1_caffemodel_with_legacy_blob_shapes_loads_by_name(tmp_path):
+    """An old caffemodel (V1 `layers`, 4-d num/channels/height/width blobs) fills a V2 net."""
+    proto = write(tmp_path, """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 5 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 3 kernel_size: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y" inner_product_param { num_output: 4 } }
+""")
+    r = np.random.default_rng(4)
+    w_conv, b_conv = r.normal(size=(3, 2, 3, 3)), r.normal(size=3)
+    w_ip, b_ip = r.normal(size=(4, 27)), r.normal(size=4)
+    old = caffe_pb2.NetParameter()
+    for name, kind, arrays in (("conv", caffe_pb2.V1LayerParameter.CONVOLUTION, (w_conv, b_conv)),
+                               ("ip", caffe_pb2.V1LayerParameter.INNER_PRODUCT, (w_ip, b_ip)),
+                               ("gone", caffe_pb2.V1LayerParameter.RELU, ())):
+        layer = old.layers.add(name=name, type=kind)
+        for a in arrays:
+            legacy = (1,) * (4 - a.ndim) + a.shape
+            blob = layer.blobs.add(num=legacy[0], channels=legacy[1], height=legacy[2], width=legacy[3])
+            blob.data.extend(a.ravel().astype(np.float32).tolist())
+    path = tmp_path / "old.caffemodel"
+    path.write_bytes(old.SerializeToString())
+    net = Net(proto, protonet.TEST, weights=str(path))
+    np.testing.assert_allclose(net.params["conv"][0].data, w_conv, rtol=1e-6)
+    np.testing.assert_allclose(net.params["conv"][1].data, b_conv, rtol=1e-6)
+    np.testing.assert_allclose(net.params["ip"][0].data, w_ip, rtol=1e-6)
+    np.testing.assert_allclose(net.params["ip"][1].data, b_ip, rtol=1e-6)
