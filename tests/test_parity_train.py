@@ -78,29 +78,37 @@ def _capture_log():
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_train_from_init(name, tmp_path):
+def test_train_from_init(name, tmp_path, monkeypatch):
+    """`protonet train --solver solver.prototxt --weights init.caffemodel`, as a user runs it."""
     meta = _meta(name)
     folder = _writable_copy(name, tmp_path)
     z = np.load(folder / "trajectory.npz")
     n, snap = meta["iterations"], meta["snapshot_iter"]
     tol = meta["tolerance"]
+    loss_mean, loss_last, made = [], [], []
+
+    def recording_get_solver(*args, **kwargs):
+        # the CLI's solver, with a callback that records the exact per-iteration losses
+        solver = get_solver(*args, **kwargs)
+
+        def record():
+            loss_mean.append(solver.last_loss)
+            loss_last.append(float(np.asarray(solver.net.blobs["loss"].data)))
+        solver.add_callback(None, record)
+        made.append(solver)
+        return solver
+    monkeypatch.setattr("protonet.solver.get_solver", recording_get_solver)
     stream, handler, old_level = _capture_log()
     try:
         with cwd(folder):
-            solver = get_solver("solver.prototxt")
-            solver.curve_path = None
-            solver.net.copy_from("init.caffemodel")
-            loss_mean, loss_last = [], []
-
-            def record():
-                loss_mean.append(solver.last_loss)
-                loss_last.append(float(np.asarray(solver.net.blobs["loss"].data)))
-            solver.add_callback(None, record)
-            solver.solve()
-            assert solver.iter == n
+            status = main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel",
+                           "--no-curve"])
     finally:
         plog.logger.removeHandler(handler)
         plog.logger.setLevel(old_level)
+    assert status == 0
+    solver, = made
+    assert solver.iter == n
 
     np.testing.assert_allclose(loss_mean, z["loss_mean"], rtol=tol["loss_mean"][0],
                                atol=tol["loss_mean"][1], err_msg="loss_mean")
