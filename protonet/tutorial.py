@@ -4,7 +4,6 @@ synthesize (or read the real challenge data) -> DIGITS-layout LMDB -> train
 an FCN with Dice validation every epoch -> snapshots, training curve ->
 overlays, contact sheet and a Dice summary of the validation set.
 """
-import argparse
 import json
 import os
 import sys

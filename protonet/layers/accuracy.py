@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..layer import Layer, register
-from .softmax import LabelIndex, canonical_axis, split_axis
+from .softmax import LabelIndex, canonical_axis, label_dims, split_axis
 
 
 @register("Accuracy", "ACCURACY")
@@ -37,14 +37,7 @@ class AccuracyLayer(Layer):
                              "label: scores %s, labels %s)"
                              % (self.top_k, bottom[0].count // max(bottom[1].count, 1),
                                 bottom[0].shape, bottom[1].shape))
-        axis = canonical_axis(self, bottom[0], self.layer_param.accuracy_param.axis)
-        dims = split_axis(bottom[0].shape, axis)
-        if dims[0] * dims[2] != bottom[1].count:
-            raise self.error(
-                "number of labels (%d, shape %s) must match number of predictions (%d): with "
-                "scores %s and label axis %d the labels need outer*inner = %d values"
-                % (bottom[1].count, bottom[1].shape, dims[0] * dims[2], bottom[0].shape, axis,
-                   dims[0] * dims[2]))
+        axis, dims = label_dims(self, bottom, self.layer_param.accuracy_param.axis, "label axis")
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape((dims[1],))

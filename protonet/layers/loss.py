@@ -9,8 +9,7 @@ import numpy as np
 from .. import io
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .softmax import (LabelIndex, canonical_axis, normalization_mode, normalizer, softmax_into,
-                      split_axis)
+from .softmax import LabelIndex, label_dims, normalization_mode, normalizer, softmax_into
 
 _Norm = caffe_pb2.LossParameter
 # Caffe's kLOG_THRESHOLD: probabilities are clamped here before the log.
@@ -241,14 +240,8 @@ class InfogainLossLayer(_LossLayer):
 
     def reshape(self, bottom, top):
         self.check_first_dims(bottom)
-        axis = canonical_axis(self, bottom[0], self.layer_param.infogain_loss_param.axis)
-        dims = split_axis(bottom[0].shape, axis)
-        if dims[0] * dims[2] != bottom[1].count:
-            raise self.error(
-                "number of labels (%d, shape %s) must match number of predictions (%d): with "
-                "scores %s and infogain axis %d the labels need outer*inner = %d values in [0, %d)"
-                % (bottom[1].count, bottom[1].shape, dims[0] * dims[2], bottom[0].shape, axis,
-                   dims[0] * dims[2], dims[1]))
+        axis, dims = label_dims(self, bottom, self.layer_param.infogain_loss_param.axis,
+                                "infogain axis")
         hcount = bottom[2].count if len(bottom) > 2 else self.H.size
         if hcount != dims[1] * dims[1]:
             raise self.error("the infogain matrix H must be %dx%d (%d values), got %d values"

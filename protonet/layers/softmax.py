@@ -39,6 +39,20 @@ def canonical_axis(layer, blob, axis, what="axis"):
         raise layer.error("%s: %s" % (what, exc)) from None
 
 
+def label_dims(layer, bottom, axis, what):
+    """Class axis and (outer, classes, inner) of scores ``bottom[0]``, checking that labels
+    ``bottom[1]`` hold one value per outer*inner position (``what`` names the axis field)."""
+    axis = canonical_axis(layer, bottom[0], axis)
+    dims = split_axis(bottom[0].shape, axis)
+    if dims[0] * dims[2] != bottom[1].count:
+        raise layer.error(
+            "number of labels (%d, shape %s) must match number of predictions (%d): with "
+            "scores %s and %s %d the labels need outer*inner = %d values in [0, %d)"
+            % (bottom[1].count, bottom[1].shape, dims[0] * dims[2], bottom[0].shape, what, axis,
+               dims[0] * dims[2], dims[1]))
+    return axis, dims
+
+
 def normalization_mode(loss_param, default):
     """The NormalizationMode a loss layer uses.
 
@@ -174,14 +188,7 @@ class SoftmaxWithLossLayer(Layer):
                 bottom[0].shape[0] != bottom[1].shape[0]:
             raise self.error("scores %s and labels %s must have the same first dimension"
                              % (bottom[0].shape, bottom[1].shape))
-        axis = canonical_axis(self, bottom[0], self.layer_param.softmax_param.axis)
-        dims = split_axis(bottom[0].shape, axis)
-        if dims[0] * dims[2] != bottom[1].count:
-            raise self.error(
-                "number of labels (%d, shape %s) must match number of predictions (%d): with "
-                "scores %s and softmax axis %d the labels need outer*inner = %d values in [0, %d)"
-                % (bottom[1].count, bottom[1].shape, dims[0] * dims[2], bottom[0].shape, axis,
-                   dims[0] * dims[2], dims[1]))
+        axis, dims = label_dims(self, bottom, self.layer_param.softmax_param.axis, "softmax axis")
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
