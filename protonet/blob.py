@@ -17,6 +17,19 @@ class Blob:
     Memory is kept across reshapes: a smaller shape reuses the existing
     buffer (as Caffe keeps a blob's capacity), so per-iteration reshapes
     of the same size allocate nothing.
+
+    ``clear_diff()`` zeroes the diff lazily: a flag, no pass over memory.
+    Reading ``diff`` then zero-fills it first, so every reader and every
+    ``+=`` sees zeros; a writer that produces a whole gradient asks
+    ``grad_target()`` instead and may overwrite (``=``) what would have been
+    an addition to zeros, which saves the clearing pass and the addition.
+    ``defer_diff_copy(array)`` is the same kind of promise for a copy (the
+    SGD step leaves the diff equal to the momentum history, as Caffe does,
+    without copying it unless somebody reads the diff before the next clear),
+    and ``defer_diff_product(a, b)`` for a low-rank product: FCN's fc6
+    weight gradient is (4096 x 81) @ (81 x 9216), and the SGD step can fold
+    it into the momentum with one GEMM (beta = momentum) instead of writing
+    the 151 MB gradient and reading it back.
     """
 
     def __init__(self, shape=(), dtype=np.float32, xp=None):
@@ -27,6 +40,10 @@ class Blob:
         self._gbuf = None
         self._data = None
         self._diff = None
+        # Pending diff contents, not yet written: None, 0 (clear_diff) or an
+        # array to copy (defer_diff_copy). Only the owner of shared diff memory has one.
+        self._diff_fill = None
+        self._diff_src = None       # the blob whose diff this one views (share_diff)
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------
@@ -38,6 +55,8 @@ class Blob:
             raise ValueError("blob dimensions must be non-negative, got %s" % (shape,))
         if shape == self._shape and self._data is not None:
             return
+        if self._diff_fill is not None and not isinstance(self._diff_fill, int):
+            self._materialize_diff()    # a pending copy has the old count
         count = _count(shape)
         self._shape = shape
         if self._dbuf is None or self._dbuf.size < count:
@@ -45,6 +64,7 @@ class Blob:
             self._gbuf = self.xp.zeros(count, self.dtype)
         self._data = self._dbuf[:count].reshape(shape)
         self._diff = self._gbuf[:count].reshape(shape)
+        self._diff_src = None
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -93,13 +113,89 @@ class Blob:
 
     @property
     def diff(self):
+        owner = self._diff_owner()
+        if owner._diff_fill is not None:
+            owner._materialize_diff()
         return self._diff
+
+    def _diff_owner(self):
+        blob = self
+        while blob._diff_src is not None:
+            blob = blob._diff_src
+        return blob
+
+    def _materialize_diff(self):
+        fill, self._diff_fill = self._diff_fill, None
+        if fill is None:
+            return
+        if isinstance(fill, int):
+            self._diff.fill(0)
+        elif isinstance(fill, tuple):
+            a, bt = fill
+            self.xp.matmul(a, bt.T, out=self._diff.reshape(a.shape[0], bt.shape[0]))
+        else:
+            self.xp.copyto(self._diff, fill.reshape(self._diff.shape))
+
+    def clear_diff(self):
+        """Set the diff to zero lazily (the solver's per-iteration clear)."""
+        self._diff_owner()._diff_fill = 0
+
+    def defer_diff_copy(self, values):
+        """Make the diff read as a copy of ``values`` (same count), copied only when read.
+
+        The caller must leave ``values`` unchanged until the next
+        ``clear_diff`` or until the diff has been read.
+        """
+        owner = self._diff_owner()
+        if values.size != owner.count:
+            raise ValueError("defer_diff_copy needs %d values, got %d" % (owner.count, values.size))
+        owner._diff_fill = values
+
+    def defer_diff_product(self, a, b):
+        """Make the zero-cleared diff read as ``a @ b`` (2-d; its row-major reshape).
+
+        Copies of ``a`` and ``b.T`` are kept (in buffers reused across
+        iterations), so the operands may change afterwards; the product is
+        taken when the diff is read, or consumed by the solver through
+        ``pending_product``. Only for a diff that ``grad_target`` said to
+        overwrite.
+        """
+        m, n = a.shape[0], b.shape[1]
+        if m * n != self.count or a.shape[1] != b.shape[0]:
+            raise ValueError("defer_diff_product: %s @ %s does not fill a diff of %d values"
+                             % (a.shape, b.shape, self.count))
+        keep = getattr(self, "_product_buffers", None)
+        if keep is None or keep[0].shape != a.shape or keep[1].shape != b.T.shape:
+            keep = self._product_buffers = (self.xp.empty(a.shape, self.dtype),
+                                            self.xp.empty(b.T.shape, self.dtype))
+        keep[0][...] = a
+        keep[1][...] = b.T
+        self._diff_fill = keep
+
+    def pending_product(self):
+        """``(a, bt)`` when the diff is a promised ``a @ bt.T`` not yet taken, else None."""
+        fill = self._diff_owner()._diff_fill
+        return fill if isinstance(fill, tuple) else None
+
+    def grad_target(self):
+        """``(diff, overwrite)`` for a layer about to add a gradient into the diff.
+
+        ``overwrite`` is True when the diff was cleared by ``clear_diff`` and
+        nothing has touched it since: the caller must then write every
+        element with ``=`` (the memory is stale), which equals adding to
+        zeros. Otherwise it adds (``+=``), as Caffe's layers always do.
+        Either way the diff counts as written afterwards.
+        """
+        if self._diff_src is None and isinstance(self._diff_fill, int):
+            self._diff_fill = None
+            return self._diff, True
+        return self.diff, False
 
     def set_data(self, values):
         self._data[...] = values
 
     def set_diff(self, values):
-        self._diff[...] = values
+        self.diff[...] = values
 
     def share_data(self, other):
         """Make this blob's data a view of ``other``'s (same count required)."""
@@ -111,6 +207,7 @@ class Blob:
         if other.count != self.count:
             raise ValueError("share_diff needs equal counts: %s vs %s" % (self._shape, other.shape))
         self._diff = other.diff.reshape(self._shape)
+        self._diff_src = other
 
     def __repr__(self):
         return "Blob(shape=%s)" % (self._shape,)

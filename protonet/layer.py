@@ -6,6 +6,14 @@ Built-in layers and Python plugins share one interface, pycaffe's:
 :class:`~protonet.blob.Blob`. As in Caffe, ``backward`` overwrites bottom
 diffs and *accumulates* into parameter diffs (the solver clears them once per
 iteration).
+
+The clear is lazy (``Blob.clear_diff`` sets a flag; reading ``diff``
+zero-fills first), so ``blob.diff += g`` stays correct everywhere. A layer
+that computes a parameter's whole gradient in one product may instead ask
+``diff, overwrite = blob.grad_target()`` and write ``diff[...] = g`` (or a
+GEMM with ``out=diff``) when ``overwrite`` is True, ``+=`` otherwise: the
+first writer after a clear overwrites, later ones (``iter_size`` > 1,
+parameters shared between layers) add.
 """
 import numpy as np
 
@@ -138,6 +146,46 @@ class Layer:
 
     def param_needs_grad(self, i):
         return i < len(self.param_propagate_down) and self.param_propagate_down[i]
+
+
+# Accumulating a product into a big diff goes through row blocks of about
+# this many values, so no second weight-sized buffer is ever needed.
+_ACCUMULATE_BLOCK = 1 << 20
+# A product at least this big whose operands are at most a quarter of its
+# size is only promised (Blob.defer_diff_product), for the SGD step to fold.
+DEFER_PRODUCT_MIN = 1 << 20
+
+
+def add_product_to_diff(blob, a, b):
+    """``blob.diff += a @ b`` (batched over leading axes like ``matmul``).
+
+    Right after the solver's clear (``blob.grad_target()`` says overwrite)
+    the product goes straight into the diff: no clearing pass, no temporary;
+    or, on NumPy for a big low-rank product, it is only promised (see
+    ``Blob.defer_diff_product``). Otherwise it is added in blocks of rows
+    through a small scratch.
+    """
+    xp = backend.xp_of(a, b)
+    diff, overwrite = blob.grad_target()
+    out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    out = diff.reshape(out_shape)
+    if overwrite:
+        batch = int(np.prod(out_shape[:-2], dtype=np.int64))
+        if (xp is np and batch == 1 and out.size >= DEFER_PRODUCT_MIN
+                and 4 * (a.size + b.size) <= out.size):
+            blob.defer_diff_product(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]))
+            return
+        xp.matmul(a, b, out=out)
+        return
+    rows = a.shape[-2]
+    per_row = max(1, out.size // max(rows, 1))
+    step = max(1, min(rows, _ACCUMULATE_BLOCK // per_row))
+    scratch = xp.empty(out_shape[:-2] + (step, out_shape[-1]), out.dtype)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        part = scratch[..., :r1 - r0, :]
+        xp.matmul(a[..., r0:r1, :], b, out=part)
+        out[..., r0:r1, :] += part
 
 
 def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None, search_dirs=()):

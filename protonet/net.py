@@ -421,8 +421,9 @@ class Net:
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
+        """Zero every parameter diff (lazily: see Blob.clear_diff)."""
         for blob in self.learnable_params:
-            blob.diff[...] = 0
+            blob.clear_diff()
 
     # ------------------------------------------------------------ weights
     def _load_layer_blobs(self, layer, protos, origin):

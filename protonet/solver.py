@@ -34,7 +34,7 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from . import backend, rng
+from . import backend, elementwise, rng
 from .io import FormatError, blobproto_to_array, blobproto_bytes, read_binary, read_net, read_solver, \
     wire_field, write_bytes_atomic
 from .log import ProgressBar, ensure_handler, fmt, get_logger
@@ -555,8 +555,6 @@ class Solver:
         xp, params = self.net.xp, self.net.learnable_params
         dtype = self.net.dtype
         self.history = [xp.zeros(b.shape, dtype) for _ in range(self.history_sets) for b in params]
-        self._update = [xp.zeros(b.shape, dtype) for b in params]
-        self._temp = [xp.zeros(b.shape, dtype) for b in params]
 
     # ------------------------------------------------------------ public API
     def add_callback(self, on_start=None, on_gradients_ready=None):
@@ -880,6 +878,8 @@ class Solver:
             raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "
                               "solver needs %d" % (state_file, len(history), self.type, len(self.history)))
         log.info("%s: restoring history", "SGDSolver")
+        for blob in self.net.learnable_params:
+            blob.diff   # a diff promised as a copy of the history gets it now
         for i, (target, values) in enumerate(zip(self.history, history)):
             if values.size != target.size:
                 raise SolverError("%s: history blob %d has %d values; the parameter it belongs to has "
@@ -934,19 +934,97 @@ class SGDSolver(Solver):
 
     # ------------------------------------------------------------ the update
     def apply_update(self):
+        """Caffe's ApplyUpdate: clip, then per param normalize, regularize,
+        compute the update value (left in the diff, as Caffe does) and step.
+
+        Everything after the clip runs in one chunked pass per param (see
+        :mod:`protonet.elementwise`): each chunk is read from memory once and
+        its ufuncs run in cache; no param-sized temporaries exist. Plain
+        momentum SGD fuses its passes further: its update value is the
+        history itself, so the diff only promises a copy of it
+        (``Blob.defer_diff_copy``), made if somebody reads it; on NumPy's
+        OpenBLAS it runs Caffe's own cblas calls on OpenBLAS's threads, and
+        a gradient still promised as a low-rank product (fc6, fc7: see
+        ``Blob.defer_diff_product``) goes into the history with one GEMM,
+        ``h = rate * a @ b + momentum * h``, never written out as a diff.
+        """
         p = self.param
         rate = self.get_learning_rate()
         self.last_lr = float(rate)
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self.clip_gradients()
-        for i in range(len(self.net.learnable_params)):
-            self.normalize(i)
-            self.regularize(i)
-            self.compute_update_value(i, rate)
-        for blob in self.net.learnable_params:
-            data = blob.data
-            data -= blob.diff
+        params = self.net.learnable_params
+        n = len(params)
+        norm = _F32(1) / _F32(p.iter_size) if p.iter_size != 1 else None
+        constants = self.update_constants()
+        fused = type(self).compute_update_value is SGDSolver.compute_update_value
+        blas = (elementwise.blas(self.net.dtype) if fused and self.net.xp is np
+                and p.regularization_type == "L2" else None)
+        jobs = []
+        for i, blob in enumerate(params):
+            decay = _F32(p.weight_decay) * _F32(self.net.params_weight_decay[i])
+            if decay and p.regularization_type not in ("L2", "L1"):
+                raise SolverError("%s: Unknown regularization type: %s (use L2 or L1)"
+                                  % (self.source, p.regularization_type))
+            local_rate = self._local_rate(i, rate)
+            product = blob.pending_product() if blas is not None else None
+            if product is not None:
+                # h = rate * (a @ b) + m * h, then h += rate*decay * w
+                # (Caffe adds the decay to g first: the same sum, rounded
+                # in another order), w -= h.
+                w, h = blob.data.reshape(-1), self.history[i].reshape(-1)
+                a, bt = product
+                scale = local_rate if norm is None else local_rate * norm
+                blas.gemm_nt(scale, a, bt, constants, self.history[i].reshape(a.shape[0], bt.shape[0]))
+                program = [("axpy", local_rate * decay, w, h)] if decay else []
+                blas.run(program + [("axpy", -1.0, h, w)])
+                continue
+            arrays = [a.reshape(-1) for a in [blob.data, blob.diff]
+                      + [self.history[k * n + i] for k in range(self.history_sets)]]
+            if blas is not None:
+                # Caffe's own cblas calls: scal (iter_size), axpy (decay),
+                # axpby (momentum), axpy (data -= diff, the diff being h).
+                w, g, h = arrays
+                program = [("scal", norm, g)] if norm is not None else []
+                if decay:
+                    program.append(("axpy", decay, w, g))
+                program += [("axpby", local_rate, g, constants, h), ("axpy", -1.0, h, w)]
+                blas.run(program)
+            else:
+                jobs.append((arrays, (fused, norm, decay, local_rate, constants)))
+        elementwise.run(self.net.xp, jobs, self._update_chunk)
+        if fused:
+            for i, blob in enumerate(params):
+                blob.defer_diff_copy(self.history[i])
+
+    def _update_chunk(self, arrays, extra, scratch):
+        w, g, hist = arrays[0], arrays[1], arrays[2:]
+        fused, norm, decay, local_rate, constants = extra
+        xp = backend.xp_of(g)
+        if norm is not None:
+            g *= norm
+        if fused:
+            # Caffe's passes (g += decay*w; h = m*h + rate*g; diff = h;
+            # w -= diff) with the same roundings, g left as it is.
+            s, h = scratch[0], hist[0]
+            if decay:
+                self.regularize(xp, w, g, decay, s, out=s)
+                s *= local_rate
+            else:
+                xp.multiply(g, local_rate, out=s)
+            h *= constants
+            h += s
+            w -= h
+            return
+        if decay:
+            self.regularize(xp, w, g, decay, scratch[0])
+        self.compute_update_value(xp, g, hist, local_rate, constants, scratch)
+        w -= g
+
+    def update_constants(self):
+        """Rule-wide constants of this iteration, passed to compute_update_value."""
+        return _F32(self.param.momentum)
 
     def clip_gradients(self):
         clip = _F32(self.param.clip_gradients)
@@ -966,29 +1044,14 @@ class SGDSolver(Solver):
                 diff = blob.diff
                 diff *= scale
 
-    def normalize(self, i):
-        if self.param.iter_size == 1:
-            return
-        diff = self.net.learnable_params[i].diff
-        diff *= _F32(1) / _F32(self.param.iter_size)
-
-    def regularize(self, i):
-        p = self.param
-        blob = self.net.learnable_params[i]
-        local_decay = _F32(p.weight_decay) * _F32(self.net.params_weight_decay[i])
-        if not local_decay:
-            return
-        xp, temp = backend.xp_of(blob.data), self._temp[i]
-        if p.regularization_type == "L2":
-            xp.multiply(blob.data, local_decay, out=temp)
-        elif p.regularization_type == "L1":
-            xp.sign(blob.data, out=temp)
-            temp *= local_decay
+    def regularize(self, xp, w, g, decay, temp, out=None):
+        """g += decay * w (L2) or decay * sign(w) (L1) on one chunk (into ``out`` if given)."""
+        if self.param.regularization_type == "L2":
+            xp.multiply(w, decay, out=temp)
         else:
-            raise SolverError("%s: Unknown regularization type: %s (use L2 or L1)"
-                              % (self.source, p.regularization_type))
-        diff = blob.diff
-        diff += temp
+            xp.sign(w, out=temp)
+            temp *= decay
+        xp.add(g, temp, out=g if out is None else out)
 
     def _local_rate(self, i, rate):
         return _F32(rate) * _F32(self.net.params_lr[i])
@@ -1000,27 +1063,23 @@ class SGDSolver(Solver):
         xp.multiply(x, a, out=scratch)
         y += scratch
 
-    def compute_update_value(self, i, rate):
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        h = self.history[i]
-        self._axpby(xp, self._local_rate(i, rate), g, _F32(self.param.momentum), h, self._update[i])
-        g[...] = h
+    def compute_update_value(self, xp, g, hist, rate, constants, scratch):
+        """Turn the gradient chunk ``g`` into the step, updating the history chunks ``hist``."""
+        h = hist[0]
+        self._axpby(xp, rate, g, constants, h, scratch[0])
+        xp.copyto(g, h)
 
 
 @register_solver("Nesterov")
 class NesterovSolver(SGDSolver):
     """Nesterov's accelerated gradient: ``h' = m h + lr g``; step ``(1+m) h' - m h``."""
 
-    def compute_update_value(self, i, rate):
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        m = _F32(self.param.momentum)
-        h, upd, tmp = self.history[i], self._update[i], self._temp[i]
-        upd[...] = h
-        self._axpby(xp, self._local_rate(i, rate), g, m, h, tmp)
+    def compute_update_value(self, xp, g, hist, rate, m, scratch):
+        h, (upd, tmp) = hist[0], scratch
+        xp.copyto(upd, h)
+        self._axpby(xp, rate, g, m, h, tmp)
         self._axpby(xp, _F32(1) + m, h, -m, upd, tmp)
-        g[...] = upd
+        xp.copyto(g, upd)
 
 
 @register_solver("AdaGrad")
@@ -1032,16 +1091,17 @@ class AdaGradSolver(SGDSolver):
         if self.param.momentum != 0:
             raise SolverError("%s: Momentum cannot be used with AdaGrad." % self.source)
 
-    def compute_update_value(self, i, rate):
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        h, upd = self.history[i], self._update[i]
+    def update_constants(self):
+        return _F32(self.param.delta)
+
+    def compute_update_value(self, xp, g, hist, rate, delta, scratch):
+        h, upd = hist[0], scratch[0]
         xp.multiply(g, g, out=upd)
         h += upd
         xp.sqrt(h, out=upd)
-        upd += _F32(self.param.delta)
+        upd += delta
         xp.divide(g, upd, out=upd)
-        xp.multiply(upd, self._local_rate(i, rate), out=g)
+        xp.multiply(upd, rate, out=g)
 
 
 @register_solver("RMSProp")
@@ -1056,17 +1116,18 @@ class RMSPropSolver(SGDSolver):
             raise SolverError("%s: rms_decay should lie between 0 and 1 (got %s)."
                               % (self.source, fmt(self.param.rms_decay)))
 
-    def compute_update_value(self, i, rate):
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        d = _F32(self.param.rms_decay)
-        h, upd, tmp = self.history[i], self._update[i], self._temp[i]
+    def update_constants(self):
+        return _F32(self.param.rms_decay), _F32(self.param.delta)
+
+    def compute_update_value(self, xp, g, hist, rate, constants, scratch):
+        d, delta = constants
+        h, (upd, tmp) = hist[0], scratch
         xp.multiply(g, g, out=upd)
         self._axpby(xp, _F32(1) - d, upd, d, h, tmp)
         xp.sqrt(h, out=upd)
-        upd += _F32(self.param.delta)
+        upd += delta
         xp.divide(g, upd, out=upd)
-        xp.multiply(upd, self._local_rate(i, rate), out=g)
+        xp.multiply(upd, rate, out=g)
 
 
 @register_solver("AdaDelta")
@@ -1076,16 +1137,15 @@ class AdaDeltaSolver(SGDSolver):
 
     history_sets = 2
 
-    def compute_update_value(self, i, rate):
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        n = len(self.net.learnable_params)
-        m = _F32(self.param.momentum)
-        h1, h2 = self.history[i], self.history[n + i]
-        upd, tmp = self._update[i], self._temp[i]
+    def update_constants(self):
+        return _F32(self.param.momentum), _F32(self.param.delta)
+
+    def compute_update_value(self, xp, g, hist, rate, constants, scratch):
+        m, delta = constants
+        (h1, h2), (upd, tmp) = hist, scratch
         xp.multiply(g, g, out=upd)
         self._axpby(xp, _F32(1) - m, upd, m, h1, upd)
-        tmp.fill(_F32(self.param.delta))
+        tmp.fill(delta)
         xp.add(tmp, h2, out=upd)
         xp.add(tmp, h1, out=tmp)
         xp.divide(upd, tmp, out=upd)
@@ -1093,7 +1153,7 @@ class AdaDeltaSolver(SGDSolver):
         g *= upd
         xp.multiply(g, g, out=upd)
         self._axpby(xp, _F32(1) - m, upd, m, h2, upd)
-        g *= self._local_rate(i, rate)
+        g *= rate
 
 
 @register_solver("Adam")
@@ -1104,21 +1164,21 @@ class AdamSolver(SGDSolver):
 
     history_sets = 2
 
-    def compute_update_value(self, i, rate):
+    def update_constants(self):
         p = self.param
-        g = self.net.learnable_params[i].diff
-        xp = backend.xp_of(g)
-        n = len(self.net.learnable_params)
         b1, b2 = _F32(p.momentum), _F32(p.momentum2)
-        m, v, tmp = self.history[i], self.history[n + i], self._temp[i]
         t = self.iter + 1
         # Caffe computes the correction in double (pow of a float by an int) and stores a float.
         correction = _F32(math.sqrt(1.0 - math.pow(float(b2), t)) / (1.0 - math.pow(float(b1), t)))
+        return b1, b2, correction, _F32(p.delta)
+
+    def compute_update_value(self, xp, g, hist, rate, constants, scratch):
+        b1, b2, correction, delta = constants
+        (m, v), tmp = hist, scratch[0]
         self._axpby(xp, _F32(1) - b1, g, b1, m, tmp)
         xp.multiply(g, g, out=tmp)
         self._axpby(xp, _F32(1) - b2, tmp, b2, v, tmp)
         xp.sqrt(v, out=tmp)
-        tmp += _F32(p.delta)
+        tmp += delta
         xp.divide(m, tmp, out=tmp)
-        xp.multiply(tmp, self._local_rate(i, rate) * correction, out=g)
-
+        xp.multiply(tmp, rate * correction, out=g)

@@ -230,6 +230,12 @@ def test_convolution_nd_and_axis():
                        np.stack([x[..., t:t + 3] for t in range(4)], axis=-1))
     np.testing.assert_allclose(top[0].data, expect + b[:, None], atol=1e-12)
     assert check_gradient(lay, [x]) > 0
+    # no spatial axis: a fully connected product, as in Caffe
+    lay = layer("Convolution", "convolution_param { num_output: 3 %s }" % FILLERS)
+    x = r.standard_normal((2, 4))
+    _, top = run(lay, x)
+    np.testing.assert_allclose(top[0].data, x @ lay.blobs[0].data.T + lay.blobs[1].data, atol=1e-12)
+    assert check_gradient(lay, [x]) > 0
 
 
 def test_deconvolution_huge_kernel_small_input():

@@ -14,8 +14,18 @@ in FCN's upscore Deconvolution (kernel 63, input about 8x8).
 
 Columns that fall into the zero padding are never written: a buffer created
 with zeros keeps them zero, so padding costs nothing per call.
+
+When every axis loops over taps and padding adds little (at most a quarter
+of the area), im2col is instead one copy from a strided window view of the
+image (of a zero-bordered copy of it when padded): NumPy then runs its
+inner loop over whole output rows of every tap at once, not one Python
+step per tap (2x faster for 5x5 and 6x6 kernels).
 """
 import itertools
+
+import numpy as np
+
+from ._scratch import scratch
 
 
 def conv_out_size(size, kernel, pad, stride, dilation):
@@ -68,13 +78,18 @@ class ColPlan:
     """The strided-view steps for one geometry (computed once per shape).
 
     ``in_size``: spatial size of the image; ``kernel``, ``pad``, ``stride``,
-    ``dilation``: per-axis tuples. ``out_size`` is derived with Caffe's formula.
+    ``dilation``: per-axis tuples. ``out_size`` is derived with Caffe's formula
+    unless given (``pad`` is then the padding before the first window only,
+    for a plan over a sub-range of a convolution's outputs).
     """
 
-    def __init__(self, in_size, kernel, pad, stride, dilation):
+    def __init__(self, in_size, kernel, pad, stride, dilation, out_size=None):
         self.in_size = tuple(in_size)
         self.kernel = tuple(kernel)
-        self.out_size = tuple(conv_out_size(*a) for a in zip(in_size, kernel, pad, stride, dilation))
+        if out_size is None:
+            self.out_size = tuple(conv_out_size(*a) for a in zip(in_size, kernel, pad, stride, dilation))
+        else:
+            self.out_size = tuple(out_size)
         per_axis = [_axis_steps(s, o, k, p, st, d) for s, o, k, p, st, d
                     in zip(in_size, self.out_size, kernel, pad, stride, dilation)]
         nd = len(self.in_size)
@@ -91,6 +106,12 @@ class ColPlan:
             k_axes = [2 + a for a in range(nd) if combo[a][0] == "k"]
             perm = tuple([1] + o_axes + [0] + k_axes)
             self.steps.append((col_index, img_index, perm))
+        self.pad, self.stride, self.dilation = tuple(pad), tuple(stride), tuple(dilation)
+        padded_area = 1
+        for n, p in zip(self.in_size, self.pad):
+            padded_area *= (n + 2 * p) / n
+        self.windowed = (out_size is None and all(k <= o for k, o in zip(self.kernel, self.out_size))
+                         and padded_area <= 1.25)
 
     def col_shape(self, channels, num):
         return (channels,) + self.kernel + (num,) + self.out_size
@@ -100,8 +121,28 @@ class ColPlan:
 
         Padding columns are left untouched (keep them zero).
         """
+        if self.windowed:
+            col[...] = self._windows(img)
+            return
         for col_index, img_index, perm in self.steps:
             col[col_index] = img[img_index].transpose(perm)
+
+    def _windows(self, img):
+        """``img``'s windows as a (C, *kernel, N, *out_size) strided view."""
+        xp = np if isinstance(img, np.ndarray) else _array_module(img)
+        nd = len(self.in_size)
+        if any(self.pad):
+            shape = img.shape[:2] + tuple(n + 2 * p for n, p in zip(self.in_size, self.pad))
+            padded = scratch("im2col.padded", xp, img.dtype, shape)
+            _fill_border(padded, self.pad)
+            padded[(slice(None), slice(None)) + tuple(slice(p, p + n) for n, p in zip(self.in_size, self.pad))] = img
+            img = padded
+        strides = img.strides
+        view = xp.lib.stride_tricks.as_strided(
+            img, shape=img.shape[:2] + self.kernel + self.out_size,
+            strides=strides[:2] + tuple(strides[2 + a] * self.dilation[a] for a in range(nd))
+            + tuple(strides[2 + a] * self.stride[a] for a in range(nd)))
+        return view.transpose((1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd)))
 
     def col2im(self, col, img):
         """Overwrite ``img`` with the sum of the columns over the taps that read each pixel."""
@@ -109,3 +150,17 @@ class ColPlan:
         for col_index, img_index, perm in self.steps:
             view = img[img_index].transpose(perm)
             view += col[col_index]
+
+
+def _fill_border(padded, pad):
+    """Zero the border of width ``pad`` around the spatial axes (axes 2 on) of ``padded``."""
+    for a, p in enumerate(pad):
+        if p:
+            lead = (slice(None),) * (2 + a)
+            padded[lead + (slice(0, p),)] = 0
+            padded[lead + (slice(padded.shape[2 + a] - p, None),)] = 0
+
+
+def _array_module(array):
+    from ..backend import xp_of
+    return xp_of(array)

@@ -18,9 +18,10 @@ GEMM covers every image; it is allocated once per input shape.
 """
 import numpy as np
 
-from ..layer import Layer, register
+from ..layer import Layer, add_product_to_diff, register
 from .. import fillers
 from ._im2col import ColPlan, conv_out_size, deconv_out_size
+from ._scratch import scratch
 
 
 def conv_geometry(layer, bottom0):
@@ -45,7 +46,7 @@ def conv_geometry(layer, bottom0):
                 raise layer.error("give either %s or %s_h/%s_w, not both" % (name, name, name))
             return (int(h), int(w))
         if len(values) == 0:
-            if default is None:
+            if default is None and nsp:
                 raise layer.error("kernel_size (or kernel_h and kernel_w) is required")
             return (default,) * nsp
         if len(values) == 1:
@@ -70,15 +71,6 @@ def conv_geometry(layer, bottom0):
     if any(d <= 0 for d in dilation):
         raise layer.error("dilation dimensions must be positive, got %s" % (dilation,))
     return axis, kernel, pad, stride, dilation
-
-
-def _any_bit_set(a):
-    """Whether a contiguous float array has any non-zero bit (-0.0 counts as set).
-
-    A max over the bits as unsigned integers runs at memory speed; ``any()``
-    on floats is half as fast.
-    """
-    return bool(a.reshape(-1).view("u%d" % a.dtype.itemsize).max())
 
 
 class _ConvolutionBase(Layer):
@@ -148,17 +140,25 @@ class _ConvolutionBase(Layer):
             self._key = key
             self.num = num
             self.img_spatial = img_spatial
+            self.out_spatial = out_spatial
+            self._box = None if self.reverse or self.is_1x1 else _touching_box(
+                in_spatial, out_spatial, self.kernel, self.pad, self.stride, self.dilation)
+            if self._box is not None:
+                # only the outputs in the box see the image; the column side is the box
+                col_spatial = tuple(b.stop - b.start for b in self._box)
+                self._plan = ColPlan(img_spatial, self.kernel,
+                                     tuple(p - b.start * s for p, b, s in zip(self.pad, self._box, self.stride)),
+                                     self.stride, self.dilation, out_size=col_spatial)
+            else:
+                self._plan = None if self.is_1x1 else ColPlan(img_spatial, self.kernel, self.pad,
+                                                              self.stride, self.dilation)
             self.col_spatial = col_spatial
             self.P = int(np.prod(col_spatial, dtype=np.int64))
             self.Kg = self.img_channels // self.group * int(np.prod(self.kernel, dtype=np.int64))
             self.Cg = self.col_channels // self.group
-            self._plan = None if self.is_1x1 else ColPlan(img_spatial, self.kernel, self.pad,
-                                                          self.stride, self.dilation)
             self._col = None    # im2col target: padding entries stay zero
-            self._dcol = None   # GEMM output for col2im: fully overwritten
             self._col_holds = None  # which bottom's im2col the buffer holds (conv forward)
-            self._cside = None
-            self._wtmp = None
+            self._direct = _DirectDeconv.maybe(self)
 
     # -- buffers -------------------------------------------------------
     def _col_buffer(self):
@@ -166,12 +166,6 @@ class _ConvolutionBase(Layer):
             shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
             self._col = self.xp.zeros(shape, self.dtype)
         return self._col
-
-    def _dcol_buffer(self):
-        if self._dcol is None:
-            shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
-            self._dcol = self.xp.empty(shape, self.dtype)
-        return self._dcol
 
     # -- the three primitives -------------------------------------------
     def _weights(self):
@@ -201,15 +195,26 @@ class _ConvolutionBase(Layer):
             src = cols.reshape(G, Kg, N, P).transpose(2, 0, 1, 3)
         self.xp.matmul(self._weights(), src, out=out.reshape(N, G, self.Cg, P))
 
-    def _colside_to_image(self, colside, img):
-        """img = col2im(W^T @ colside), overwriting img."""
+    def _colside_to_image(self, colside, img, spend_col=False):
+        """img = col2im(W^T @ colside), overwriting img.
+
+        ``spend_col``: the column buffer is no longer needed (a backward has
+        taken its weight gradient), so the product may go there instead of
+        into a second buffer as big. Only for windowed plans, whose im2col
+        rewrites every column (other plans keep their padding columns zero).
+        """
         G, Kg, N, P = self.group, self.Kg, self.num, self.P
         wt = self._weights().transpose(0, 2, 1)
         src = colside.reshape(N, G, self.Cg, P)
         if self.is_1x1:
             self.xp.matmul(wt, src, out=img.reshape(N, G, Kg, P))
             return
-        dcol = self._dcol_buffer()
+        shape = (self.img_channels,) + self.kernel + (N,) + self.col_spatial
+        if spend_col and self._col is not None and self._plan.windowed:
+            dcol = self._col
+            self._col_holds = None
+        else:
+            dcol = scratch("conv.dcol", self.xp, self.dtype, shape)
         self.xp.matmul(wt, src, out=dcol.reshape(G, Kg, N, P).transpose(2, 0, 1, 3))
         self._plan.col2im(dcol, img.reshape((N, self.img_channels) + self.img_spatial))
 
@@ -219,23 +224,10 @@ class _ConvolutionBase(Layer):
         if N == 1:
             cs = colside.reshape(G, self.Cg, P)
         else:
-            if self._cside is None:
-                self._cside = self.xp.empty((G, self.Cg, N, P), self.dtype)
-            self._cside[...] = colside.reshape(N, G, self.Cg, P).transpose(1, 2, 0, 3)
-            cs = self._cside.reshape(G, self.Cg, N * P)
-        diff = self.blobs[0].diff.reshape(G, self.Cg, self.Kg)
-        if self.xp is np and diff.size >= 1 << 20 and not _any_bit_set(diff):
-            # The solver has just cleared the diff: write the product straight
-            # into it. For fc6-sized weights this trades a product buffer and an
-            # add (three passes over 150 MB) for one read-only scan. (SciPy's
-            # GEMM with beta = 1 would accumulate in place, but its own OpenBLAS
-            # thread pool then fights NumPy's for the cores.)
-            self.xp.matmul(cs, cols.transpose(0, 2, 1), out=diff)
-            return
-        if self._wtmp is None:
-            self._wtmp = self.xp.empty((G, self.Cg, self.Kg), self.dtype)
-        self.xp.matmul(cs, cols.transpose(0, 2, 1), out=self._wtmp)
-        diff += self._wtmp
+            cside = scratch("conv.cside", self.xp, self.dtype, (G, self.Cg, N, P))
+            cside[...] = colside.reshape(N, G, self.Cg, P).transpose(1, 2, 0, 3)
+            cs = cside.reshape(G, self.Cg, N * P)
+        add_product_to_diff(self.blobs[0], cs, cols.transpose(0, 2, 1))
 
     # -- bias on the top ---------------------------------------------------
     def _add_bias(self, out):
@@ -245,8 +237,12 @@ class _ConvolutionBase(Layer):
 
     def _bias_grad(self, top_diff):
         if self.bias_term and self.param_needs_grad(1):
-            diff = self.blobs[1].diff
-            diff += top_diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+            diff, overwrite = self.blobs[1].grad_target()
+            per_channel = top_diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+            if overwrite:
+                diff[...] = per_channel
+            else:
+                diff += per_channel
 
 
 @register("Convolution", "CONVOLUTION")
@@ -267,17 +263,43 @@ class ConvolutionLayer(_ConvolutionBase):
     def forward(self, bottom, top):
         for i, (b, t) in enumerate(zip(bottom, top)):
             cols = None if self.is_1x1 else self._columns(b.data)
-            self._image_to_colside(b.data, t.data, cols)
             if cols is not None:
                 self._col_holds = i
-            self._add_bias(t.data)
+            if self._box is None:
+                self._image_to_colside(b.data, t.data, cols)
+                self._add_bias(t.data)
+                continue
+            # outside the box every tap reads padding: the output is the bias alone
+            inner = self._box_view()
+            self._image_to_colside(b.data, inner, cols)
+            full = t.data.reshape((self.num, self.num_output) + self.out_spatial)
+            inside = full[(slice(None), slice(None)) + self._box]
+            if self.bias_term:
+                bias = self.blobs[1].data.reshape((1, -1) + (1,) * self.num_spatial)
+                full[...] = bias
+                self.xp.add(inner, bias, out=inside)
+            else:
+                full.fill(0)
+                inside[...] = inner
+
+    def _box_view(self):
+        return scratch("conv.box", self.xp, self.dtype, (self.num, self.num_output) + self.col_spatial)
+
+    def _gather_box(self, full):
+        inner = self._box_view()
+        inner[...] = full.reshape((self.num, self.num_output) + self.out_spatial)[
+            (slice(None), slice(None)) + self._box]
+        return inner
 
     def backward(self, top, propagate_down, bottom):
-        # Backward reuses forward's column buffer for the last bottom (it is
-        # the input the forward just read), so go through bottoms in reverse.
+        # Backward reuses forward's column buffer for the last bottom (the
+        # bottom is unchanged since forward, as in any Caffe net), so go
+        # through the bottoms in reverse: the last needs no second im2col.
         for i in reversed(range(len(top))):
             td = top[i].diff
             self._bias_grad(td)
+            if self._box is not None:
+                td = self._gather_box(td)   # diffs outside the box reach neither weights nor bottom
             if self.param_needs_grad(0):
                 if self._col_holds == i:
                     cols = self._col.reshape(self.group, self.Kg, self.num * self.P)
@@ -285,7 +307,7 @@ class ConvolutionLayer(_ConvolutionBase):
                     cols = self._columns(bottom[i].data)
                 self._weight_grad(cols, td)
             if propagate_down[i]:
-                self._colside_to_image(td, bottom[i].diff)
+                self._colside_to_image(td, bottom[i].diff, spend_col=True)
 
 
 @register("Deconvolution", "DECONVOLUTION")
@@ -303,7 +325,10 @@ class DeconvolutionLayer(_ConvolutionBase):
 
     def forward(self, bottom, top):
         for b, t in zip(bottom, top):
-            self._colside_to_image(b.data, t.data)
+            if self._direct is not None:
+                self._direct.forward(b.data, t.data, self.blobs[0].data)
+            else:
+                self._colside_to_image(b.data, t.data)
             self._add_bias(t.data)
 
     def backward(self, top, propagate_down, bottom):
@@ -313,8 +338,135 @@ class DeconvolutionLayer(_ConvolutionBase):
             need_w = self.param_needs_grad(0)
             if not (need_w or propagate_down[i]):
                 continue
+            if self._direct is not None:
+                self._direct.backward(td, bottom[i].data, self.blobs[0],
+                                      bottom[i].diff if propagate_down[i] else None, need_w)
+                continue
             cols = self._columns(td)
             if need_w:
                 self._weight_grad(cols, bottom[i].data)
             if propagate_down[i]:
                 self._image_to_colside(td, bottom[i].diff, cols)
+
+
+def _touching_box(in_spatial, out_spatial, kernel, pad, stride, dilation):
+    """Per axis, the slice of outputs whose window reaches into the image, or None if that is all.
+
+    FCN nets pad their first convolution by 100: two thirds of its outputs
+    read padding only, so their value is the bias and they pass no gradient.
+    Computing only the box (when it saves at least a tenth) is exact.
+    """
+    box = []
+    for n, o, k, p, s, d in zip(in_spatial, out_spatial, kernel, pad, stride, dilation):
+        lo = max(0, -(-(p - (k - 1) * d) // s))      # first window ending at or after input 0
+        hi = min(o, (n - 1 + p) // s + 1)            # last window starting at or before input n-1
+        box.append(slice(lo, max(lo, hi)))
+    inner = int(np.prod([b.stop - b.start for b in box]))
+    if inner >= 0.9 * int(np.prod(out_spatial)) or inner == 0:
+        return None
+    return tuple(box)
+
+
+class _DirectDeconv:
+    """Deconvolution of a tiny input by a huge kernel, one input channel per group.
+
+    FCN's upscore (kernel 63, stride 32, on about 9x9 cells) is no GEMM
+    problem: each input cell adds its value times its group's kernels at its
+    place in the output, half a million multiply-adds in all. Cells
+    ``ceil(k / stride)`` apart along an axis never overlap, so one strided
+    view of the output holds a whole phase of cells: ``ceil(k / stride)^2``
+    broadcast multiply-adds (4 for FCN), no column buffer and no col2im.
+    Backward reads the same views. Chosen when the kernel has more taps than
+    the input has cells (2-d, no dilation).
+    """
+
+    @classmethod
+    def maybe(cls, layer):
+        if not (layer.reverse and layer.num_spatial == 2 and layer.channels == layer.group
+                and all(d == 1 for d in layer.dilation)
+                and int(np.prod(layer.kernel)) > int(np.prod(layer.col_spatial))):
+            return None
+        return cls(layer)
+
+    def __init__(self, layer):
+        self.xp, self.dtype = layer.xp, layer.dtype
+        self.num, self.groups = layer.num, layer.group
+        self.co = layer.num_output // layer.group
+        self.in_hw, self.kernel, self.stride, self.pad = layer.col_spatial, layer.kernel, layer.stride, layer.pad
+        self.out_hw = layer.img_spatial
+        full = tuple(s * (n - 1) + k for n, k, s in zip(self.in_hw, self.kernel, self.stride))
+        self.full_shape = (self.num, layer.num_output) + full
+        # Uncropped output (and padded top diff) when the layer pads.
+        self.full = self.xp.zeros(self.full_shape, self.dtype) if any(self.pad) else None
+        self.reps = tuple(-(-k // s) for k, s in zip(self.kernel, self.stride))
+        self.phases = []
+        for ph in range(min(self.reps[0], self.in_hw[0])):
+            for pw in range(min(self.reps[1], self.in_hw[1])):
+                self.phases.append((ph, pw, len(range(ph, self.in_hw[0], self.reps[0])),
+                                    len(range(pw, self.in_hw[1], self.reps[1]))))
+        a_max = max(p[2] for p in self.phases)
+        b_max = max(p[3] for p in self.phases)
+        kh, kw = self.kernel
+        self.tmp = self.xp.empty((self.num, self.groups, self.co, a_max, kh, b_max, kw), self.dtype)
+
+    def _patches(self, full, ph, pw, a, b):
+        """(N, G, co, A, kh, B, kw) view of the output patches of the cells of one phase."""
+        (kh, kw), (sh, sw), (rh, rw) = self.kernel, self.stride, self.reps
+        sn, sc, sy, sx = full.strides
+        base = full[:, :, ph * sh:, pw * sw:]
+        return self.xp.lib.stride_tricks.as_strided(
+            base, shape=(self.num, self.groups, self.co, a, kh, b, kw),
+            strides=(sn, self.co * sc, sc, rh * sh * sy, sy, rw * sw * sx, sx))
+
+    def _kernels(self, weight):
+        kh, kw = self.kernel
+        return weight.reshape(1, self.groups, self.co, 1, kh, 1, kw)
+
+    def _cells(self, x, ph, pw):
+        rh, rw = self.reps
+        cells = x.reshape((self.num, self.groups) + tuple(self.in_hw))[:, :, ph::rh, pw::rw]
+        return cells[:, :, None, :, None, :, None]
+
+    def forward(self, x, top, weight):
+        full = self.full if self.full is not None else top.reshape(self.full_shape)
+        full.fill(0)
+        kern = self._kernels(weight)
+        for ph, pw, a, b in self.phases:
+            tmp = self.tmp[:, :, :, :a, :, :b]
+            self.xp.multiply(self._cells(x, ph, pw), kern, out=tmp)
+            view = self._patches(full, ph, pw, a, b)
+            view += tmp
+        if self.full is not None:
+            (py, px), (oh, ow) = self.pad, self.out_hw
+            top.reshape((self.num, -1, oh, ow))[...] = full[:, :, py:py + oh, px:px + ow]
+
+    def backward(self, top_diff, x, weight_blob, bottom_diff, need_weight):
+        full = self.full
+        if full is None:
+            full = top_diff.reshape(self.full_shape)
+        else:
+            (py, px), (oh, ow) = self.pad, self.out_hw
+            full.fill(0)
+            full[:, :, py:py + oh, px:px + ow] = top_diff.reshape((self.num, -1, oh, ow))
+        kern = self._kernels(weight_blob.data)
+        rh, rw = self.reps
+        if bottom_diff is not None:
+            dx = bottom_diff.reshape((self.num, self.groups) + tuple(self.in_hw))
+        wgrad = None
+        for ph, pw, a, b in self.phases:
+            view = self._patches(full, ph, pw, a, b)
+            tmp = self.tmp[:, :, :, :a, :, :b]
+            if bottom_diff is not None:
+                self.xp.multiply(view, kern, out=tmp)
+                tmp.sum(axis=(2, 4, 6), out=dx[:, :, ph::rh, pw::rw])
+            if need_weight:
+                self.xp.multiply(view, self._cells(x, ph, pw), out=tmp)
+                part = tmp.sum(axis=(0, 3, 5))
+                wgrad = part if wgrad is None else wgrad + part
+        if wgrad is not None:
+            diff, overwrite = weight_blob.grad_target()
+            diff = diff.reshape(wgrad.shape)
+            if overwrite:
+                diff[...] = wgrad
+            else:
+                diff += wgrad

@@ -1,6 +1,6 @@
 """InnerProduct: a fully connected layer, one GEMM per pass."""
 from ..fillers import fill
-from ..layer import Layer, register
+from ..layer import Layer, add_product_to_diff, register
 from .softmax import canonical_axis
 
 
@@ -37,7 +37,6 @@ class InnerProductLayer(Layer):
             if self.bias_term:
                 self.blobs.append(self.new_blob((self.N,)))
                 fill(self.blobs[1], p.bias_filler)
-        self._wgrad = None
 
     def reshape(self, bottom, top):
         axis = canonical_axis(self, bottom[0], self.layer_param.inner_product_param.axis,
@@ -65,15 +64,16 @@ class InnerProductLayer(Layer):
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0]
         if self.param_needs_grad(0):
-            if self._wgrad is None or self._wgrad.shape != w.shape:
-                self._wgrad = xp.empty(w.shape, self.dtype)
             if self.transpose:
-                xp.matmul(x.T, dy, out=self._wgrad)
+                add_product_to_diff(w, x.T, dy)
             else:
-                xp.matmul(dy.T, x, out=self._wgrad)
-            w.diff[...] += self._wgrad
+                add_product_to_diff(w, dy.T, x)
         if self.bias_term and self.param_needs_grad(1):
-            self.blobs[1].diff[...] += dy.sum(axis=0)
+            diff, overwrite = self.blobs[1].grad_target()
+            if overwrite:
+                dy.sum(axis=0, out=diff)
+            else:
+                diff += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
             xp.matmul(dy, w.data.T if self.transpose else w.data, out=dx)

@@ -1,6 +1,7 @@
 """Local response normalisation across or within channels, Caffe's LRN."""
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from ._scratch import scratch
 
 LRNP = caffe_pb2.LRNParameter
 
@@ -93,7 +94,6 @@ class LRNLayer(Layer):
             self._sums = [CenteredWindowSum(xp, dt, shape, a, self.size) for a in axes]
             self.scale = xp.empty(shape, dt)
             self.scale_pow = xp.empty(shape, dt)
-            self._work = xp.empty(shape, dt)
 
     def _window_sum(self, fill, out):
         """out = zero-padded window sums of ``fill(dest)``'s result (over channels, or n x n)."""
@@ -133,4 +133,4 @@ class LRNLayer(Layer):
         acc = self._window_sum(ratio, dx)
         acc *= x
         acc *= -2.0 * self.alpha * self.beta / m
-        dx += xp.multiply(dy, self.scale_pow, out=self._work)
+        dx += xp.multiply(dy, self.scale_pow, out=scratch("lrn.work", xp, self.dtype, dy.shape))

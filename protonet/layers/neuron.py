@@ -10,6 +10,7 @@ count is asked for, so steady-state iterations allocate nothing.
 import numpy as np
 
 from ..layer import Layer, register
+from ._scratch import scratch
 
 
 class Workspaces:
@@ -106,7 +107,7 @@ class ReLU(NeuronLayer):
         # In place, bottom data holds y, and y > 0 exactly where x > 0 when slope >= 0.
         x = self.kept_input(bottom, top) if slope < 0 else bottom[0].data
         dy, dx = top[0].diff, bottom[0].diff
-        positive = self.scratch("positive", x.shape, np.bool_)
+        positive = scratch("relu.positive", xp, np.bool_, x.shape)
         xp.greater(x, 0, out=positive)
         if slope == 0:
             xp.multiply(dy, positive, out=dx)
@@ -192,7 +193,7 @@ class ELU(NeuronLayer):
         x = self.kept_input(bottom, top) if self.alpha < 0 else bottom[0].data
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
         # Caffe's factor (x > 0) + (alpha + y) * (x <= 0)
-        positive = self.scratch("positive", x.shape, np.bool_)
+        positive = scratch("relu.positive", xp, np.bool_, x.shape)
         nonpositive = self.scratch("nonpositive", x.shape, np.bool_)
         xp.greater(x, 0, out=positive)
         xp.logical_not(positive, out=nonpositive)

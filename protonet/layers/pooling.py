@@ -10,6 +10,7 @@ import numpy as np
 from ..layer import Layer, register, TRAIN
 from ..proto import caffe_pb2
 from .. import rng
+from ._scratch import scratch
 
 P = caffe_pb2.PoolingParameter
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -41,6 +42,80 @@ def _tap_steps(size, out, kernel, pad, stride):
             start = lo * stride + off
             steps.append((i, lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)))
     return steps
+
+
+class _SeparableMax:
+    """MAX pooling over taps as two 1-d passes: along W within rows, then along H.
+
+    Caffe scans a window row by row from -FLT_MAX and keeps the first
+    strictly larger value (NaN never wins), i.e. the first maximum in
+    row-major order: the first row that holds the window's maximum, at that
+    row's first maximum. So the W pass keeps each row window's maximum and
+    its first tap, and the H pass picks the first row whose maximum is the
+    largest; the values are the same ``fmax`` reductions either way. Every
+    pass reads contiguous memory: for a stride above 1 the W pass first
+    splits the input into its column phases ``x[..., p::stride]``, so that
+    each tap is a contiguous slice of one phase. Per tap: a compare, an
+    ``fmax`` and, for the choice, a branch-free multiply/maximum on small ints.
+    """
+
+    def __init__(self, xp, dtype, shape, kernel, stride, pad, out_shape, itype):
+        n, c, h, w = shape
+        oh, ow = out_shape[2:]
+        (kh, kw), (sh, sw), (ph_, pw_) = kernel, stride, pad
+        self.kw, self.sw, self.itype = kw, sw, itype
+        self.rows = _tap_steps(h, oh, kh, ph_, sh)
+        # W taps as (tap, output range, phase, first index in the phase)
+        self.cols = [(j, lo, hi, ws.start % sw, ws.start // sw)
+                     for j, lo, hi, ws in _tap_steps(w, ow, kw, pw_, sw)]
+        self.dtype, self.out_shape = dtype, out_shape
+        self.phase_shapes = [(n, c, h, len(range(p, w, sw))) for p in range(sw)] if sw > 1 else None
+        self.row_shape = (n, c, h, ow)
+
+    def forward(self, xp, x, top, choice=None):
+        """top = window maxima; ``choice`` (if given) = tap + 1 of Caffe's pick, 0 for none."""
+        # all buffers are transient: shared with the other pooling layers
+        phases = None
+        if self.phase_shapes is not None:
+            phases = [scratch("pool.phase%d" % p, xp, self.dtype, shape)
+                      for p, shape in enumerate(self.phase_shapes)]
+            for p, buf in enumerate(phases):
+                xp.copyto(buf, x[..., p::self.sw])
+        hmax = scratch("pool.hmax", xp, self.dtype, self.row_shape)
+        hmax.fill(-FLT_MAX)
+        if choice is not None:
+            hfirst = scratch("pool.hfirst", xp, self.itype, self.row_shape, zero=True)
+            hmask = scratch("pool.hmask", xp, bool, self.row_shape)
+            hmark = scratch("pool.hmark", xp, self.itype, self.row_shape)
+            mask = scratch("pool.mask", xp, bool, self.out_shape)
+            mark_all = scratch("pool.mark", xp, self.itype, self.out_shape)
+        for j, lo, hi, p, k0 in self.cols:
+            src = phases[p] if phases is not None else x
+            v = src[..., k0:k0 + hi - lo]
+            hv = hmax[..., lo:hi]
+            if choice is not None:
+                m, mark, hf = hmask[..., lo:hi], hmark[..., lo:hi], hfirst[..., lo:hi]
+                xp.greater(v, hv, out=m)
+                # taps come in increasing order: the last strictly greater one
+                # (the largest mark) is the first maximum
+                xp.multiply(m, self.itype(j + 1), out=mark)
+                xp.maximum(hf, mark, out=hf)
+            xp.fmax(hv, v, out=hv)
+        top.fill(-FLT_MAX)
+        if choice is not None:
+            choice.fill(0)
+        for i, lo, hi, hs in self.rows:
+            v = hmax[:, :, hs]
+            tv = top[:, :, lo:hi]
+            if choice is not None:
+                m, mark, cv = mask[:, :, lo:hi], mark_all[:, :, lo:hi], choice[:, :, lo:hi]
+                xp.greater(v, tv, out=m)
+                # tap + 1 = i * kw + (first tap along W + 1); a row without a
+                # winner has max -FLT_MAX and is never strictly greater
+                xp.add(hfirst[:, :, hs], self.itype(i * self.kw), out=mark)
+                mark *= m
+                xp.maximum(cv, mark, out=cv)
+            xp.fmax(tv, v, out=tv)
 
 
 class Pool2d:
@@ -82,10 +157,13 @@ class Pool2d:
         taps = kh * kw + 1
         itype = np.int8 if taps < 2 ** 7 else np.int16 if taps < 2 ** 15 else np.int32
         self.choice = None
+        self._separable = None
         if method != P.AVE:
             self.choice = xp.empty(self.out_shape, itype)
-            self._mask = xp.empty(self.out_shape, bool)
-            self._itmp = xp.empty(self.out_shape, itype) if self.by_taps else None
+        if method == P.MAX and self.by_taps:
+            self._separable = _SeparableMax(xp, dtype, shape, kernel, stride, pad, self.out_shape, itype)
+        # MAX at TEST computes the choice only when asked (backward, mask top).
+        self._choice_valid = False
         self._cell = None
 
     # -- helpers ---------------------------------------------------------
@@ -104,8 +182,21 @@ class Pool2d:
                 w0, w1 = max(ws, 0), min(ws + kw, w)
                 yield a, b, hs, ws, h0, h1, w0, w1
 
-    def flat_index(self):
-        """The choice as Caffe's mask: flat index h * W + w into the input plane (-1: none)."""
+    def _ensure_choice(self, x):
+        if self._choice_valid:
+            return
+        if x is None:
+            raise ValueError("the MAX choice of a TEST-phase forward needs the input again")
+        self._separable.forward(self.xp, x, scratch("pool.top", self.xp, self.dtype, self.out_shape), self.choice)
+        self._choice_valid = True
+
+    def flat_index(self, x=None):
+        """The choice as Caffe's mask: flat index h * W + w into the input plane (-1: none).
+
+        ``x``: the input of the last forward (needed after a TEST-phase MAX forward).
+        """
+        if self.method == P.MAX:
+            self._ensure_choice(x)
         xp = self.xp
         kw = self.kernel[1]
         W = self.in_shape[3]
@@ -128,21 +219,14 @@ class Pool2d:
 
     def _forward_max(self, x, top):
         xp = self.xp
+        if self.by_taps:
+            self._choice_valid = self.train
+            self._separable.forward(xp, x, top, self.choice if self.train else None)
+            return
         # Caffe starts from -FLT_MAX and keeps the first strictly larger value.
         top.fill(-FLT_MAX)
         self.choice.fill(0)
-        if self.by_taps:
-            itype = self.choice.dtype.type
-            for t, tsl, xsl in self._taps():
-                v, tv, cv = x[xsl], top[tsl], self.choice[tsl]
-                m, mark = self._mask[tsl], self._itmp[tsl]
-                xp.greater(v, tv, out=m)
-                xp.maximum(tv, v, out=tv)
-                # Taps come in increasing order, so the last strictly-greater tap
-                # (the largest mark) is Caffe's first maximum in row-major order.
-                xp.multiply(m, itype(t + 1), out=mark)
-                xp.maximum(cv, mark, out=cv)
-            return
+        self._choice_valid = True
         n, c = self.out_shape[:2]
         kw = self.kernel[1]
         for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
@@ -214,9 +298,11 @@ class Pool2d:
             self.choice[:, :, a, b] = xp.where(reached.any(axis=-1), tap + 1, 0)
 
     # -- backward ----------------------------------------------------------
-    def backward(self, top_diff, dx):
-        """Overwrite dx with the gradient of the last forward."""
+    def backward(self, top_diff, dx, x=None):
+        """Overwrite dx with the gradient of the last forward (``x``: its input, see flat_index)."""
         xp = self.xp
+        if self.method == P.MAX:
+            self._ensure_choice(x)
         if self.method == P.AVE:
             dx.fill(0)
             g = top_diff / self.divisor
@@ -229,25 +315,32 @@ class Pool2d:
                     dv = dx[:, :, h0:h1, w0:w1]
                     dv += g[:, :, a, b, None, None]
             return
-        # MAX and STOCHASTIC: each top diff goes to its chosen cell; one
-        # bincount over flat cell indices sums the diffs of windows that chose
-        # the same cell (2-3x faster than a pass over dx per tap).
+        # MAX and STOCHASTIC: each top diff goes to its chosen cell. On NumPy,
+        # np.add.at adds the diffs in output order in float32 straight into
+        # dx, exactly Caffe's loop (3x faster than a float64 bincount and a
+        # copy); CuPy sums with bincount.
         if self._cell is None:
             n, c, h, w = self.in_shape
             kw = self.kernel[1]
             plane = xp.arange(n * c, dtype=np.intp).reshape(n, c, 1, 1) * (h * w)
             start = xp.asarray(self.hstart[:, None] * w + self.wstart[None, :], dtype=np.intp)
-            self._cell = plane + start
+            self._cell = (plane + start).reshape(-1)
             taps = np.arange(self.kernel[0] * kw)
             self._tap_offset = xp.asarray(np.concatenate([[0], taps // kw * w + taps % kw]), dtype=np.intp)
         weights = top_diff.reshape(-1)
-        cells = (self._cell + self._tap_offset[self.choice]).reshape(-1)
+        cells = scratch("pool.cells", xp, np.intp, self._cell.shape)
+        xp.take(self._tap_offset, self.choice.reshape(-1), out=cells)
+        cells += self._cell
         if not bool(self.choice.all()):
             # windows that chose no cell (all -inf or NaN) pass no gradient
             none = self.choice.reshape(-1) == 0
-            cells = xp.where(none, 0, cells)
+            cells[none] = 0
             weights = xp.where(none, 0, weights)
-        dx[...] = xp.bincount(cells, weights=weights, minlength=dx.size).reshape(dx.shape)
+        if xp is np and dx.flags.c_contiguous:
+            dx.fill(0)
+            np.add.at(dx.reshape(-1), cells, weights)
+        else:
+            dx[...] = xp.bincount(cells, weights=weights, minlength=dx.size).reshape(dx.shape)
 
 
 def pooling_geometry(layer, param, height, width):
@@ -339,8 +432,8 @@ class PoolingLayer(Layer):
     def forward(self, bottom, top):
         self._plan.forward(bottom[0].data, top[0].data)
         if len(top) > 1:
-            top[1].data[...] = self._plan.flat_index()
+            top[1].data[...] = self._plan.flat_index(bottom[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            self._plan.backward(top[0].diff, bottom[0].diff)
+            self._plan.backward(top[0].diff, bottom[0].diff, bottom[0].data)

@@ -1,0 +1,349 @@
+"""The engine's shortcuts against the plain computations they replace.
+
+Lazy parameter diffs (cleared by a flag, promised copies and low-rank
+products), the SGD step through OpenBLAS and through chunked NumPy ufuncs,
+the direct Deconvolution for huge kernels, the convolution box that skips
+outputs reading only padding, windowed im2col, and MAX pooling whose choice
+is computed only when a TEST-phase net asks for it.
+"""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from gradcheck import build, check_gradient, make_layer
+from protonet import elementwise, layer as layer_module
+from protonet.blob import Blob
+from protonet.layer import TEST, TRAIN, add_product_to_diff
+from protonet.layers import conv as conv_module
+from protonet.layers._im2col import ColPlan
+from protonet.proto import caffe_pb2
+from protonet.solver import SGDSolver, get_solver
+
+
+# -- Blob: lazy diffs ---------------------------------------------------------------
+def test_clear_diff_is_a_flag_and_reads_as_zero():
+    b = Blob((3, 4), dtype=np.float64)
+    b.diff[...] = 7
+    b.clear_diff()
+    assert b._gbuf[0] == 7                      # no pass over memory yet
+    np.testing.assert_array_equal(b.diff, 0)    # reading zero-fills
+    b.clear_diff()
+    diff, overwrite = b.grad_target()
+    assert overwrite and diff.shape == (3, 4)
+    diff[...] = 1                               # the caller writes every element
+    diff, overwrite = b.grad_target()
+    assert not overwrite
+    np.testing.assert_array_equal(diff, 1)
+
+
+def test_shared_diff_follows_its_owner():
+    owner, sharer = Blob((2, 3), dtype=np.float64), Blob((6,), dtype=np.float64)
+    sharer.share_diff(owner)
+    owner.diff[...] = 5
+    sharer.clear_diff()                         # clears the owner's memory
+    assert owner.grad_target()[1]               # the owner may overwrite
+    owner.clear_diff()
+    sharer.diff[...] += 2                       # a reader through the sharer sees zeros
+    diff, overwrite = owner.grad_target()
+    assert not overwrite
+    np.testing.assert_array_equal(diff, 2)
+    assert sharer.grad_target()[1] is False     # sharers never overwrite
+
+
+def test_deferred_copy_and_product():
+    r = np.random.default_rng(0)
+    b = Blob((4, 5), dtype=np.float64)
+    src = r.standard_normal(20)
+    b.defer_diff_copy(src)
+    np.testing.assert_array_equal(b.diff.reshape(-1), src)
+    b.defer_diff_copy(src)
+    b.clear_diff()                              # a clear cancels the copy
+    np.testing.assert_array_equal(b.diff, 0)
+
+    a, m = r.standard_normal((4, 2)), r.standard_normal((2, 5))
+    b.clear_diff()
+    b.defer_diff_product(a, m)
+    a[...] = 0                                  # the operands were copied
+    pending = b.pending_product()
+    assert pending is not None and pending[0].shape == (4, 2) and pending[1].shape == (5, 2)
+    expect = pending[0] @ pending[1].T
+    diff, overwrite = b.grad_target()           # a second gradient adds to the product
+    assert not overwrite and b.pending_product() is None
+    np.testing.assert_allclose(diff, expect)
+    b.defer_diff_copy(src)
+    b.reshape(20)                               # a reshape takes a pending copy first
+    np.testing.assert_array_equal(b.diff, src)
+
+
+def test_add_product_to_diff_overwrites_defers_and_accumulates(monkeypatch):
+    r = np.random.default_rng(1)
+    a, m = r.standard_normal((64, 3)), r.standard_normal((3, 80))
+    b = Blob((64, 80), dtype=np.float64)
+    b.clear_diff()
+    add_product_to_diff(b, a, m)                # small: written straight into the diff
+    assert b.pending_product() is None
+    np.testing.assert_allclose(b.diff, a @ m)
+    monkeypatch.setattr(layer_module, "_ACCUMULATE_BLOCK", 100)   # several row blocks
+    add_product_to_diff(b, a, m)
+    np.testing.assert_allclose(b.diff, 2 * a @ m)
+    monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
+    b.clear_diff()
+    add_product_to_diff(b, a, m)                # big and low-rank: promised
+    assert b.pending_product() is not None
+    np.testing.assert_allclose(b.diff, a @ m)
+
+
+# -- elementwise --------------------------------------------------------------------
+def test_chunked_run_equals_one_pass(monkeypatch):
+    monkeypatch.setattr(elementwise, "CHUNK", 7)
+    r = np.random.default_rng(2)
+    x, y = r.standard_normal(50).astype(np.float32), r.standard_normal(50).astype(np.float32)
+    expect = x * np.float32(0.5) + y
+
+    def fn(views, extra, scratch):
+        xv, yv = views
+        np.multiply(xv, extra, out=scratch[0])
+        yv += scratch[0]
+    elementwise.run(np, [([x, y], np.float32(0.5)), ([x[:0], y[:0]], None)], fn)
+    np.testing.assert_array_equal(y, expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_programs_match_numpy(dtype, monkeypatch):
+    blas = elementwise.blas(dtype)
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not a bundled OpenBLAS")
+    monkeypatch.setattr(elementwise, "BLAS_CHUNK", 1000)
+    r = np.random.default_rng(3)
+    w, g, h = (r.standard_normal(2500).astype(dtype) for _ in range(3))
+    w0, g0, h0 = w.copy(), g.copy(), h.copy()
+    blas.run([("scal", 0.5, g), ("axpy", 0.1, w, g), ("axpby", 0.01, g, 0.9, h), ("axpy", -1.0, h, w)])
+    g1 = g0 * 0.5 + 0.1 * w0
+    h1 = 0.01 * g1 + 0.9 * h0
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(g, g1, rtol=tol, atol=tol)
+    np.testing.assert_allclose(h, h1, rtol=tol, atol=tol)
+    np.testing.assert_allclose(w, w0 - h1, rtol=tol, atol=tol)
+    a, bt, c = (r.standard_normal(s).astype(dtype) for s in ((6, 4), (9, 4), (6, 9)))
+    c0 = c.copy()
+    blas.gemm_nt(0.3, a, bt, 0.7, c)
+    np.testing.assert_allclose(c, 0.3 * a @ bt.T + 0.7 * c0, rtol=tol * 10, atol=tol * 10)
+    with pytest.raises(ValueError):
+        blas.gemm_nt(1.0, a.T, bt, 0.0, c)
+
+
+# -- the SGD step, three ways -------------------------------------------------------------
+NET = """
+name: "tiny"
+layer { name: "in" type: "Input" top: "data" top: "target"
+        input_param { shape { dim: 2 dim: 3 dim: 10 dim: 10 } shape { dim: 2 dim: 5 dim: 1 dim: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 6 stride: 2
+          weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "Convolution" bottom: "conv" top: "fc"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+        convolution_param { num_output: 5 kernel_size: 10
+          weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "loss" }
+"""
+
+
+def _train(steps, iter_size=1, read_diffs=False, **solver_fields):
+    p = caffe_pb2.SolverParameter()
+    text_format.Parse(NET, p.train_net_param)
+    p.type = "SGD"
+    p.base_lr, p.lr_policy, p.momentum, p.weight_decay = 0.01, "fixed", 0.9, 0.01
+    p.max_iter, p.random_seed, p.iter_size, p.snapshot_after_train = 100, 7, iter_size, False
+    for k, v in solver_fields.items():
+        setattr(p, k, v)
+    solver = get_solver(p)
+    solver.progress, solver.curve_path = False, None
+    r = np.random.default_rng(4)
+    solver.net.blobs["data"].data[...] = r.standard_normal((2, 3, 10, 10))
+    solver.net.blobs["target"].data[...] = r.standard_normal((2, 5, 1, 1))
+    seen = []
+    if read_diffs:
+        solver.add_callback(None, lambda: seen.append(solver.net.params["fc"][0].diff.copy()))
+    solver.step(steps)
+    return solver, seen
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_sgd_step_same_through_blas_numpy_and_deferred_products(iter_size, monkeypatch):
+    plain, _ = _train(4, iter_size)
+    monkeypatch.setattr(elementwise, "USE_BLAS", False)
+    numpy_path, _ = _train(4, iter_size)
+    monkeypatch.setattr(elementwise, "USE_BLAS", True)
+    monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
+    deferred, _ = _train(4, iter_size)
+    for other in (numpy_path, deferred):
+        for a, b in zip(plain.net.learnable_params, other.net.learnable_params):
+            np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7)
+        for a, b in zip(plain.history, other.history):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+        # Caffe leaves the update value (the history) in the diff
+        for blob, h in zip(other.net.learnable_params, other.history):
+            np.testing.assert_array_equal(blob.diff, h)
+
+
+def test_callbacks_see_the_gradient_of_a_deferred_product(monkeypatch):
+    plain, seen_plain = _train(2, read_diffs=True)
+    monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
+    deferred, seen = _train(2, read_diffs=True)
+    for a, b in zip(seen_plain, seen):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    for a, b in zip(plain.net.learnable_params, deferred.net.learnable_params):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7)
+
+
+def test_clipping_uses_the_materialized_gradient(monkeypatch):
+    plain, _ = _train(3, clip_gradients=0.01)
+    monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
+    deferred, _ = _train(3, clip_gradients=0.01)
+    for a, b in zip(plain.net.learnable_params, deferred.net.learnable_params):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-7)
+    assert isinstance(deferred, SGDSolver)
+
+
+# -- Deconvolution: direct patches -----------------------------------------------------------
+DECONV_CASES = [
+    ("num_output: 2 group: 2 kernel_size: 7 stride: 3", (1, 2, 2, 2)),
+    ("num_output: 4 group: 2 kernel_size: 9 stride: 4 pad: 2", (2, 2, 2, 3)),
+    ("num_output: 3 group: 3 kernel_h: 8 kernel_w: 5 stride_h: 3 stride_w: 2 pad_h: 1", (1, 3, 2, 2)),
+    ("num_output: 2 group: 2 kernel_size: 4 stride: 5", (1, 2, 1, 3)),       # gaps between patches
+]
+
+
+@pytest.mark.parametrize("params,shape", DECONV_CASES)
+def test_direct_deconvolution_matches_the_gemm_path(params, shape):
+    text = ('name: "d" type: "Deconvolution" top: "y" convolution_param { %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
+    r = np.random.default_rng(5)
+    x = r.standard_normal(shape)
+    direct = make_layer(text)
+    bottom, top = build(direct, [x])
+    assert direct._direct is not None
+    gemm = make_layer(text)
+    gbottom, gtop = build(gemm, [x])
+    gemm._direct = None
+    for src, dst in zip(direct.blobs, gemm.blobs):
+        dst.data[...] = src.data
+    direct.forward(bottom, top)
+    gemm.forward(gbottom, gtop)
+    np.testing.assert_allclose(top[0].data, gtop[0].data, atol=1e-12)
+    dy = r.standard_normal(top[0].shape)
+    top[0].diff[...] = dy
+    gtop[0].diff[...] = dy
+    for lay, b, t in ((direct, bottom, top), (gemm, gbottom, gtop)):
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True], b)
+    np.testing.assert_allclose(bottom[0].diff, gbottom[0].diff, atol=1e-12)
+    for p, q in zip(direct.blobs, gemm.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+    assert check_gradient(make_layer(text), [x]) > 0
+
+
+# -- Convolution: the box of outputs that see the image --------------------------------------
+@pytest.mark.parametrize("params,shape", [
+    ("num_output: 3 kernel_size: 3 pad: 5 stride: 2", (2, 2, 5, 6)),
+    ("num_output: 4 group: 2 kernel_size: 2 pad: 4 dilation: 2", (1, 2, 4, 4)),
+    ("num_output: 2 kernel_h: 3 kernel_w: 1 pad_h: 6 pad_w: 0 stride: 1", (1, 1, 3, 4)),
+])
+def test_convolution_box_matches_the_full_computation(params, shape, monkeypatch):
+    text = ('name: "c" type: "Convolution" top: "y" convolution_param { %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
+    r = np.random.default_rng(6)
+    x = r.standard_normal(shape)
+    boxed = make_layer(text)
+    bottom, top = build(boxed, [x])
+    assert boxed._box is not None
+    monkeypatch.setattr(conv_module, "_touching_box", lambda *a: None)
+    full = make_layer(text)
+    fbottom, ftop = build(full, [x])
+    monkeypatch.undo()
+    for src, dst in zip(boxed.blobs, full.blobs):
+        dst.data[...] = src.data
+    boxed.forward(bottom, top)
+    full.forward(fbottom, ftop)
+    np.testing.assert_allclose(top[0].data, ftop[0].data, atol=1e-12)
+    dy = r.standard_normal(top[0].shape)
+    for lay, b, t in ((boxed, bottom, top), (full, fbottom, ftop)):
+        t[0].diff[...] = dy
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True], b)
+    np.testing.assert_allclose(bottom[0].diff, fbottom[0].diff, atol=1e-12)
+    for p, q in zip(boxed.blobs, full.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+    assert check_gradient(make_layer(text), [x]) > 0
+
+
+def test_convolution_backward_twice_recomputes_a_spent_column_buffer():
+    text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 kernel_size: 3 '
+            'pad: 1 weight_filler { type: "gaussian" std: 0.5 } }')
+    lay = make_layer(text)
+    x = np.random.default_rng(7).standard_normal((1, 3, 6, 6))
+    bottom, top = build(lay, [x])
+    lay.forward(bottom, top)
+    top[0].diff[...] = 1
+    lay.blobs[0].clear_diff()
+    lay.backward(top, [True], bottom)
+    first_w, first_x = lay.blobs[0].diff.copy(), bottom[0].diff.copy()
+    lay.blobs[0].clear_diff()
+    lay.backward(top, [True], bottom)        # the column buffer now holds the col2im input
+    np.testing.assert_allclose(lay.blobs[0].diff, first_w, atol=1e-12)
+    np.testing.assert_allclose(bottom[0].diff, first_x, atol=1e-12)
+
+
+@pytest.mark.parametrize("size,kernel,pad,stride,dilation", [
+    ((9, 8), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((10, 12), (5, 3), (2, 0), (2, 3), (1, 1)),
+    ((11, 11), (3, 3), (1, 1), (1, 2), (2, 1)),
+    ((7,), (3,), (1,), (2,), (1,)),
+])
+def test_windowed_im2col_equals_the_tap_steps(size, kernel, pad, stride, dilation):
+    plan = ColPlan(size, kernel, pad, stride, dilation)
+    plan.windowed = True        # chosen by the padded area; both forms must agree
+    img = np.random.default_rng(8).standard_normal((2, 3) + size)
+    windowed = np.zeros(plan.col_shape(3, 2))
+    plan.im2col(img, windowed)
+    plan.windowed = False
+    steps = np.zeros(plan.col_shape(3, 2))
+    plan.im2col(img, steps)
+    np.testing.assert_array_equal(windowed, steps)
+
+
+# -- Pooling: the MAX choice of a TEST-phase net -----------------------------------------------
+def test_test_phase_max_pooling_computes_its_choice_when_asked():
+    text = 'name: "p" type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
+    r = np.random.default_rng(9)
+    x = r.standard_normal((2, 3, 9, 8))
+    results = {}
+    for phase in (TRAIN, TEST):
+        lay = make_layer(text, phase=phase)
+        bottom, top = build(lay, [x])
+        lay.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape)
+        lay.backward(top, [True], bottom)
+        results[phase] = (top[0].data.copy(), top[1].data.copy(), bottom[0].diff.copy())
+    for a, b in zip(results[TRAIN], results[TEST]):
+        np.testing.assert_array_equal(a, b)
+    # without a mask top the choice is first needed by backward
+    grads = []
+    for phase in (TRAIN, TEST):
+        lay = make_layer(text.replace(' top: "mask"', ''), phase=phase)
+        bottom, top = build(lay, [x])
+        lay.forward(bottom, top)
+        top[0].diff[...] = 1
+        lay.backward(top, [True], bottom)
+        grads.append(bottom[0].diff.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert grads[0].sum() == top[0].count
+
+
+def test_large_stride_one_plans_are_windowed():
+    assert ColPlan((56, 56), (5, 5), (2, 2), (1, 1), (1, 1)).windowed
+    assert not ColPlan((256, 256), (11, 11), (100, 100), (4, 4), (1, 1)).windowed   # mostly padding
+    assert not ColPlan((70, 70), (63, 63), (0, 0), (32, 32), (1, 1)).windowed         # kernel > output
