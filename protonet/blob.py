@@ -40,10 +40,12 @@ class Blob:
         self._gbuf = None
         self._data = None
         self._diff = None
-        # Pending diff contents, not yet written: None, 0 (clear_diff) or an
-        # array to copy (defer_diff_copy). Only the owner of shared diff memory has one.
+        # Pending diff contents, not yet written: None, 0 (clear_diff), an
+        # array to copy (defer_diff_copy) or a pair of factors (defer_diff_product).
+        # Only the owner of shared diff memory has one.
         self._diff_fill = None
         self._diff_src = None       # the blob whose diff this one views (share_diff)
+        self._product_buffers = None
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------
@@ -164,7 +166,7 @@ class Blob:
         if m * n != self.count or a.shape[1] != b.shape[0]:
             raise ValueError("defer_diff_product: %s @ %s does not fill a diff of %d values"
                              % (a.shape, b.shape, self.count))
-        keep = getattr(self, "_product_buffers", None)
+        keep = self._product_buffers
         if keep is None or keep[0].shape != a.shape or keep[1].shape != b.T.shape:
             keep = self._product_buffers = (self.xp.empty(a.shape, self.dtype),
                                             self.xp.empty(b.T.shape, self.dtype))

@@ -13,7 +13,9 @@ that computes a parameter's whole gradient in one product may instead ask
 ``diff, overwrite = blob.grad_target()`` and write ``diff[...] = g`` (or a
 GEMM with ``out=diff``) when ``overwrite`` is True, ``+=`` otherwise: the
 first writer after a clear overwrites, later ones (``iter_size`` > 1,
-parameters shared between layers) add.
+parameters shared between layers) add. ``add_product_to_diff`` does this
+for a GEMM, and leaves a big low-rank gradient (FCN's fc6, fc7) as a
+promised product that the SGD step folds into its momentum.
 """
 import numpy as np
 

@@ -34,7 +34,7 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from . import backend, elementwise, rng
+from . import backend, blas as _blas, elementwise, rng
 from .io import FormatError, blobproto_to_array, blobproto_bytes, read_binary, read_net, read_solver, \
     wire_field, write_bytes_atomic
 from .log import ProgressBar, ensure_handler, fmt, get_logger
@@ -959,7 +959,7 @@ class SGDSolver(Solver):
         norm = _F32(1) / _F32(p.iter_size) if p.iter_size != 1 else None
         constants = self.update_constants()
         fused = type(self).compute_update_value is SGDSolver.compute_update_value
-        blas = (elementwise.blas(self.net.dtype) if fused and self.net.xp is np
+        blas = (_blas.get(self.net.dtype) if fused and self.net.xp is np
                 and p.regularization_type == "L2" else None)
         jobs = []
         for i, blob in enumerate(params):
@@ -976,7 +976,7 @@ class SGDSolver(Solver):
                 w, h = blob.data.reshape(-1), self.history[i].reshape(-1)
                 a, bt = product
                 scale = local_rate if norm is None else local_rate * norm
-                blas.gemm_nt(scale, a, bt, constants, self.history[i].reshape(a.shape[0], bt.shape[0]))
+                blas.gemm(a, bt.T, self.history[i].reshape(a.shape[0], bt.shape[0]), scale, constants)
                 program = [("axpy", local_rate * decay, w, h)] if decay else []
                 blas.run(program + [("axpy", -1.0, h, w)])
                 continue

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 from gradcheck import build, check_gradient, make_layer
-from protonet import elementwise, layer as layer_module
+from protonet import blas as blas_module, elementwise, layer as layer_module
 from protonet.blob import Blob
 from protonet.layer import TEST, TRAIN, add_product_to_diff
 from protonet.layers import conv as conv_module
@@ -110,10 +110,10 @@ def test_chunked_run_equals_one_pass(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blas_programs_match_numpy(dtype, monkeypatch):
-    blas = elementwise.blas(dtype)
+    blas = blas_module.get(dtype)
     if blas is None:
         pytest.skip("NumPy's BLAS is not a bundled OpenBLAS")
-    monkeypatch.setattr(elementwise, "BLAS_CHUNK", 1000)
+    monkeypatch.setattr(blas_module, "CHUNK", 1000)
     r = np.random.default_rng(3)
     w, g, h = (r.standard_normal(2500).astype(dtype) for _ in range(3))
     w0, g0, h0 = w.copy(), g.copy(), h.copy()
@@ -124,12 +124,18 @@ def test_blas_programs_match_numpy(dtype, monkeypatch):
     np.testing.assert_allclose(g, g1, rtol=tol, atol=tol)
     np.testing.assert_allclose(h, h1, rtol=tol, atol=tol)
     np.testing.assert_allclose(w, w0 - h1, rtol=tol, atol=tol)
-    a, bt, c = (r.standard_normal(s).astype(dtype) for s in ((6, 4), (9, 4), (6, 9)))
+    a, bt, big = (r.standard_normal(s).astype(dtype) for s in ((6, 4), (9, 4), (8, 12)))
+    c = big[1:7, 2:11]                                  # row-strided output
     c0 = c.copy()
-    blas.gemm_nt(0.3, a, bt, 0.7, c)
+    blas.gemm(a, bt.T, c, 0.3, 0.7)
     np.testing.assert_allclose(c, 0.3 * a @ bt.T + 0.7 * c0, rtol=tol * 10, atol=tol * 10)
+    other = r.standard_normal((8, 12)).astype(dtype)
+    blas.gemm(other[:4, 1:7].T, other[2:6, :9], c)      # transposed, strided operands
+    np.testing.assert_allclose(c, other[:4, 1:7].T @ other[2:6, :9], rtol=tol * 10, atol=tol * 10)
     with pytest.raises(ValueError):
-        blas.gemm_nt(1.0, a.T, bt, 0.0, c)
+        blas.gemm(a, bt, c)                             # shapes do not chain
+    with pytest.raises(ValueError):
+        blas.gemm(big[:, ::2][:6, :4], bt.T, c)         # no unit stride
 
 
 # -- the SGD step, three ways -------------------------------------------------------------
@@ -172,9 +178,9 @@ def _train(steps, iter_size=1, read_diffs=False, **solver_fields):
 @pytest.mark.parametrize("iter_size", [1, 2])
 def test_sgd_step_same_through_blas_numpy_and_deferred_products(iter_size, monkeypatch):
     plain, _ = _train(4, iter_size)
-    monkeypatch.setattr(elementwise, "USE_BLAS", False)
+    monkeypatch.setattr(blas_module, "USE_BLAS", False)
     numpy_path, _ = _train(4, iter_size)
-    monkeypatch.setattr(elementwise, "USE_BLAS", True)
+    monkeypatch.setattr(blas_module, "USE_BLAS", True)
     monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
     deferred, _ = _train(4, iter_size)
     for other in (numpy_path, deferred):
@@ -316,6 +322,23 @@ def test_windowed_im2col_equals_the_tap_steps(size, kernel, pad, stride, dilatio
 
 
 # -- Pooling: the MAX choice of a TEST-phase net -----------------------------------------------
+@pytest.mark.parametrize("params", [
+    "kernel_size: 3 stride: 2", "kernel_size: 2 stride: 2 pad: 1", "kernel_size: 3 stride: 1 pad: 1",
+    "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0", "kernel_size: 3 stride: 2 round_mode: FLOOR"])
+def test_test_phase_max_values_equal_train_phase(params):
+    x = np.random.default_rng(12).standard_normal((2, 3, 7, 9))
+    x[0, 0, :3, :3] = -np.inf           # a window without a winner keeps -FLT_MAX
+    x[1, 2, 2, 4] = np.nan              # NaN never wins
+    tops = []
+    for phase in (TRAIN, TEST):
+        lay = make_layer('name: "p" type: "Pooling" top: "y" pooling_param { pool: MAX %s }' % params, phase)
+        bottom, top = build(lay, [x])
+        lay.forward(bottom, top)
+        tops.append(top[0].data.copy())
+    np.testing.assert_array_equal(tops[0], tops[1])
+    assert not np.isnan(tops[1]).any()
+
+
 def test_test_phase_max_pooling_computes_its_choice_when_asked():
     text = 'name: "p" type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
     r = np.random.default_rng(9)
@@ -347,3 +370,78 @@ def test_large_stride_one_plans_are_windowed():
     assert ColPlan((56, 56), (5, 5), (2, 2), (1, 1), (1, 1)).windowed
     assert not ColPlan((256, 256), (11, 11), (100, 100), (4, 4), (1, 1)).windowed   # mostly padding
     assert not ColPlan((70, 70), (63, 63), (0, 0), (32, 32), (1, 1)).windowed         # kernel > output
+
+
+# -- Convolution: one GEMM per kernel row --------------------------------------------------------
+ROWS_CASES = [
+    ("num_output: 6 group: 2 kernel_size: 5 pad: 2", (2, 4, 9, 8)),
+    ("num_output: 3 kernel_h: 5 kernel_w: 3 pad_h: 1 pad_w: 2", (1, 2, 7, 6)),
+    ("num_output: 2 kernel_size: 6", (1, 3, 6, 9)),                      # a single output row
+]
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+@pytest.mark.parametrize("params,shape", ROWS_CASES)
+def test_kernel_row_convolution_matches_im2col(params, shape, phase, monkeypatch):
+    if blas_module.get(np.float64) is None:
+        pytest.skip("needs NumPy's bundled OpenBLAS")
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)      # small cases take the path too
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
+    text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
+    r = np.random.default_rng(10)
+    x1, x2 = r.standard_normal(shape), r.standard_normal(shape)
+    rows = make_layer(text, phase=phase)
+    bottom, top = build(rows, [x1, x2])
+    assert rows._rows is not None
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_ROWS", 99)
+    ref = make_layer(text, phase=phase)
+    rbottom, rtop = build(ref, [x1, x2])
+    assert ref._rows is None
+    for src, dst in zip(rows.blobs, ref.blobs):
+        dst.data[...] = src.data
+    for lay, b, t in ((rows, bottom, top), (ref, rbottom, rtop)):
+        b[0].data[...] = -x1                 # a first forward on other data: backward must not reuse it
+        lay.forward(b, t)
+        b[0].data[...] = x1
+        lay.forward(b, t)
+    for k in range(2):
+        np.testing.assert_allclose(top[k].data, rtop[k].data, atol=1e-12)
+    dys = [r.standard_normal(top[0].shape) for _ in range(2)]
+    for lay, b, t in ((rows, bottom, top), (ref, rbottom, rtop)):
+        for k in range(2):
+            t[k].diff[...] = dys[k]
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True, True], b)
+    for k in range(2):
+        np.testing.assert_allclose(bottom[k].diff, rbottom[k].diff, atol=1e-12)
+    for p, q in zip(rows.blobs, ref.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+
+
+def test_kernel_row_convolution_gradient(monkeypatch):
+    if blas_module.get(np.float64) is None:
+        pytest.skip("needs NumPy's bundled OpenBLAS")
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
+    text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: 5 '
+            'pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    lay = make_layer(text)
+    x = np.random.default_rng(11).standard_normal((2, 2, 6, 7))
+    build(lay, [x])
+    assert lay._rows is not None
+    assert check_gradient(make_layer(text), [x]) > 0
+
+
+def test_kernel_rows_only_for_wide_outputs():
+    # FCN's fc6 (6x6 kernel on 9x9 outputs) keeps im2col; AlexNet's conv2 takes the rows
+    def chosen(params, shape):
+        lay = make_layer('name: "c" type: "Convolution" top: "y" convolution_param { %s }' % params)
+        build(lay, [np.zeros(shape)])
+        return lay._rows is not None
+    if blas_module.get(np.float64) is None:
+        pytest.skip("needs NumPy's bundled OpenBLAS")
+    assert chosen("num_output: 8 group: 2 kernel_size: 5 pad: 2", (1, 96, 56, 56))
+    assert not chosen("num_output: 8 kernel_size: 6", (1, 256, 14, 14))
+    assert not chosen("num_output: 8 kernel_size: 3 pad: 1", (1, 96, 56, 56))

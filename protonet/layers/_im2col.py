@@ -135,7 +135,8 @@ class ColPlan:
             shape = img.shape[:2] + tuple(n + 2 * p for n, p in zip(self.in_size, self.pad))
             padded = scratch("im2col.padded", xp, img.dtype, shape)
             _fill_border(padded, self.pad)
-            padded[(slice(None), slice(None)) + tuple(slice(p, p + n) for n, p in zip(self.in_size, self.pad))] = img
+            inner = tuple(slice(p, p + n) for n, p in zip(self.in_size, self.pad))
+            padded[(slice(None), slice(None)) + inner] = img
             img = padded
         strides = img.strides
         view = xp.lib.stride_tricks.as_strided(

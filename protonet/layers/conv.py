@@ -18,9 +18,9 @@ GEMM covers every image; it is allocated once per input shape.
 """
 import numpy as np
 
-from ..layer import Layer, add_product_to_diff, register
-from .. import fillers
-from ._im2col import ColPlan, conv_out_size, deconv_out_size
+from ..layer import TEST, Layer, add_product_to_diff, register
+from .. import blas as _blas, fillers
+from ._im2col import ColPlan, _fill_border, conv_out_size, deconv_out_size
 from ._scratch import scratch
 
 
@@ -146,9 +146,9 @@ class _ConvolutionBase(Layer):
             if self._box is not None:
                 # only the outputs in the box see the image; the column side is the box
                 col_spatial = tuple(b.stop - b.start for b in self._box)
-                self._plan = ColPlan(img_spatial, self.kernel,
-                                     tuple(p - b.start * s for p, b, s in zip(self.pad, self._box, self.stride)),
-                                     self.stride, self.dilation, out_size=col_spatial)
+                inner_pad = tuple(p - b.start * s for p, b, s in zip(self.pad, self._box, self.stride))
+                self._plan = ColPlan(img_spatial, self.kernel, inner_pad, self.stride, self.dilation,
+                                     out_size=col_spatial)
             else:
                 self._plan = None if self.is_1x1 else ColPlan(img_spatial, self.kernel, self.pad,
                                                               self.stride, self.dilation)
@@ -156,14 +156,26 @@ class _ConvolutionBase(Layer):
             self.P = int(np.prod(col_spatial, dtype=np.int64))
             self.Kg = self.img_channels // self.group * int(np.prod(self.kernel, dtype=np.int64))
             self.Cg = self.col_channels // self.group
+            self._rows = _KernelRows.maybe(self)
             self._col = None    # im2col target: padding entries stay zero
             self._col_holds = None  # which bottom's im2col the buffer holds (conv forward)
             self._direct = _DirectDeconv.maybe(self)
 
     # -- buffers -------------------------------------------------------
+    def _shares_columns(self):
+        """A TEST-phase layer whose im2col rewrites every column keeps no buffer of its own.
+
+        Nothing is kept for a backward there (one that comes anyway redoes
+        the im2col), so all such layers fill one shared buffer, which stays
+        warm in the cache from one layer and one forward to the next.
+        """
+        return self.phase == TEST and (self._plan is None or self._plan.windowed)
+
     def _col_buffer(self):
+        shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
+        if self._shares_columns():
+            return scratch("conv.col", self.xp, self.dtype, shape)
         if self._col is None:
-            shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
             self._col = self.xp.zeros(shape, self.dtype)
         return self._col
 
@@ -184,16 +196,35 @@ class _ConvolutionBase(Layer):
             self._plan.im2col(img.reshape((N, self.img_channels) + self.img_spatial), col)
         return col.reshape(G, Kg, N * P)
 
+    def _colside_groups(self, colside):
+        """A column-side array ``(N, G*Cg, P)`` as a ``(G, Cg, N*P)`` matrix (a copy unless N == 1)."""
+        G, N, P = self.group, self.num, self.P
+        if N == 1:
+            return colside.reshape(G, self.Cg, P)
+        cs = scratch("conv.cside", self.xp, self.dtype, (G, self.Cg, N, P))
+        cs[...] = colside.reshape(N, G, self.Cg, P).transpose(1, 2, 0, 3)
+        return cs.reshape(G, self.Cg, N * P)
+
+    def _ungroup(self, product, out, rows):
+        """Copy a ``(G, rows, N*P)`` product into ``out`` laid out ``(N, G*rows, P)``."""
+        G, N, P = self.group, self.num, self.P
+        out.reshape(N, G, rows, P)[...] = product.reshape(G, rows, N, P).transpose(2, 0, 1, 3)
+
     def _image_to_colside(self, img, out, cols=None):
-        """out (column side) = W @ im2col(img); ``cols`` may be a precomputed _columns(img)."""
-        G, Kg, N, P = self.group, self.Kg, self.num, self.P
-        if self.is_1x1 and cols is None:
-            src = img.reshape(N, G, Kg, P)
-        else:
-            if cols is None:
-                cols = self._columns(img)
-            src = cols.reshape(G, Kg, N, P).transpose(2, 0, 1, 3)
-        self.xp.matmul(self._weights(), src, out=out.reshape(N, G, self.Cg, P))
+        """out (column side) = W @ im2col(img); ``cols`` may be a precomputed _columns(img).
+
+        One GEMM per group covers the whole batch (a batch of per-image GEMMs
+        with FCN's 81 columns each would run at two thirds of the speed).
+        """
+        G, N = self.group, self.num
+        if cols is None:
+            cols = self._columns(img)
+        if N == 1:
+            self.xp.matmul(self._weights(), cols, out=out.reshape(G, self.Cg, self.P))
+            return
+        product = scratch("conv.product", self.xp, self.dtype, (G, self.Cg, N * self.P))
+        self.xp.matmul(self._weights(), cols, out=product)
+        self._ungroup(product, out, self.Cg)
 
     def _colside_to_image(self, colside, img, spend_col=False):
         """img = col2im(W^T @ colside), overwriting img.
@@ -205,9 +236,14 @@ class _ConvolutionBase(Layer):
         """
         G, Kg, N, P = self.group, self.Kg, self.num, self.P
         wt = self._weights().transpose(0, 2, 1)
-        src = colside.reshape(N, G, self.Cg, P)
+        cs = self._colside_groups(colside)
         if self.is_1x1:
-            self.xp.matmul(wt, src, out=img.reshape(N, G, Kg, P))
+            if N == 1:
+                self.xp.matmul(wt, cs, out=img.reshape(G, Kg, P))
+                return
+            product = scratch("conv.product", self.xp, self.dtype, (G, Kg, N * P))
+            self.xp.matmul(wt, cs, out=product)
+            self._ungroup(product, img, Kg)
             return
         shape = (self.img_channels,) + self.kernel + (N,) + self.col_spatial
         if spend_col and self._col is not None and self._plan.windowed:
@@ -215,19 +251,12 @@ class _ConvolutionBase(Layer):
             self._col_holds = None
         else:
             dcol = scratch("conv.dcol", self.xp, self.dtype, shape)
-        self.xp.matmul(wt, src, out=dcol.reshape(G, Kg, N, P).transpose(2, 0, 1, 3))
+        self.xp.matmul(wt, cs, out=dcol.reshape(G, Kg, N * P))
         self._plan.col2im(dcol, img.reshape((N, self.img_channels) + self.img_spatial))
 
     def _weight_grad(self, cols, colside):
         """blobs[0].diff += colside @ cols^T, summed over the batch in one GEMM per group."""
-        G, N, P = self.group, self.num, self.P
-        if N == 1:
-            cs = colside.reshape(G, self.Cg, P)
-        else:
-            cside = scratch("conv.cside", self.xp, self.dtype, (G, self.Cg, N, P))
-            cside[...] = colside.reshape(N, G, self.Cg, P).transpose(1, 2, 0, 3)
-            cs = cside.reshape(G, self.Cg, N * P)
-        add_product_to_diff(self.blobs[0], cs, cols.transpose(0, 2, 1))
+        add_product_to_diff(self.blobs[0], self._colside_groups(colside), cols.transpose(0, 2, 1))
 
     # -- bias on the top ---------------------------------------------------
     def _add_bias(self, out):
@@ -262,8 +291,12 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def forward(self, bottom, top):
         for i, (b, t) in enumerate(zip(bottom, top)):
+            if self._rows is not None:
+                self._rows.forward(b.data, t.data, i)
+                self._add_bias(t.data)
+                continue
             cols = None if self.is_1x1 else self._columns(b.data)
-            if cols is not None:
+            if cols is not None and not self._shares_columns():
                 self._col_holds = i
             if self._box is None:
                 self._image_to_colside(b.data, t.data, cols)
@@ -298,6 +331,10 @@ class ConvolutionLayer(_ConvolutionBase):
         for i in reversed(range(len(top))):
             td = top[i].diff
             self._bias_grad(td)
+            if self._rows is not None:
+                self._rows.backward(td, bottom[i].data, i, self.blobs[0], self.param_needs_grad(0),
+                                    bottom[i].diff if propagate_down[i] else None)
+                continue
             if self._box is not None:
                 td = self._gather_box(td)   # diffs outside the box reach neither weights nor bottom
             if self.param_needs_grad(0):
@@ -367,6 +404,134 @@ def _touching_box(in_spatial, out_spatial, kernel, pad, stride, dilation):
     return tuple(box)
 
 
+class _KernelRows:
+    """A stride-1 convolution with a tall kernel as one GEMM per kernel row.
+
+    im2col copies each input value kh * kw times: for AlexNet's conv2 (5x5)
+    a 30 MB column buffer, written, read by the GEMM, read again for the
+    weight gradient, overwritten by the backward GEMM and read by col2im.
+    Here the padded input is expanded along W only (kw copies, 6 MB), into
+    ``rows[n, c, j, h, b] = x[n, c, h, b + j]``: kernel row ``i`` then sees
+    rows ``i .. i + OH`` of it as a plain strided matrix, and the output is
+    the sum of kh GEMMs accumulated in place (beta = 1, through NumPy's
+    OpenBLAS). The backward accumulates the same way into a row-expanded
+    diff and folds it back with kw shifted adds. Chosen, when NumPy's BLAS
+    is its bundled OpenBLAS, for kernels of at least 5 rows (for 3x3 the
+    three smaller GEMMs cost what the smaller copy saves) whose column
+    buffer would outgrow the cache (8 MB) and whose GEMMs stay wide (1024
+    output positions: FCN's fc6, 6x6 on 9x9 outputs, would crawl).
+    """
+
+    MIN_ROWS = 5
+    MIN_POSITIONS = 1024
+    MIN_COLUMN_BYTES = 8 << 20
+
+    @classmethod
+    def maybe(cls, layer):
+        blas = _blas.get(layer.dtype) if layer.xp is np else None
+        if (blas is None or layer.reverse or layer.num_spatial != 2 or layer.is_1x1
+                or layer._box is not None or layer.kernel[0] < cls.MIN_ROWS
+                or any(s != 1 for s in layer.stride) or any(d != 1 for d in layer.dilation)
+                or layer.P < cls.MIN_POSITIONS
+                or layer.Kg * layer.group * layer.num * layer.P * layer.dtype.itemsize
+                < cls.MIN_COLUMN_BYTES):
+            return None
+        return cls(layer, blas)
+
+    def __init__(self, layer, blas):
+        self.layer, self.blas, self.xp, self.dtype = layer, blas, layer.xp, layer.dtype
+        self.num, self.groups = layer.num, layer.group
+        self.channels = layer.channels
+        self.cig, self.cg = layer.channels // layer.group, layer.num_output // layer.group
+        (self.kh, self.kw), (self.ph, self.pw) = layer.kernel, layer.pad
+        self.h, self.w = layer.img_spatial
+        self.oh, self.ow = layer.col_spatial
+        self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.shape = (self.num, self.channels, self.kw, self.hp, self.ow)
+        self._rows = None       # the expansion a TRAIN forward keeps for backward
+        self._holds = None      # which bottom it holds
+
+    def _expand(self, x, index, reuse):
+        """The W-expansion of bottom ``x`` (kept in TRAIN, shared scratch in TEST).
+
+        ``reuse``: a backward may take the one its forward kept for this bottom.
+        """
+        if reuse and self._holds == index:
+            return self._rows
+        if self.layer.phase == TEST:
+            rows = scratch("rows.x", self.xp, self.dtype, self.shape)
+        else:
+            if self._rows is None:
+                self._rows = self.xp.empty(self.shape, self.dtype)
+            rows = self._rows
+        padded = scratch("rows.pad", self.xp, self.dtype, (self.num, self.channels, self.hp, self.wp))
+        _fill_border(padded, (self.ph, self.pw))
+        padded[:, :, self.ph:self.ph + self.h, self.pw:self.pw + self.w] = x.reshape(
+            self.num, self.channels, self.h, self.w)
+        sn, sc, sy, sx = padded.strides
+        rows[...] = self.xp.lib.stride_tricks.as_strided(
+            padded, shape=self.shape, strides=(sn, sc, sx, sy, sx))
+        self._holds = index if self.layer.phase != TEST else None
+        return rows
+
+    def _row_matrix(self, rows, n, g, i):
+        """Kernel row ``i``'s view of group ``g`` of image ``n``: (cig * kw, oh * ow), rows strided."""
+        block = rows[n, g * self.cig:(g + 1) * self.cig, :, i:i + self.oh]
+        item = block.itemsize
+        return self.xp.lib.stride_tricks.as_strided(
+            block, shape=(self.cig * self.kw, self.oh * self.ow), strides=(self.hp * self.ow * item, item))
+
+    def _weights_by_row(self, weight):
+        wr = scratch("rows.w", self.xp, self.dtype, (self.kh, self.groups, self.cg, self.cig * self.kw))
+        wr.reshape(self.kh, self.groups, self.cg, self.cig, self.kw)[...] = weight.reshape(
+            self.groups, self.cg, self.cig, self.kh, self.kw).transpose(3, 0, 1, 2, 4)
+        return wr
+
+    def forward(self, x, top, index):
+        rows = self._expand(x, index, reuse=False)
+        wr = self._weights_by_row(self.layer.blobs[0].data)
+        out = top.reshape(self.num, self.groups, self.cg, self.oh * self.ow)
+        for n in range(self.num):
+            for g in range(self.groups):
+                for i in range(self.kh):
+                    self.blas.gemm(wr[i, g], self._row_matrix(rows, n, g, i), out[n, g],
+                                   beta=0.0 if i == 0 else 1.0)
+
+    def backward(self, top_diff, x, index, weight_blob, need_weight, bottom_diff):
+        rows = self._expand(x, index, reuse=True)
+        dy = top_diff.reshape(self.num, self.groups, self.cg, self.oh * self.ow)
+        if need_weight:
+            dwr = scratch("rows.dw", self.xp, self.dtype, (self.kh, self.groups, self.cg, self.cig * self.kw))
+            for n in range(self.num):
+                for g in range(self.groups):
+                    for i in range(self.kh):
+                        self.blas.gemm(dy[n, g], self._row_matrix(rows, n, g, i).T, dwr[i, g],
+                                       beta=0.0 if n == 0 else 1.0)
+            diff, overwrite = weight_blob.grad_target()
+            grad = dwr.reshape(self.kh, self.groups, self.cg, self.cig, self.kw).transpose(1, 2, 3, 0, 4)
+            target = diff.reshape(self.groups, self.cg, self.cig, self.kh, self.kw)
+            if overwrite:
+                target[...] = grad
+            else:
+                target += grad
+        if bottom_diff is None:
+            return
+        wr = self._weights_by_row(weight_blob.data)
+        rdiff = scratch("rows.diff", self.xp, self.dtype, (1,) + self.shape[1:])
+        padded = scratch("rows.pad", self.xp, self.dtype, (self.channels, self.hp, self.wp))
+        dx = bottom_diff.reshape(self.num, self.channels, self.h, self.w)
+        for n in range(self.num):
+            rdiff.fill(0)
+            for g in range(self.groups):
+                for i in range(self.kh):
+                    self.blas.gemm(wr[i, g].T, dy[n, g], self._row_matrix(rdiff, 0, g, i), beta=1.0)
+            padded.fill(0)
+            for j in range(self.kw):
+                view = padded[:, :, j:j + self.ow]
+                view += rdiff[0, :, j]
+            dx[n] = padded[:, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
+
+
 class _DirectDeconv:
     """Deconvolution of a tiny input by a huge kernel, one input channel per group.
 
@@ -392,7 +557,8 @@ class _DirectDeconv:
         self.xp, self.dtype = layer.xp, layer.dtype
         self.num, self.groups = layer.num, layer.group
         self.co = layer.num_output // layer.group
-        self.in_hw, self.kernel, self.stride, self.pad = layer.col_spatial, layer.kernel, layer.stride, layer.pad
+        self.in_hw, self.kernel = layer.col_spatial, layer.kernel
+        self.stride, self.pad = layer.stride, layer.pad
         self.out_hw = layer.img_spatial
         full = tuple(s * (n - 1) + k for n, k, s in zip(self.in_hw, self.kernel, self.stride))
         self.full_shape = (self.num, layer.num_output) + full

@@ -57,6 +57,8 @@ class _SeparableMax:
     splits the input into its column phases ``x[..., p::stride]``, so that
     each tap is a contiguous slice of one phase. Per tap: a compare, an
     ``fmax`` and, for the choice, a branch-free multiply/maximum on small ints.
+    Without a choice (TEST) the order is free: the H pass runs first, on
+    whole input rows, and the W pass reads strided columns of its result.
     """
 
     def __init__(self, xp, dtype, shape, kernel, stride, pad, out_shape, itype):
@@ -68,12 +70,33 @@ class _SeparableMax:
         # W taps as (tap, output range, phase, first index in the phase)
         self.cols = [(j, lo, hi, ws.start % sw, ws.start // sw)
                      for j, lo, hi, ws in _tap_steps(w, ow, kw, pw_, sw)]
+        self.col_slices = _tap_steps(w, ow, kw, pw_, sw)
         self.dtype, self.out_shape = dtype, out_shape
         self.phase_shapes = [(n, c, h, len(range(p, w, sw))) for p in range(sw)] if sw > 1 else None
         self.row_shape = (n, c, h, ow)
+        self.col_shape = (n, c, oh, w)
+
+    def _values(self, xp, x, top):
+        """top = window maxima (no choice): along H on whole rows, then along W."""
+        vmax = scratch("pool.vmax", xp, self.dtype, self.col_shape)
+        for k, (i, lo, hi, hs) in enumerate(self.rows):
+            v = vmax[:, :, lo:hi]
+            if k == 0 and (lo, hi) == (0, self.out_shape[2]):
+                xp.fmax(x[:, :, hs], -FLT_MAX, out=v)   # NaN and -inf give -FLT_MAX, as in Caffe
+                continue
+            if k == 0:
+                vmax.fill(-FLT_MAX)
+            xp.fmax(v, x[:, :, hs], out=v)
+        top.fill(-FLT_MAX)
+        for j, lo, hi, ws in self.col_slices:
+            t = top[..., lo:hi]
+            xp.fmax(t, vmax[..., ws], out=t)
 
     def forward(self, xp, x, top, choice=None):
         """top = window maxima; ``choice`` (if given) = tap + 1 of Caffe's pick, 0 for none."""
+        if choice is None:
+            self._values(xp, x, top)
+            return
         # all buffers are transient: shared with the other pooling layers
         phases = None
         if self.phase_shapes is not None:
