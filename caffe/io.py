@@ -65,19 +65,8 @@ def blobprotovector_str_to_arraylist(str_):
 
 def array_to_datum(arr, label=None):
     """A C x H x W array as a Datum: uint8 arrays go to ``data`` (bytes), others to ``float_data``."""
-    arr = np.asarray(arr)
-    if arr.ndim != 3:
-        raise ValueError("Incorrect array shape: a Datum holds a 3-d (C x H x W) array, got %s"
-                         % (arr.shape,))
-    datum = caffe_pb2.Datum()
-    datum.channels, datum.height, datum.width = (int(d) for d in arr.shape)
-    if arr.dtype == np.uint8:
-        datum.data = arr.tobytes()
-    else:
-        datum.float_data.extend(arr.astype(float).flat)
-    if label is not None:
-        datum.label = int(label)
-    return datum
+    from protonet.data.datum import array_to_datum as to_datum
+    return to_datum(arr, label)
 
 
 def datum_to_array(datum):

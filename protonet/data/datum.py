@@ -166,7 +166,7 @@ def array_to_datum(arr, label=None, encoding=None):
     """
     arr = np.asarray(arr)
     if arr.ndim != 3:
-        raise DataError("array_to_datum needs a 3-axis C x H x W array, got shape %s"
+        raise DataError("array_to_datum needs a 3-d (C x H x W) array, got shape %s"
                         % (arr.shape,))
     datum = caffe_pb2.Datum()
     datum.channels, datum.height, datum.width = (int(s) for s in arr.shape)
