@@ -55,6 +55,15 @@ class Blas:
             return TRANS, max(s1 // item if cols > 1 else rows, rows, 1)
         raise ValueError("gemm %s %s with strides %s is not a BLAS matrix" % (what, x.shape, x.strides))
 
+    def takes(self, a, b, c):
+        """Whether ``gemm(a, b, c)`` can run on these views as they are."""
+        try:
+            for x, what in ((a, "a"), (b, "b"), (c, "c")):
+                self._layout(x, what)
+        except ValueError:
+            return False
+        return c.ndim == 2 and (c.strides[1] == c.itemsize or c.shape[1] == 1)
+
     def gemm(self, a, b, c, alpha=1.0, beta=0.0):
         """``c = alpha * a @ b + beta * c`` on 2-d views with a unit stride (rows may be strided).
 

@@ -20,6 +20,7 @@ promised product that the SGD step folds into its momentum.
 import numpy as np
 
 from . import backend
+from . import blas as _blas
 from .blob import Blob
 
 TRAIN = 0
@@ -164,8 +165,9 @@ def add_product_to_diff(blob, a, b):
     Right after the solver's clear (``blob.grad_target()`` says overwrite)
     the product goes straight into the diff: no clearing pass, no temporary;
     or, on NumPy for a big low-rank product, it is only promised (see
-    ``Blob.defer_diff_product``). Otherwise it is added in blocks of rows
-    through a small scratch.
+    ``Blob.defer_diff_product``). Otherwise it is added: by a GEMM with
+    beta = 1 through NumPy's OpenBLAS (Caffe's own accumulation), else in
+    blocks of rows through a small scratch.
     """
     xp = backend.xp_of(a, b)
     diff, overwrite = blob.grad_target()
@@ -179,6 +181,16 @@ def add_product_to_diff(blob, a, b):
             return
         xp.matmul(a, b, out=out)
         return
+    blas = _blas.get(out.dtype) if xp is np else None
+    if blas is not None:
+        batch_shape = out_shape[:-2]
+        a_all = np.broadcast_to(a, batch_shape + a.shape[-2:])
+        b_all = np.broadcast_to(b, batch_shape + b.shape[-2:])
+        first = (0,) * len(batch_shape)
+        if blas.takes(a_all[first], b_all[first], out[first]):    # every item has the same strides
+            for idx in np.ndindex(*batch_shape):
+                blas.gemm(a_all[idx], b_all[idx], out[idx], beta=1.0)
+            return
     rows = a.shape[-2]
     per_row = max(1, out.size // max(rows, 1))
     step = max(1, min(rows, _ACCUMULATE_BLOCK // per_row))

@@ -83,9 +83,18 @@ def test_add_product_to_diff_overwrites_defers_and_accumulates(monkeypatch):
     add_product_to_diff(b, a, m)                # small: written straight into the diff
     assert b.pending_product() is None
     np.testing.assert_allclose(b.diff, a @ m)
+    add_product_to_diff(b, a, m)                # a GEMM with beta = 1 (NumPy's OpenBLAS)
+    np.testing.assert_allclose(b.diff, 2 * a @ m)
+    monkeypatch.setattr(blas_module, "USE_BLAS", False)
     monkeypatch.setattr(layer_module, "_ACCUMULATE_BLOCK", 100)   # several row blocks
     add_product_to_diff(b, a, m)
-    np.testing.assert_allclose(b.diff, 2 * a @ m)
+    np.testing.assert_allclose(b.diff, 3 * a @ m)
+    g = Blob((2, 4, 5), dtype=np.float64)       # batched over groups, transposed operand
+    ga, gb = r.standard_normal((2, 4, 3)), r.standard_normal((2, 5, 3))
+    add_product_to_diff(g, ga, gb.transpose(0, 2, 1))
+    monkeypatch.setattr(blas_module, "USE_BLAS", True)
+    add_product_to_diff(g, ga, gb.transpose(0, 2, 1))
+    np.testing.assert_allclose(g.diff, 2 * ga @ gb.transpose(0, 2, 1))
     monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
     b.clear_diff()
     add_product_to_diff(b, a, m)                # big and low-rank: promised
