@@ -9,7 +9,8 @@ import numpy as np
 from .. import io
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .softmax import LabelIndex, label_dims, normalization_mode, normalizer, softmax_into
+from .softmax import (LabelIndex, label_dims, normalization_mode, normalizer,
+                      reshape_softmax_loss, softmax_into)
 
 _Norm = caffe_pb2.LossParameter
 # Caffe's kLOG_THRESHOLD: probabilities are clamped here before the log.
@@ -246,13 +247,7 @@ class InfogainLossLayer(_LossLayer):
         if hcount != dims[1] * dims[1]:
             raise self.error("the infogain matrix H must be %dx%d (%d values), got %d values"
                              % (dims[1], dims[1], dims[1] * dims[1], hcount))
-        top[0].reshape(())
-        if len(top) > 1:
-            top[1].reshape(bottom[0].shape)
-        if dims != self._dims:
-            self._dims = dims
-            self.prob = self.xp.empty(dims, self.dtype)
-            self.index = LabelIndex(self.xp, dims[0], dims[1], dims[2], self.ignore_label)
+        reshape_softmax_loss(self, bottom, top, dims)
 
     def _matrix(self, bottom):
         c = self._dims[1]

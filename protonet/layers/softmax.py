@@ -53,6 +53,18 @@ def label_dims(layer, bottom, axis, what):
     return axis, dims
 
 
+def reshape_softmax_loss(layer, bottom, top, dims):
+    """Tops (scalar loss, optional probabilities) and, when the split changes, the
+    probability buffer and label index of a softmax-based loss layer."""
+    top[0].reshape(())
+    if len(top) > 1:
+        top[1].reshape(bottom[0].shape)
+    if dims != layer._dims:
+        layer._dims = dims
+        layer.prob = layer.xp.empty(dims, layer.dtype)
+        layer.index = LabelIndex(layer.xp, dims[0], dims[1], dims[2], layer.ignore_label)
+
+
 def normalization_mode(loss_param, default):
     """The NormalizationMode a loss layer uses.
 
@@ -189,13 +201,7 @@ class SoftmaxWithLossLayer(Layer):
             raise self.error("scores %s and labels %s must have the same first dimension"
                              % (bottom[0].shape, bottom[1].shape))
         axis, dims = label_dims(self, bottom, self.layer_param.softmax_param.axis, "softmax axis")
-        top[0].reshape(())
-        if len(top) > 1:
-            top[1].reshape(bottom[0].shape)
-        if dims != self._dims:
-            self._dims = dims
-            self.prob = self.xp.empty(dims, self.dtype)
-            self.index = LabelIndex(self.xp, dims[0], dims[1], dims[2], self.ignore_label)
+        reshape_softmax_loss(self, bottom, top, dims)
 
     def forward(self, bottom, top):
         xp = self.xp
