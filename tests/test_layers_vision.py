@@ -380,6 +380,22 @@ def test_pooling_max_window_without_a_winner():
         assert not bottom[0].diff[np.isinf(x)].any()
 
 
+def test_pooling_max_nan_never_wins():
+    # Caffe's strict > skips NaN: the window's maximum is that of its other cells, in both loops
+    x = distinct(np.random.default_rng(19), (1, 2, 5, 5))
+    x[0, 0, 1, 1] = x[0, 1, 4, 4] = np.nan
+    for params in ("kernel_size: 2 stride: 2 pad: 1",     # tap loop
+                   "kernel_size: 5 stride: 4 pad: 1",     # window loop
+                   "global_pooling: true"):               # one window
+        lay = layer("Pooling", "pooling_param { pool: MAX %s }" % params, tops=("y", "mask"))
+        _, top = run(lay, x)
+        k, s, p = _pool_args(lay)
+        expect, idx = ref_pool(np.where(np.isnan(x), -np.inf, x), "MAX", k, s, p)
+        assert not np.isnan(top[0].data).any()
+        np.testing.assert_array_equal(top[0].data, expect)
+        np.testing.assert_array_equal(top[1].data, idx)
+
+
 def test_pooling_global():
     x = distinct(np.random.default_rng(12), (2, 3, 5, 4))
     for pool in ("MAX", "AVE"):

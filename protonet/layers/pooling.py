@@ -256,6 +256,8 @@ class Pool2d:
             if h0 >= h1 or w0 >= w1:
                 continue
             slab = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            # NaN never wins in Caffe, but argmax would pick it: rank it below everything
+            slab = xp.where(slab != slab, -xp.inf, slab)
             k = slab.argmax(axis=-1)
             val = xp.take_along_axis(slab, k[..., None], axis=-1)[..., 0]
             ok = val > -FLT_MAX
