@@ -121,16 +121,25 @@ def run_one(mode, channels, batch, iterations, warmup, gpu):
     except ImportError:
         blas = []
     stats = _stats(times)
-    return {
+    device = "cpu (%s, %d cores)" % (platform.processor() or platform.machine(), os.cpu_count())
+    extra = {}
+    if gpu is not None:
+        cp = backend.xp()
+        props = cp.cuda.runtime.getDeviceProperties(gpu)
+        name = props["name"]
+        device = "gpu %d (%s)" % (gpu, name.decode() if isinstance(name, bytes) else name)
+        # CuPy's pool keeps what the net has held at its peak: the device-side footprint
+        extra = {"gpu_pool_mb": round(cp.get_default_memory_pool().total_bytes() / 2.0 ** 20, 1),
+                 "cupy": cp.__version__}
+    return dict({
         "net": "fcn_alexnet_2class", "mode": mode, "channels": channels, "batch": batch, "size": 256,
         "ms": stats, "ms_per_image": round(stats["median"] / batch, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "iterations": iterations, "warmup": warmup,
-        "device": ("gpu %d" % gpu) if gpu is not None else "cpu (%s, %d cores)" % (
-            platform.processor() or platform.machine(), os.cpu_count()),
+        "device": device,
         "numpy": np.__version__, "blas": blas,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-    }
+    }, **extra)
 
 
 def main():

@@ -12,6 +12,9 @@ step covers a range of output positions) or the output positions (each step
 covers a range of taps). The second wins for huge kernels on tiny inputs, as
 in FCN's upscore Deconvolution (kernel 63, input about 8x8).
 
+On a GPU, 2-d plans run as one CUDA kernel each (protonet/cuda_kernels.py):
+every strided step here would be a launch of its own.
+
 Columns that fall into the zero padding are never written: a buffer created
 with zeros keeps them zero, so padding costs nothing per call.
 
@@ -25,6 +28,7 @@ import itertools
 
 import numpy as np
 
+from .. import cuda_kernels
 from ._scratch import scratch
 
 
@@ -121,6 +125,9 @@ class ColPlan:
 
         Padding columns are left untouched (keep them zero).
         """
+        if len(self.in_size) == 2 and cuda_kernels.supported(img, col):
+            cuda_kernels.im2col(img, col, self.kernel, self.pad, self.stride, self.dilation, self.out_size)
+            return
         if self.windowed:
             col[...] = self._windows(img)
             return
@@ -147,6 +154,9 @@ class ColPlan:
 
     def col2im(self, col, img):
         """Overwrite ``img`` with the sum of the columns over the taps that read each pixel."""
+        if len(self.in_size) == 2 and cuda_kernels.supported(img, col):
+            cuda_kernels.col2im(col, img, self.kernel, self.pad, self.stride, self.dilation, self.out_size)
+            return
         img.fill(0)
         for col_index, img_index, perm in self.steps:
             view = img[img_index].transpose(perm)

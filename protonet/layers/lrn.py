@@ -1,4 +1,5 @@
 """Local response normalisation across or within channels, Caffe's LRN."""
+from .. import cuda_kernels
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ._scratch import scratch
@@ -108,6 +109,11 @@ class LRNLayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if not self.within and cuda_kernels.supported(x, top[0].data, self.scale, self.scale_pow):
+            # one launch instead of a pass per window offset
+            cuda_kernels.lrn_forward(x, self.scale, self.scale_pow, top[0].data,
+                                     self.size, self.alpha, self.beta, self.k)
+            return
         s = self._window_sum(lambda dest: xp.multiply(x, x, out=dest), self.scale)
         if self.within:
             s *= self.alpha / (self.size * self.size)
@@ -124,6 +130,9 @@ class LRNLayer(Layer):
         xp = self.xp
         x, y, dy = bottom[0].data, top[0].data, top[0].diff
         dx = bottom[0].diff
+        if not self.within and cuda_kernels.supported(x, y, dy, dx, self.scale, self.scale_pow):
+            cuda_kernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx, self.size, self.alpha, self.beta)
+            return
         m = self.size * self.size if self.within else self.size
 
         def ratio(dest):

@@ -3,13 +3,14 @@
 Windows are evaluated by strided views. Each plan loops over whichever is
 shorter: the kernel taps (each step touches one strided view of the input
 for every output at once) or the output positions (each step reduces one
-window; global pooling is a single step).
+window; global pooling is a single step). On a GPU, MAX and AVE run as one
+CUDA kernel per pass instead (protonet/cuda_kernels.py).
 """
 import numpy as np
 
 from ..layer import Layer, register, TRAIN
 from ..proto import caffe_pb2
-from .. import rng
+from .. import cuda_kernels, rng
 from ._scratch import scratch
 
 P = caffe_pb2.PoolingParameter
@@ -242,6 +243,10 @@ class Pool2d:
 
     def _forward_max(self, x, top):
         xp = self.xp
+        if cuda_kernels.supported(x, top):
+            cuda_kernels.max_pool_forward(x, top, self.choice, self.kernel, self.stride, self.pad)
+            self._choice_valid = True
+            return
         if self.by_taps:
             self._choice_valid = self.train
             self._separable.forward(xp, x, top, self.choice if self.train else None)
@@ -280,6 +285,9 @@ class Pool2d:
             top[:, :, a, b] = (slab * slab if square else slab).reshape(n, c, -1).sum(axis=-1)
 
     def _forward_ave(self, x, top):
+        if cuda_kernels.supported(x, top):
+            cuda_kernels.ave_pool_forward(x, top, self.kernel, self.stride, self.pad)
+            return
         self._window_sums(x, top)
         top /= self.divisor
 
@@ -328,6 +336,12 @@ class Pool2d:
         xp = self.xp
         if self.method == P.MAX:
             self._ensure_choice(x)
+        if self.method != P.STOCHASTIC and cuda_kernels.supported(top_diff, dx):
+            if self.method == P.MAX:
+                cuda_kernels.max_pool_backward(top_diff, self.choice, dx, self.kernel, self.stride, self.pad)
+            else:
+                cuda_kernels.ave_pool_backward(top_diff, dx, self.kernel, self.stride, self.pad)
+            return
         if self.method == P.AVE:
             dx.fill(0)
             g = top_diff / self.divisor
