@@ -194,10 +194,14 @@ class Blob:
         return self.diff, False
 
     def set_data(self, values):
-        self._data[...] = values
+        self._data[...] = self._here(values)
 
     def set_diff(self, values):
-        self.diff[...] = values
+        self.diff[...] = self._here(values)
+
+    def _here(self, values):
+        """``values`` on this blob's device: CuPy fills a device array from host scalars only."""
+        return values if self.xp is np else self.xp.asarray(values)
 
     def share_data(self, other):
         """Make this blob's data a view of ``other``'s (same count required)."""

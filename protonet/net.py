@@ -397,7 +397,8 @@ class Net:
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
         for name, value in kwargs.items():
-            self.blobs[name].diff[...] = value
+            # a host array goes to a device blob as a copy (CuPy fills only from scalars)
+            self.blobs[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
         si = self._layer_index(start, len(self.layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)

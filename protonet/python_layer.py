@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import to_host
 from .blob import Blob
-from .layer import Layer, LayerError
+from .layer import BlobList, Layer, LayerError
 
 _extra_paths = []
 # None: copy to the host only on a device; True/False force it (tests exercise the GPU path's copies).
@@ -137,7 +137,11 @@ class HostCopyLayer(Layer):
 
     Bottom data are copied in before ``reshape``/``forward``, top data out after
     ``forward``; for ``backward`` top diffs go in and the requested bottom diffs
-    come out. The plugin's own parameter blobs stay on the host.
+    come out. The plugin's own parameter blobs are host mirrors too: the layer's
+    ``blobs`` (which the net loads, shares and the solver updates) are device
+    blobs after ``setup``, copied to the plugin's before ``forward`` and
+    ``backward`` and back after them (data after ``forward``, diffs after
+    ``backward``), as Caffe syncs them.
     """
 
     def __init__(self, plugin, layer_param, phase, dtype, xp):
@@ -173,6 +177,24 @@ class HostCopyLayer(Layer):
         hosts = self._bottoms_in(bottom)
         tops = self._mirror(top, self._top, self.dtype)
         self.plugin.setup(hosts, tops)
+        if self.xp is not np:
+            # the solver's history and every other parameter live on the device
+            params = BlobList(self)
+            for host in self.plugin.blobs:
+                params.add_blob(*host.shape).data[...] = self.xp.asarray(host.data)
+            self.blobs = params
+
+    def _params_in(self, diffs=False):
+        if self.blobs is not self.plugin.blobs:
+            for blob, host in zip(self.blobs, self.plugin.blobs):
+                host.data[...] = to_host(blob.data)
+                if diffs:
+                    host.diff[...] = to_host(blob.diff)    # the plugin adds to it, as Caffe's layers
+
+    def _params_out(self, what="data"):
+        if self.blobs is not self.plugin.blobs:
+            for blob, host in zip(self.blobs, self.plugin.blobs):
+                getattr(blob, what)[...] = self.xp.asarray(getattr(host, what))
 
     def reshape(self, bottom, top):
         hosts = self._bottoms_in(bottom)
@@ -184,7 +206,9 @@ class HostCopyLayer(Layer):
     def forward(self, bottom, top):
         hosts = self._bottoms_in(bottom)
         tops = self._top[:len(top)]
+        self._params_in()
         self.plugin.forward(hosts, tops)
+        self._params_out()              # a plugin may update its blobs (running statistics)
         self._tops_out(top, tops)
 
     def backward(self, top, propagate_down, bottom):
@@ -193,7 +217,9 @@ class HostCopyLayer(Layer):
             host.diff[...] = to_host(blob.diff)
         hosts = self._bottoms_in(bottom)
         self.plugin.param_propagate_down = self.param_propagate_down
+        self._params_in(diffs=True)
         self.plugin.backward(tops, propagate_down, hosts)
+        self._params_out("diff")
         for blob, host, down in zip(bottom, hosts, propagate_down):
             if down:
                 blob.diff[...] = self.xp.asarray(host.diff)
