@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import protonet
+from protonet import backend
 from protonet.io import read_net
 from protonet.proto import caffe_pb2
 
@@ -48,16 +49,21 @@ def build_net(folder, meta):
     return net
 
 
+def put(array, values):
+    """``array[...] = values`` for host ``values``; a device array gets a device copy (as CuPy needs)."""
+    array[...] = backend.xp_of(array).asarray(values) if backend.is_device_array(array) else values
+
+
 def set_params(net, io):
     for key, value in io.items():
         if key.startswith("param/"):
             _, layer, i = key.split("/")
-            net.params[layer][int(i)].data[...] = value
+            put(net.params[layer][int(i)].data, value)
 
 
 def check(actual, expected, tol, key):
     rtol, atol = tol
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=atol,
+    np.testing.assert_allclose(np.asarray(backend.to_host(actual)), expected, rtol=rtol, atol=atol,
                                err_msg="parity key %s" % key)
 
 
@@ -70,7 +76,7 @@ def run_layer_case(name):
         inputs = {k[3:]: v for k, v in io.items() if k.startswith("in/")}
         for k, v in inputs.items():
             net.blobs[k].reshape(v.shape)
-            net.blobs[k].data[...] = v
+            put(net.blobs[k].data, v)
         net.forward_from_to()
         tol = meta["tolerance"]
         checked = 0
@@ -88,7 +94,7 @@ def run_layer_case(name):
                 blob.diff[...] = 0
             for key, value in io.items():
                 if key.startswith("top_diff/"):
-                    net.blobs[key[9:]].diff[...] = value
+                    put(net.blobs[key[9:]].diff, value)
             net.backward_from_to()
             for key, expected in io.items():
                 if key.startswith("in_diff/"):
@@ -113,7 +119,7 @@ def run_net_case(name):
         for key, v in io.items():
             if key.startswith("in/"):
                 net.blobs[key[3:]].reshape(v.shape)
-                net.blobs[key[3:]].data[...] = v
+                put(net.blobs[key[3:]].data, v)
         net.forward_from_to()
         tol = meta.get("tolerance", {})
         for key, expected in io.items():
@@ -127,7 +133,7 @@ def run_net_case(name):
                 if key.startswith("blob_diff/") and key[10:] not in tie:
                     check(net.blobs[key[10:]].diff, expected, tol[key], key)
                 elif key.startswith("blob_diff_chsum/"):
-                    d = np.asarray(net.blobs[key[16:]].diff)
+                    d = np.asarray(backend.to_host(net.blobs[key[16:]].diff))
                     axes = tuple(a for a in range(d.ndim) if a != 1)
                     check(d.sum(axis=axes), expected, tol[key], key)
                 elif key.startswith("param_diff/"):

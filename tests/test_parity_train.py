@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from parity import PARITY, cases, cwd
+from protonet import backend
 from protonet import log as plog
 from protonet.cli import main
 from protonet.io import blobproto_to_array, read_binary, read_net_binary
@@ -80,6 +81,11 @@ def _capture_log():
 @pytest.mark.parametrize("name", CASES)
 def test_train_from_init(name, tmp_path, monkeypatch):
     """`protonet train --solver solver.prototxt --weights init.caffemodel`, as a user runs it."""
+    check_train_from_init(name, tmp_path, monkeypatch)
+
+
+def check_train_from_init(name, tmp_path, monkeypatch, extra_args=()):
+    """Train case ``name`` through the CLI (plus ``extra_args``, e.g. --gpu) and check it all."""
     meta = _meta(name)
     folder = _writable_copy(name, tmp_path)
     z = np.load(folder / "trajectory.npz")
@@ -93,7 +99,7 @@ def test_train_from_init(name, tmp_path, monkeypatch):
 
         def record():
             loss_mean.append(solver.last_loss)
-            loss_last.append(float(np.asarray(solver.net.blobs["loss"].data)))
+            loss_last.append(float(backend.to_host(solver.net.blobs["loss"].data)))
         solver.add_callback(None, record)
         made.append(solver)
         return solver
@@ -102,7 +108,7 @@ def test_train_from_init(name, tmp_path, monkeypatch):
     try:
         with cwd(folder):
             status = main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel",
-                           "--no-curve"])
+                           "--no-curve"] + list(extra_args))
     finally:
         plog.logger.removeHandler(handler)
         plog.logger.setLevel(old_level)
@@ -158,6 +164,7 @@ def test_train_from_init(name, tmp_path, monkeypatch):
         scale = float(np.abs(want).max()) if want.size else 0.0
         np.testing.assert_allclose(blobproto_to_array(a), want, rtol=1e-3, atol=1e-3 * scale,
                                    err_msg="solverstate history %d" % i)
+    return solver
 
 
 @pytest.mark.parametrize("name", CASES)
