@@ -1,0 +1,202 @@
+"""protonet/cuda_kernels.py against the NumPy paths, run on the host through tests/fakecupy.py.
+
+The fake compiles each kernel's source with g++ and runs its grid-stride loop
+on one thread, so these tests check the kernels' index arithmetic and
+Caffe's rules (ceil pooling windows, padded AVE divisors, NaN never winning a
+MAX window, LRN windows at the channel edges) on every CPU test run.
+"""
+import itertools
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import fakecupy
+import protonet
+from protonet import backend, cuda_kernels
+from protonet.layers._im2col import ColPlan
+from protonet.layers.pooling import P, Pool2d
+from protonet.proto import caffe_pb2
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", fakecupy)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    fakecupy.reset_launch_counts()
+    yield fakecupy
+    backend.set_mode_cpu()
+
+
+def dev(a):
+    return fakecupy.asarray(a)
+
+
+IM2COL_CASES = [  # (N, C, H, W), kernel, pad, stride, dilation
+    ((2, 3, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 2, 11, 11), (5, 4), (2, 0), (2, 3), (1, 2)),
+    ((2, 1, 5, 5), (7, 7), (3, 3), (2, 2), (1, 1)),            # kernel larger than the image
+    ((1, 3, 15, 15), (11, 11), (5, 5), (4, 4), (1, 1)),        # AlexNet's conv1 shape, small
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,kernel,pad,stride,dilation", IM2COL_CASES)
+def test_im2col_and_col2im_kernels_equal_the_strided_steps(fake, shape, kernel, pad, stride, dilation, dtype):
+    r = np.random.default_rng(1)
+    n, c = shape[:2]
+    plan = ColPlan(shape[2:], kernel, pad, stride, dilation)
+    img = r.standard_normal(shape).astype(dtype)
+    expect = np.zeros(plan.col_shape(c, n), dtype)
+    plan.im2col(img, expect)
+    col = fakecupy.full(plan.col_shape(c, n), 7, dtype)       # padding entries must be written as 0
+    plan.im2col(dev(img), col)
+    np.testing.assert_array_equal(col.get(), expect)
+
+    g = r.standard_normal(expect.shape).astype(dtype)
+    back = np.empty_like(img)
+    plan.col2im(g, back)
+    out = fakecupy.full(shape, 9, dtype)
+    plan.col2im(dev(g), out)
+    np.testing.assert_allclose(out.get(), back, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert fake.launch_counts["pn_im2col"] == 1 and fake.launch_counts["pn_col2im"] == 1
+
+
+def test_im2col_kernel_with_a_sub_range_of_outputs(fake):
+    # the box plan of a heavily padded convolution: out_size given, the pad is the first window's
+    plan = ColPlan((6, 6), (3, 3), (-2, -1), (2, 2), (1, 1), out_size=(2, 2))
+    img = np.random.default_rng(2).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    expect = np.zeros(plan.col_shape(2, 1), np.float32)
+    plan.im2col(img, expect)
+    col = fakecupy.zeros(expect.shape, np.float32)
+    plan.im2col(dev(img), col)
+    np.testing.assert_array_equal(col.get(), expect)
+
+
+def test_kernels_fall_back_for_three_spatial_axes(fake):
+    plan = ColPlan((4, 4, 4), (2, 2, 2), (0, 0, 0), (1, 1, 1), (1, 1, 1))
+    img = np.random.default_rng(3).standard_normal((1, 1, 4, 4, 4)).astype(np.float32)
+    expect = np.zeros(plan.col_shape(1, 1), np.float32)
+    plan.im2col(img, expect)
+    col = fakecupy.zeros(expect.shape, np.float32)
+    plan.im2col(dev(img), col)
+    np.testing.assert_array_equal(col.get(), expect)
+    assert fake.launch_counts["pn_im2col"] == 0
+
+
+POOL_CASES = [  # shape, kernel, stride, pad
+    ((2, 3, 13, 13), (3, 3), (2, 2), (0, 0)),     # AlexNet's pooling, ceil adds a partial window
+    ((1, 2, 10, 9), (3, 2), (2, 3), (1, 1)),      # the clip rule drops a window
+    ((2, 2, 7, 7), (7, 7), (1, 1), (0, 0)),       # one window (global)
+    ((1, 2, 6, 5), (5, 5), (3, 3), (2, 2)),       # padded AVE divisors
+]
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("method", [P.MAX, P.AVE])
+@pytest.mark.parametrize("shape,kernel,stride,pad", POOL_CASES)
+def test_pooling_kernels_equal_the_numpy_plan(fake, shape, kernel, stride, pad, method, train):
+    r = np.random.default_rng(4)
+    x = r.standard_normal(shape).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan              # never wins a MAX window
+    x[-1, -1, :3, :] = -np.inf          # a window may have no winner: -FLT_MAX, no gradient
+    x[0, 1, 2, :2] = x[0, 1, 3, :2] = 5.0   # ties: the first in row-major order wins
+    dy = r.standard_normal(Pool2d(np, np.float32, method, shape, kernel, stride, pad).out_shape).astype(np.float32)
+    host = Pool2d(np, np.float32, method, shape, kernel, stride, pad, train=train)
+    top = np.empty(host.out_shape, np.float32)
+    dx = np.empty_like(x)
+    host.forward(x, top)
+    host.backward(dy, dx, x)
+    device = Pool2d(fakecupy, np.float32, method, shape, kernel, stride, pad, train=train)
+    dtop = fakecupy.empty(host.out_shape, np.float32)
+    ddx = fakecupy.empty(shape, np.float32)
+    device.forward(dev(x), dtop)
+    device.backward(dev(dy), ddx, dev(x))
+    if method == P.MAX:
+        assert not np.isnan(dtop.get()).any()
+        np.testing.assert_array_equal(dtop.get(), top)
+        np.testing.assert_array_equal(device.flat_index().get(), host.flat_index(x))
+        np.testing.assert_array_equal(ddx.get(), dx)
+    else:
+        np.testing.assert_allclose(dtop.get(), top, rtol=1e-6, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(ddx.get(), dx, rtol=1e-6, atol=1e-6)
+    name = "max" if method == P.MAX else "ave"
+    assert fake.launch_counts["pn_%s_pool_forward" % name] == 1
+    assert fake.launch_counts["pn_%s_pool_backward" % name] == 1
+
+
+def _lrn_net(shape, size, region):
+    text = ('force_backward: true input: "x" input_shape { %s } '
+            'layer { name: "n" type: "LRN" bottom: "x" top: "y" '
+            'lrn_param { local_size: %d alpha: 0.3 beta: 0.75 k: 2 norm_region: %s } }'
+            % (" ".join("dim: %d" % d for d in shape), size, region))
+    return text_format.Merge(text, caffe_pb2.NetParameter())
+
+
+@pytest.mark.parametrize("size,region", [(1, "ACROSS_CHANNELS"), (3, "ACROSS_CHANNELS"),
+                                         (5, "ACROSS_CHANNELS"), (9, "ACROSS_CHANNELS"),
+                                         (3, "WITHIN_CHANNEL")])
+def test_lrn_kernels_equal_the_numpy_layer(fake, size, region):
+    shape = (2, 6, 4, 3)
+    r = np.random.default_rng(5)
+    x = r.standard_normal(shape).astype(np.float32)
+    dy = r.standard_normal(shape).astype(np.float32)
+    results = []
+    for gpu in (False, True):
+        if gpu:
+            protonet.set_mode_gpu()
+        net = protonet.Net(_lrn_net(shape, size, region), caffe_pb2.TRAIN)
+        net.blobs["x"].data[...] = dev(x) if gpu else x
+        net.forward()
+        net.blobs["y"].diff[...] = dev(dy) if gpu else dy
+        net.backward()
+        results.append([backend.to_host(net.blobs[k].data if k == "y" else net.blobs["x"].diff)
+                        for k in ("y", "dx")])
+        backend.set_mode_cpu()
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=2e-6, atol=1e-6)
+    across = region == "ACROSS_CHANNELS"
+    assert fake.launch_counts["pn_lrn_forward"] == int(across)
+    assert fake.launch_counts["pn_lrn_backward"] == int(across)
+
+
+def test_kernel_sources_are_typed_per_dtype():
+    # double nets get double kernels, and the choice type follows the pooling's
+    for name, dtype, ctype in itertools.product(("pn_max_pool_forward",), (np.float32, np.float64),
+                                                (np.int8, np.int16, np.int32)):
+        src = cuda_kernels.source(name, dtype, ctype)
+        assert ("typedef %s T;" % ("float" if dtype == np.float32 else "double")) in src
+        assert ("typedef %s CT;" % {np.int8: "signed char", np.int16: "short", np.int32: "int"}[ctype]) in src
+
+
+def test_kernels_need_contiguous_device_arrays(fake):
+    a = fakecupy.zeros((4, 4), np.float32)
+    assert cuda_kernels.supported(a)
+    assert not cuda_kernels.supported(a[:, ::2])
+    assert not cuda_kernels.supported(np.zeros((4, 4), np.float32))
+    assert not cuda_kernels.supported(fakecupy.zeros((4, 4), np.int32))
+
+
+def test_benchmark_trains_fcn_alexnet_on_the_device_path(fake, monkeypatch):
+    # benchmarks/fcn_alexnet.py --gpu 0, one iteration: every 2-d pass of the net uses a kernel
+    import logging
+    import os
+    import sys
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    monkeypatch.delitem(sys.modules, "fcn_alexnet", raising=False)
+    import fcn_alexnet
+    from protonet.log import ensure_handler
+    level = ensure_handler().level
+    try:
+        row = fcn_alexnet.run_one("train", 3, 1, 1, 0, 0)
+    finally:
+        ensure_handler().setLevel(level)
+    assert row["device"] == "gpu 0 (protonet fake device)"
+    assert row["gpu_pool_mb"] > 200          # 57M parameters, their diffs and momentum
+    assert row["ms"]["median"] > 0
+    # im2col for conv1-5 and fc6 (6x6; the weight gradients reuse the columns), col2im for the
+    # bottom diffs of conv2-5 and fc6, 3 pooling layers and 2 LRNs each way
+    assert fake.launch_counts["pn_im2col"] == 6 and fake.launch_counts["pn_col2im"] == 5
+    assert fake.launch_counts["pn_max_pool_forward"] == 3 and fake.launch_counts["pn_max_pool_backward"] == 3
+    assert fake.launch_counts["pn_lrn_forward"] == 2 and fake.launch_counts["pn_lrn_backward"] == 2
