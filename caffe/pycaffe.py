@@ -8,7 +8,9 @@ given this class too (see :func:`as_pycaffe_net`), as pycaffe patches its one
 Net class so that ``solver.net`` has the same interface.
 """
 import collections
+import functools
 import itertools
+import weakref
 
 import numpy as np
 
@@ -76,6 +78,86 @@ class _NamesByLayer(collections.abc.Sequence):
         return repr(collections.OrderedDict(self.items()))
 
 
+# -- a device net as pycaffe shows it: host arrays, synced as Caffe's SyncedMemory ---------
+#
+# In Caffe, ``blob.data`` in Python is always the CPU copy: reading it copies
+# from the GPU if the GPU copy is newer, and marks the CPU copy as the newest,
+# so the next GPU use copies it back. Scripts rely on that
+# (``net.blobs['data'].data[...] = image``, ``out['prob'].argmax()``), and
+# CuPy arrays refuse both. So a caffe.Net built in GPU mode shows host
+# mirrors: one NumPy array per blob and field, fetched when touched after the
+# engine ran, and pushed back before the engine runs again. One registry for
+# all nets, as a solver's train and test nets share parameter values.
+
+_STALE, _TOUCHED = 0, 1
+_mirrors = weakref.WeakKeyDictionary()     # engine Blob -> {"data"/"diff": [host array, state]}
+
+
+def _host_mirror(blob, field):
+    """The host array that stands for ``blob.<field>``, current with the device."""
+    fields = _mirrors.setdefault(blob, {})
+    device = getattr(blob, field)
+    entry = fields.get(field)
+    if entry is None or entry[0].shape != device.shape or entry[0].dtype != device.dtype:
+        entry = fields[field] = [np.empty(device.shape, device.dtype), _STALE]
+    if entry[1] == _STALE:
+        entry[0][...] = protonet.backend.to_host(device)
+    entry[1] = _TOUCHED     # the script may write it: the device gets it back before the next run
+    return entry[0]
+
+
+def sync_to_device():
+    """Push every host mirror touched since the engine last ran; all mirrors are then stale."""
+    for blob, fields in list(_mirrors.items()):
+        for field, entry in fields.items():
+            if entry[1] == _TOUCHED:
+                device = getattr(blob, field)
+                if device.shape == entry[0].shape:     # a reshape since then drops the edit, as Caffe's
+                    device[...] = blob.xp.asarray(entry[0])
+            entry[1] = _STALE
+
+
+class HostBlob:
+    """A device blob as pycaffe shows it: ``data`` and ``diff`` are host (NumPy) arrays.
+
+    Everything else (``shape``, ``count``, ``num``, ``reshape``...) is the
+    engine blob's.
+    """
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob):
+        self.blob = blob
+
+    @property
+    def data(self):
+        return _host_mirror(self.blob, "data")
+
+    @property
+    def diff(self):
+        return _host_mirror(self.blob, "diff")
+
+    def reshape(self, *shape):
+        sync_to_device()
+        self.blob.reshape(*shape)
+
+    def __getattr__(self, name):
+        return getattr(self.blob, name)
+
+    def __repr__(self):
+        return "<HostBlob of %r>" % (self.blob,)
+
+
+def _syncs_first(method):
+    """Run the engine ``method`` after the host mirrors' edits reach the device."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.xp is not np:
+            sync_to_device()
+        return method(self, *args, **kwargs)
+    return call
+
+
 def _names_property(attr):
     # Stored in the instance dict under the engine's own name, so a net built as
     # protonet.Net and re-classed (as_pycaffe_net) reads the same lists.
@@ -101,6 +183,59 @@ class Net(protonet.Net):
     def __init__(self, network_file, *args, **kwargs):
         # pycaffe's keyword name for the prototxt; the rest is protonet.Net's.
         super().__init__(network_file, *args, **kwargs)
+
+    # -- blobs and params: the engine's on the CPU, host mirrors of a device net ---
+    @property
+    def blobs(self):
+        """{blob name: blob}, in the net's order (NumPy ``data``/``diff`` on any device)."""
+        if self.xp is np:
+            return self._blob_dict
+        return collections.OrderedDict((n, HostBlob(b)) for n, b in self._blob_dict.items())
+
+    @blobs.setter
+    def blobs(self, value):
+        if value is not self.__dict__.get("_blob_dict"):
+            raise AttributeError("net.blobs cannot be replaced")
+
+    @property
+    def params(self):
+        """{layer name: [weight, bias...]} for the layers with parameters."""
+        if self.xp is np:
+            return self._param_dict
+        return collections.OrderedDict((n, [HostBlob(b) for b in blobs])
+                                       for n, blobs in self._param_dict.items())
+
+    @params.setter
+    def params(self, value):
+        if value is not self.__dict__.get("_param_dict"):
+            raise AttributeError("net.params cannot be replaced")
+
+    # every way into the engine first pushes what a script wrote into the mirrors
+    forward_from_to = _syncs_first(protonet.Net.forward_from_to)
+    backward_from_to = _syncs_first(protonet.Net.backward_from_to)
+    forward_backward = _syncs_first(protonet.Net.forward_backward)
+    reshape = _syncs_first(protonet.Net.reshape)
+    clear_param_diffs = _syncs_first(protonet.Net.clear_param_diffs)
+    copy_from = _syncs_first(protonet.Net.copy_from)
+    share_with = _syncs_first(protonet.Net.share_with)
+    to_proto_bytes = _syncs_first(protonet.Net.to_proto_bytes)
+    save = _syncs_first(protonet.Net.save)
+
+    @_syncs_first
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's forward: {output (and ``blobs``) name: NumPy array}."""
+        outs = protonet.Net.forward(self, blobs=blobs, start=start, end=end, **kwargs)
+        if self.xp is np:
+            return outs
+        return {n: _host_mirror(self._blob_dict[n], "data") for n in outs}
+
+    @_syncs_first
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """pycaffe's backward: {input (and ``diffs``) name: NumPy array}."""
+        outs = protonet.Net.backward(self, diffs=diffs, start=start, end=end, **kwargs)
+        if self.xp is np:
+            return outs
+        return {n: _host_mirror(self._blob_dict[n], "diff") for n in outs}
 
     top_names = _names_property("top_names")
     bottom_names = _names_property("bottom_names")

@@ -124,7 +124,10 @@ class Net:
         self.param = param
         self.layers = []
         self.layer_names = []
-        self.blobs = collections.OrderedDict()
+        # the engine's own {name: Blob}; ``blobs`` names the same dict (caffe.Net shows a
+        # device net's blobs through host mirrors there, so the engine never reads ``blobs``)
+        self._blob_dict = collections.OrderedDict()
+        self.blobs = self._blob_dict
         self.bottom_vecs, self.top_vecs = [], []
         self.bottom_names, self.top_names = [], []
         self.bottom_need_backward = []
@@ -160,7 +163,7 @@ class Net:
             need_backward = False
             for j, bname in enumerate(lp.bottom):
                 if bname not in available:
-                    known = self.blobs.keys()
+                    known = self._blob_dict.keys()
                     hint = ("it was consumed by an earlier layer" if bname in known
                             else "no earlier layer produces it")
                     raise NetError("Unknown bottom blob '%s' (layer '%s', bottom %d)%s: %s"
@@ -180,11 +183,11 @@ class Net:
                 elif tname in lp.bottom:
                     blob = bottoms[list(lp.bottom).index(tname)]
                 else:
-                    if tname in self.blobs:
+                    if tname in self._blob_dict:
                         raise NetError("Top blob '%s' produced by multiple sources (layer '%s')%s"
                                        % (tname, lp.name, where))
                     blob = Blob((), dtype=self.dtype, xp=self.xp)
-                    self.blobs[tname] = blob
+                    self._blob_dict[tname] = blob
                     blob_need_backward[tname] = False
                 tops.append(blob)
                 tnames.append(tname)
@@ -232,8 +235,9 @@ class Net:
         self._prune_backward(blob_need_backward)
         self.blob_need_backward = blob_need_backward
         self.outputs = sorted(available)
-        self.params = collections.OrderedDict(
+        self._param_dict = collections.OrderedDict(
             (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers) if layer.blobs)
+        self.params = self._param_dict
 
     def _set_loss_weights(self, layer, tops):
         weights = list(layer.layer_param.loss_weight)
@@ -381,9 +385,9 @@ class Net:
         Returns {output name: array} for the net outputs (plus ``blobs``).
         """
         for name, value in kwargs.items():
-            if name not in self.blobs:
+            if name not in self._blob_dict:
                 raise KeyError("'%s' is not a blob of this net (inputs: %s)" % (name, self.inputs))
-            blob = self.blobs[name]
+            blob = self._blob_dict[name]
             if tuple(np.shape(value)) != blob.shape:
                 blob.reshape(np.shape(value))
             blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
@@ -392,18 +396,18 @@ class Net:
         self.last_loss = self.forward_from_to(si, ei)
         names = list(self.outputs) if end is None else list(self.top_names[ei])
         names += [b for b in (blobs or []) if b not in names]
-        return {n: self.blobs[n].data for n in names}
+        return {n: self._blob_dict[n].data for n in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
         for name, value in kwargs.items():
             # a host array goes to a device blob as a copy (CuPy fills only from scalars)
-            self.blobs[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
+            self._blob_dict[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
         si = self._layer_index(start, len(self.layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)
         names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
-        return {n: self.blobs[n].diff for n in names}
+        return {n: self._blob_dict[n].diff for n in names}
 
     def set_input_arrays(self, data, labels):
         """Feed the net's first MemoryData layer (pycaffe's Net.set_input_arrays)."""

@@ -281,7 +281,7 @@ def _blob_loss_weights(net):
 
 def _output_values(net):
     """[(output name, float32 values)] in Caffe's output order."""
-    return [(name, _host_f32(net.blobs[name].data).ravel()) for name in net.outputs]
+    return [(name, _host_f32(net._blob_dict[name].data).ravel()) for name in net.outputs]
 
 
 def _param_display_names(net):

@@ -998,3 +998,83 @@ def test_draw(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydot", None)
     with pytest.raises(ImportError, match="pip install pydot"):
         caffe.draw.draw_net_to_file(net, str(tmp_path / "net.png"))
+
+
+# -- pycaffe scripts in GPU mode: host arrays, synced as Caffe's SyncedMemory ----------------
+_SYNC_NET = """
+name: "sync" force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3
+          weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
+"""
+
+
+def _pycaffe_script(proto, weights, image):
+    """What a pycaffe user writes: host arrays in, host arrays out, surgery on params."""
+    net = caffe.Net(str(proto), str(weights), caffe.TEST)
+    net.blobs["data"].reshape(1, 2, 6, 6)
+    net.blobs["data"].data[...] = image
+    out = net.forward()
+    first = out["prob"].copy()
+    top = net.blobs["prob"].data.argmax()
+    net.params["conv"][0].data[...] *= 0          # surgery: the conv's output is its bias alone
+    net.params["conv"][1].data[...] = 0.25
+    net.forward()
+    second = net.blobs["prob"].data.copy()
+    net.blobs["prob"].diff[...] = 1.0 / 4
+    diffs = net.backward()
+    return first, top, second, net.blobs["pool"].data.copy(), diffs["data"].copy(), net
+
+
+def test_pycaffe_script_runs_unchanged_on_the_device(device, tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(_SYNC_NET)
+    caffe.set_mode_cpu()
+    cpu_net = caffe.Net(str(proto), caffe.TEST)
+    weights = tmp_path / "w.caffemodel"
+    cpu_net.save(str(weights))
+    image = np.random.default_rng(3).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    cpu = _pycaffe_script(proto, weights, image)
+    caffe.set_mode_gpu()
+    gpu = _pycaffe_script(proto, weights, image)
+    net = gpu[-1]
+    assert isinstance(net._blob_dict["data"].data, device.ndarray)      # the engine is on the device
+    for a, b in zip(cpu[:-1], gpu[:-1]):
+        assert isinstance(b, (np.ndarray, np.integer)), type(b)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu[3], 0.25)        # the edited weights reached the device
+    assert not np.allclose(cpu[0], cpu[2])           # the surgery changed the output
+    np.testing.assert_array_equal(net.params["conv"][0].data, 0)
+    assert net.blobs["data"].shape == (1, 2, 6, 6) and net.blobs["data"].num == 1
+
+
+def test_pycaffe_mirrors_follow_caffe_syncing(device, tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(_SYNC_NET)
+    net = caffe.Net(str(proto), caffe.TEST)
+    data = net.blobs["data"].data
+    data[...] = 1.0
+    out = net.forward()["prob"].copy()
+    kept = data                                      # a reference held past the run is not re-read...
+    kept[...] = 2.0
+    net.forward()
+    np.testing.assert_allclose(net.blobs["prob"].data, out)     # ...as in Caffe: the write is not seen
+    net.blobs["data"].data[...] = 2.0                # touched again: the next run sees it
+    second = net.forward()["prob"]
+    assert not np.allclose(second, out)
+    assert second is net.blobs["prob"].data          # one host array per blob, as Caffe's CPU copy
+    # a solver's test net shares the train net's weights: an edit through one reaches the other
+    solver_txt = tmp_path / "solver.prototxt"
+    solver_txt.write_text('net: "%s" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 0 '
+                          'snapshot_after_train: false test_iter: 1 test_interval: 1000' % proto)
+    solver = caffe.SGDSolver(str(solver_txt))
+    solver.net.params["ip"][0].data[...] = 0
+    solver.test_nets[0].forward()
+    np.testing.assert_allclose(solver.test_nets[0].blobs["prob"].data, 0.25, rtol=1e-6)
+    assert isinstance(solver.test_nets[0].blobs["prob"].data, np.ndarray)

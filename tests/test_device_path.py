@@ -25,19 +25,6 @@ from protonet import log as plog
 from protonet.cli import main
 
 
-@pytest.fixture
-def device(monkeypatch):
-    """GPU mode with the fake CuPy; the CPU mode and the real backend state afterwards."""
-    monkeypatch.setattr(backend, "_cupy", fakecupy)
-    monkeypatch.setattr(backend, "_cupy_error", None)
-    monkeypatch.setitem(backend._state, "mode", "cpu")
-    monkeypatch.setitem(backend._state, "device", 0)
-    backend.set_mode_gpu()
-    fakecupy.reset_launch_counts()
-    yield fakecupy
-    backend.set_mode_cpu()
-
-
 def _assert_on_device(net):
     for name, blob in net.blobs.items():
         assert isinstance(blob.data, fakecupy.ndarray), name
