@@ -469,6 +469,10 @@ class Net:
 
     def share_with(self, other):
         """Make this net's parameter values views of ``other``'s, by layer name."""
+        if self.xp is not other.xp:
+            raise NetError("net '%s' (%s) cannot share weights with net '%s' (%s): build both in one "
+                           "mode (protonet.set_mode_cpu/set_mode_gpu before creating them)"
+                           % (self.name, self.xp.__name__, other.name, other.xp.__name__))
         index = {name: i for i, name in enumerate(other.layer_names)}
         for name, layer in zip(self.layer_names, self.layers):
             oi = index.get(name)

@@ -365,3 +365,20 @@ def test_infer_on_device_matches_the_cpu(device, tmp_path):
     import test_infer
     backend.set_mode_cpu()
     test_infer.test_gpu_matches_cpu(tmp_path, test_infer._save_weights(tmp_path, [1.0], "gray.caffemodel"))
+
+
+def test_nets_of_different_modes_cannot_share_weights(device):
+    from protonet.net import NetError
+    text = ('name: "n" input: "x" input_shape { dim: 1 dim: 3 } '
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }')
+    gpu_net = protonet.Net(text_format_net(text), protonet.TEST)
+    backend.set_mode_cpu()
+    cpu_net = protonet.Net(text_format_net(text), protonet.TEST)
+    with pytest.raises(NetError, match="cannot share weights.*one mode"):
+        cpu_net.share_with(gpu_net)
+
+
+def text_format_net(text):
+    from google.protobuf import text_format
+    from protonet.proto import caffe_pb2
+    return text_format.Merge(text, caffe_pb2.NetParameter())
