@@ -24,6 +24,18 @@ _PRELUDE = r"""
        i += (long long)blockDim.x * gridDim.x)
 __device__ __forceinline__ float pn_pow(float a, float b) { return powf(a, b); }
 __device__ __forceinline__ double pn_pow(double a, double b) { return pow(a, b); }
+// The pooling windows o (starting at o*s - p, k long) that hold position x: o in [*lo, *hi).
+__device__ __forceinline__ void pn_windows_over(int x, int k, int s, int p, int n, int* lo, int* hi) {
+  *lo = (x + p < k) ? 0 : (x + p - k) / s + 1;
+  *hi = (x + p) / s + 1;
+  if (*hi > n) *hi = n;
+}
+// Flat index i of a (planes, rows, cols) array as (plane, row, col).
+__device__ __forceinline__ long long pn_cell(long long i, int rows, int cols, int* r, int* c) {
+  *c = i % cols;
+  *r = (i / cols) % rows;
+  return i / ((long long)cols * rows);
+}
 """
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
@@ -86,9 +98,8 @@ _MAX_POOL_FORWARD = r"""
 extern "C" __global__ void pn_max_pool_forward(const T* x, T* top, CT* choice, long long total,
     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
   PN_LOOP(i, total) {
-    int b = i % OW;
-    int a = (i / OW) % OH;
-    long long plane = i / ((long long)OW * OH);
+    int a, b;
+    long long plane = pn_cell(i, OH, OW, &a, &b);
     int hs = a * sh - ph, ws = b * sw - pw;
     int h0 = hs > 0 ? hs : 0, w0 = ws > 0 ? ws : 0;
     int h1 = hs + kh < H ? hs + kh : H, w1 = ws + kw < W ? ws + kw : W;
@@ -111,13 +122,10 @@ _MAX_POOL_BACKWARD = r"""
 extern "C" __global__ void pn_max_pool_backward(const T* dy, const CT* choice, T* dx, long long total,
     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
   PN_LOOP(i, total) {
-    int w = i % W;
-    int h = (i / W) % H;
-    long long plane = i / ((long long)W * H);
-    int a0 = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
-    int a1 = (h + ph) / sh + 1; if (a1 > OH) a1 = OH;
-    int b0 = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
-    int b1 = (w + pw) / sw + 1; if (b1 > OW) b1 = OW;
+    int h, w, a0, a1, b0, b1;
+    long long plane = pn_cell(i, H, W, &h, &w);
+    pn_windows_over(h, kh, sh, ph, OH, &a0, &a1);
+    pn_windows_over(w, kw, sw, pw, OW, &b0, &b1);
     long long off = plane * OH * OW;
     T g = 0;
     for (int a = a0; a < a1; ++a)
@@ -136,9 +144,8 @@ _AVE_POOL_FORWARD = r"""
 extern "C" __global__ void pn_ave_pool_forward(const T* x, T* top, long long total,
     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
   PN_LOOP(i, total) {
-    int b = i % OW;
-    int a = (i / OW) % OH;
-    long long plane = i / ((long long)OW * OH);
+    int a, b;
+    long long plane = pn_cell(i, OH, OW, &a, &b);
     int hs = a * sh - ph, ws = b * sw - pw;
     int he = hs + kh < H + ph ? hs + kh : H + ph;
     int we = ws + kw < W + pw ? ws + kw : W + pw;
@@ -160,13 +167,10 @@ _AVE_POOL_BACKWARD = r"""
 extern "C" __global__ void pn_ave_pool_backward(const T* dy, T* dx, long long total,
     int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
   PN_LOOP(i, total) {
-    int w = i % W;
-    int h = (i / W) % H;
-    long long plane = i / ((long long)W * H);
-    int a0 = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
-    int a1 = (h + ph) / sh + 1; if (a1 > OH) a1 = OH;
-    int b0 = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
-    int b1 = (w + pw) / sw + 1; if (b1 > OW) b1 = OW;
+    int h, w, a0, a1, b0, b1;
+    long long plane = pn_cell(i, H, W, &h, &w);
+    pn_windows_over(h, kh, sh, ph, OH, &a0, &a1);
+    pn_windows_over(w, kw, sw, pw, OW, &b0, &b1);
     const T* d = dy + plane * OH * OW;
     T g = 0;
     for (int a = a0; a < a1; ++a) {
