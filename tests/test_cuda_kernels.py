@@ -4,6 +4,9 @@ The fake compiles each kernel's source with g++ and runs its grid-stride loop
 on one thread, so these tests check the kernels' index arithmetic and
 Caffe's rules (ceil pooling windows, padded AVE divisors, NaN never winning a
 MAX window, LRN windows at the channel edges) on every CPU test run.
+
+With ``PROTONET_TEST_DEVICE=cupy`` (tests/conftest.py) the tests that take the
+``cp`` fixture run the kernels on a real GPU through CuPy instead.
 """
 import itertools
 
@@ -11,7 +14,6 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-import fakecupy
 import protonet
 from protonet import backend, cuda_kernels
 from protonet.layers._im2col import ColPlan
@@ -20,14 +22,11 @@ from protonet.proto import caffe_pb2
 
 
 @pytest.fixture
-def fake(device):
-    """The stand-in installed, in CPU mode: the tests pick each array's side themselves."""
+def cp(device):
+    """The device module (fakecupy, or CuPy under PROTONET_TEST_DEVICE=cupy) installed, in CPU
+    mode: the tests pick each array's side themselves."""
     backend.set_mode_cpu()
     return device
-
-
-def dev(a):
-    return fakecupy.asarray(a)
 
 
 IM2COL_CASES = [  # (N, C, H, W), kernel, pad, stride, dilation
@@ -40,47 +39,47 @@ IM2COL_CASES = [  # (N, C, H, W), kernel, pad, stride, dilation
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,kernel,pad,stride,dilation", IM2COL_CASES)
-def test_im2col_and_col2im_kernels_equal_the_strided_steps(fake, shape, kernel, pad, stride, dilation, dtype):
+def test_im2col_and_col2im_kernels_equal_the_strided_steps(cp, shape, kernel, pad, stride, dilation, dtype):
     r = np.random.default_rng(1)
     n, c = shape[:2]
     plan = ColPlan(shape[2:], kernel, pad, stride, dilation)
     img = r.standard_normal(shape).astype(dtype)
     expect = np.zeros(plan.col_shape(c, n), dtype)
     plan.im2col(img, expect)
-    col = fakecupy.full(plan.col_shape(c, n), 7, dtype)       # padding entries must be written as 0
-    plan.im2col(dev(img), col)
+    col = cp.full(plan.col_shape(c, n), 7, dtype)       # padding entries must be written as 0
+    plan.im2col(cp.asarray(img), col)
     np.testing.assert_array_equal(col.get(), expect)
 
     g = r.standard_normal(expect.shape).astype(dtype)
     back = np.empty_like(img)
     plan.col2im(g, back)
-    out = fakecupy.full(shape, 9, dtype)
-    plan.col2im(dev(g), out)
+    out = cp.full(shape, 9, dtype)
+    plan.col2im(cp.asarray(g), out)
     np.testing.assert_allclose(out.get(), back, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-5 if dtype == np.float32 else 1e-12)
-    assert fake.launch_counts["pn_im2col"] == 1 and fake.launch_counts["pn_col2im"] == 1
+    assert cp.launch_counts["pn_im2col"] == 1 and cp.launch_counts["pn_col2im"] == 1
 
 
-def test_im2col_kernel_with_a_sub_range_of_outputs(fake):
+def test_im2col_kernel_with_a_sub_range_of_outputs(cp):
     # the box plan of a heavily padded convolution: out_size given, the pad is the first window's
     plan = ColPlan((6, 6), (3, 3), (-2, -1), (2, 2), (1, 1), out_size=(2, 2))
     img = np.random.default_rng(2).standard_normal((1, 2, 6, 6)).astype(np.float32)
     expect = np.zeros(plan.col_shape(2, 1), np.float32)
     plan.im2col(img, expect)
-    col = fakecupy.zeros(expect.shape, np.float32)
-    plan.im2col(dev(img), col)
+    col = cp.zeros(expect.shape, np.float32)
+    plan.im2col(cp.asarray(img), col)
     np.testing.assert_array_equal(col.get(), expect)
 
 
-def test_kernels_fall_back_for_three_spatial_axes(fake):
+def test_kernels_fall_back_for_three_spatial_axes(cp):
     plan = ColPlan((4, 4, 4), (2, 2, 2), (0, 0, 0), (1, 1, 1), (1, 1, 1))
     img = np.random.default_rng(3).standard_normal((1, 1, 4, 4, 4)).astype(np.float32)
     expect = np.zeros(plan.col_shape(1, 1), np.float32)
     plan.im2col(img, expect)
-    col = fakecupy.zeros(expect.shape, np.float32)
-    plan.im2col(dev(img), col)
+    col = cp.zeros(expect.shape, np.float32)
+    plan.im2col(cp.asarray(img), col)
     np.testing.assert_array_equal(col.get(), expect)
-    assert fake.launch_counts["pn_im2col"] == 0
+    assert cp.launch_counts["pn_im2col"] == 0
 
 
 POOL_CASES = [  # shape, kernel, stride, pad
@@ -94,7 +93,7 @@ POOL_CASES = [  # shape, kernel, stride, pad
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("method", [P.MAX, P.AVE])
 @pytest.mark.parametrize("shape,kernel,stride,pad", POOL_CASES)
-def test_pooling_kernels_equal_the_numpy_plan(fake, shape, kernel, stride, pad, method, train):
+def test_pooling_kernels_equal_the_numpy_plan(cp, shape, kernel, stride, pad, method, train):
     r = np.random.default_rng(4)
     x = r.standard_normal(shape).astype(np.float32)
     x[0, 0, 1, 1] = np.nan              # never wins a MAX window
@@ -106,22 +105,22 @@ def test_pooling_kernels_equal_the_numpy_plan(fake, shape, kernel, stride, pad, 
     dx = np.empty_like(x)
     host.forward(x, top)
     host.backward(dy, dx, x)
-    device = Pool2d(fakecupy, np.float32, method, shape, kernel, stride, pad, train=train)
-    dtop = fakecupy.empty(host.out_shape, np.float32)
-    ddx = fakecupy.empty(shape, np.float32)
-    device.forward(dev(x), dtop)
-    device.backward(dev(dy), ddx, dev(x))
+    dev_pool = Pool2d(cp.module, np.float32, method, shape, kernel, stride, pad, train=train)
+    dtop = cp.empty(host.out_shape, np.float32)
+    ddx = cp.empty(shape, np.float32)
+    dev_pool.forward(cp.asarray(x), dtop)
+    dev_pool.backward(cp.asarray(dy), ddx, cp.asarray(x))
     if method == P.MAX:
         assert not np.isnan(dtop.get()).any()
         np.testing.assert_array_equal(dtop.get(), top)
-        np.testing.assert_array_equal(device.flat_index().get(), host.flat_index(x))
+        np.testing.assert_array_equal(dev_pool.flat_index().get(), host.flat_index(x))
         np.testing.assert_array_equal(ddx.get(), dx)
     else:
         np.testing.assert_allclose(dtop.get(), top, rtol=1e-6, atol=1e-6, equal_nan=True)
         np.testing.assert_allclose(ddx.get(), dx, rtol=1e-6, atol=1e-6)
     name = "max" if method == P.MAX else "ave"
-    assert fake.launch_counts["pn_%s_pool_forward" % name] == 1
-    assert fake.launch_counts["pn_%s_pool_backward" % name] == 1
+    assert cp.launch_counts["pn_%s_pool_forward" % name] == 1
+    assert cp.launch_counts["pn_%s_pool_backward" % name] == 1
 
 
 def _lrn_net(shape, size, region):
@@ -135,7 +134,7 @@ def _lrn_net(shape, size, region):
 @pytest.mark.parametrize("size,region", [(1, "ACROSS_CHANNELS"), (3, "ACROSS_CHANNELS"),
                                          (5, "ACROSS_CHANNELS"), (9, "ACROSS_CHANNELS"),
                                          (3, "WITHIN_CHANNEL")])
-def test_lrn_kernels_equal_the_numpy_layer(fake, size, region):
+def test_lrn_kernels_equal_the_numpy_layer(cp, size, region):
     shape = (2, 6, 4, 3)
     r = np.random.default_rng(5)
     x = r.standard_normal(shape).astype(np.float32)
@@ -145,18 +144,19 @@ def test_lrn_kernels_equal_the_numpy_layer(fake, size, region):
         if gpu:
             protonet.set_mode_gpu()
         net = protonet.Net(_lrn_net(shape, size, region), caffe_pb2.TRAIN)
-        net.blobs["x"].data[...] = dev(x) if gpu else x
+        net.blobs["x"].data[...] = cp.asarray(x) if gpu else x
         net.forward()
-        net.blobs["y"].diff[...] = dev(dy) if gpu else dy
+        net.blobs["y"].diff[...] = cp.asarray(dy) if gpu else dy
         net.backward()
         results.append([backend.to_host(net.blobs[k].data if k == "y" else net.blobs["x"].diff)
                         for k in ("y", "dx")])
         backend.set_mode_cpu()
+    # powf and FMA contraction on a real GPU: a few ulp apart from g++ and NumPy (cp.tol)
     for cpu, gpu in zip(*results):
-        np.testing.assert_allclose(gpu, cpu, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(gpu, cpu, **cp.tol(2e-6, 1e-6, gpu=(2e-5, 1e-5)))
     across = region == "ACROSS_CHANNELS"
-    assert fake.launch_counts["pn_lrn_forward"] == int(across)
-    assert fake.launch_counts["pn_lrn_backward"] == int(across)
+    assert cp.launch_counts["pn_lrn_forward"] == int(across)
+    assert cp.launch_counts["pn_lrn_backward"] == int(across)
 
 
 def test_kernel_sources_are_typed_per_dtype():
@@ -168,15 +168,15 @@ def test_kernel_sources_are_typed_per_dtype():
         assert ("typedef %s CT;" % {np.int8: "signed char", np.int16: "short", np.int32: "int"}[ctype]) in src
 
 
-def test_kernels_need_contiguous_device_arrays(fake):
-    a = fakecupy.zeros((4, 4), np.float32)
+def test_kernels_need_contiguous_device_arrays(cp):
+    a = cp.zeros((4, 4), np.float32)
     assert cuda_kernels.supported(a)
     assert not cuda_kernels.supported(a[:, ::2])
     assert not cuda_kernels.supported(np.zeros((4, 4), np.float32))
-    assert not cuda_kernels.supported(fakecupy.zeros((4, 4), np.int32))
+    assert not cuda_kernels.supported(cp.zeros((4, 4), np.int32))
 
 
-def test_benchmark_trains_fcn_alexnet_on_the_device_path(fake, monkeypatch):
+def test_benchmark_trains_fcn_alexnet_on_the_device_path(cp, monkeypatch):
     # benchmarks/fcn_alexnet.py --gpu 0, one iteration: every 2-d pass of the net uses a kernel
     import logging
     import os
@@ -190,11 +190,12 @@ def test_benchmark_trains_fcn_alexnet_on_the_device_path(fake, monkeypatch):
         row = fcn_alexnet.run_one("train", 3, 1, 1, 0, 0)
     finally:
         ensure_handler().setLevel(level)
-    assert row["device"] == "gpu 0 (protonet fake device)"
+    assert row["device"] == "gpu 0 (%s)" % cp.device_name     # "protonet fake device" on the fake
+    assert row["device"].startswith("gpu 0 (")
     assert row["gpu_pool_mb"] > 200          # 57M parameters, their diffs and momentum
     assert row["ms"]["median"] > 0
     # im2col for conv1-5 and fc6 (6x6; the weight gradients reuse the columns), col2im for the
     # bottom diffs of conv2-5 and fc6, 3 pooling layers and 2 LRNs each way
-    assert fake.launch_counts["pn_im2col"] == 6 and fake.launch_counts["pn_col2im"] == 5
-    assert fake.launch_counts["pn_max_pool_forward"] == 3 and fake.launch_counts["pn_max_pool_backward"] == 3
-    assert fake.launch_counts["pn_lrn_forward"] == 2 and fake.launch_counts["pn_lrn_backward"] == 2
+    assert cp.launch_counts["pn_im2col"] == 6 and cp.launch_counts["pn_col2im"] == 5
+    assert cp.launch_counts["pn_max_pool_forward"] == 3 and cp.launch_counts["pn_max_pool_backward"] == 3
+    assert cp.launch_counts["pn_lrn_forward"] == 2 and cp.launch_counts["pn_lrn_backward"] == 2
