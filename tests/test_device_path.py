@@ -374,12 +374,6 @@ def test_time_command_on_device(device, tmp_path, monkeypatch, capsys):
     assert "GPU %d requested but only %d GPU(s) are usable" % (count, count) in capsys.readouterr().err
 
 
-def test_infer_on_device_matches_the_cpu(device, tmp_path):
-    import test_infer
-    backend.set_mode_cpu()
-    test_infer.test_gpu_matches_cpu(tmp_path, test_infer._save_weights(tmp_path, [1.0], "gray.caffemodel"))
-
-
 def test_nets_of_different_modes_cannot_share_weights(device):
     from protonet.net import NetError
     text = ('name: "n" input: "x" input_shape { dim: 1 dim: 3 } '

@@ -378,10 +378,10 @@ def test_gpu_flag_without_a_gpu_is_a_clear_error(tmp_path, gray_net, capsys):
     assert backend.mode() == "cpu"
 
 
-def test_gpu_matches_cpu(tmp_path, gray_net):
+def test_gpu_matches_cpu(tmp_path, gray_net, device):   # weights saved before GPU mode
+    # on the CuPy stand-in (or a real GPU with PROTONET_TEST_DEVICE=cupy, see conftest.py)
     from protonet import backend
-    if not backend.cupy_available():
-        pytest.skip("needs CuPy and a GPU")
+    backend.set_mode_cpu()
     model, weights = gray_net
     _lmdb_pair(tmp_path)
     for flag, out in (("-1", "cpu"), ("0", "gpu")):
