@@ -9,6 +9,8 @@ With ``PROTONET_TEST_DEVICE=cupy`` (tests/conftest.py) the tests that take the
 ``cp`` fixture run the kernels on a real GPU through CuPy instead.
 """
 import itertools
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -199,3 +201,21 @@ def test_benchmark_trains_fcn_alexnet_on_the_device_path(cp, monkeypatch):
     assert cp.launch_counts["pn_im2col"] == 6 and cp.launch_counts["pn_col2im"] == 5
     assert cp.launch_counts["pn_max_pool_forward"] == 3 and cp.launch_counts["pn_max_pool_backward"] == 3
     assert cp.launch_counts["pn_lrn_forward"] == 2 and cp.launch_counts["pn_lrn_backward"] == 2
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs CUDA's nvcc (this project's machines have it)")
+def test_kernel_sources_compile_for_a_gpu(tmp_path):
+    # the host emulation above is g++; this is CUDA's own front end on the same sources
+    jobs = []
+    for name in cuda_kernels._SOURCES:
+        for dtype in (np.float32, np.float64):
+            ctype = np.int16 if "max_pool" in name else None
+            src = tmp_path / ("%s_%s.cu" % (name, np.dtype(dtype).name))
+            src.write_text(cuda_kernels.source(name, dtype, ctype))
+            jobs.append((src, subprocess.Popen(["nvcc", "-ptx", "-arch=compute_75", str(src),
+                                                "-o", str(src.with_suffix(".ptx"))],
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+    for src, proc in jobs:
+        out = proc.communicate()[0].decode()
+        assert proc.returncode == 0, "%s: %s" % (src.name, out)
+        assert (".entry %s(" % src.name.rsplit("_", 1)[0]) in src.with_suffix(".ptx").read_text()
