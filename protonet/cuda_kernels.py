@@ -105,7 +105,7 @@ extern "C" __global__ void pn_max_pool_forward(const T* x, T* top, CT* choice, l
     int h1 = hs + kh < H ? hs + kh : H, w1 = ws + kw < W ? ws + kw : W;
     const T* p = x + plane * H * W;
     // Caffe: start at -FLT_MAX, keep the first strictly larger value (NaN never wins)
-    T best = (T)-3.402823466e+38;
+    T best = (T)-3.40282346638528859812e+38;   // exactly -FLT_MAX in float and double
     int pick = 0;
     for (int h = h0; h < h1; ++h)
       for (int w = w0; w < w1; ++w) {
@@ -188,9 +188,11 @@ extern "C" __global__ void pn_ave_pool_backward(const T* dy, T* dx, long long to
 """
 
 # LRN across channels: each thread sums its own window (local_size reads)
-# instead of Caffe's running sum, which loses precision to cancellation.
-_LRN_FORWARD = r"""
-extern "C" __global__ void pn_lrn_forward(const T* x, T* scale, T* scale_pow, T* y, long long total,
+# instead of Caffe's running sum, which loses precision to cancellation. The
+# top is a separate multiply: threads read their neighbours' x, so writing y
+# here would race when the layer runs in place.
+_LRN_SCALE = r"""
+extern "C" __global__ void pn_lrn_scale(const T* x, T* scale, T* scale_pow, long long total,
     int C, int S, int size, T alpha_over_n, T k, T neg_beta) {
   PN_LOOP(i, total) {
     int c = (i / S) % C;
@@ -204,7 +206,6 @@ extern "C" __global__ void pn_lrn_forward(const T* x, T* scale, T* scale_pow, T*
     T p = pn_pow(s, neg_beta);
     scale[i] = s;
     scale_pow[i] = p;
-    y[i] = x[i] * p;
   }
 }
 """
@@ -233,7 +234,7 @@ _SOURCES = {
     "pn_im2col": _IM2COL, "pn_col2im": _COL2IM,
     "pn_max_pool_forward": _MAX_POOL_FORWARD, "pn_max_pool_backward": _MAX_POOL_BACKWARD,
     "pn_ave_pool_forward": _AVE_POOL_FORWARD, "pn_ave_pool_backward": _AVE_POOL_BACKWARD,
-    "pn_lrn_forward": _LRN_FORWARD, "pn_lrn_backward": _LRN_BACKWARD,
+    "pn_lrn_scale": _LRN_SCALE, "pn_lrn_backward": _LRN_BACKWARD,
 }
 
 _THREADS = 256
@@ -341,14 +342,15 @@ def ave_pool_backward(top_diff, dx, kernel, stride, pad):
 
 
 def lrn_forward(x, scale, scale_pow, y, size, alpha, beta, k):
-    """Across-channel LRN on (N, C, H, W): scale, scale ** -beta and y = x * scale ** -beta."""
-    for a, what in ((x, "the bottom"), (scale, "the scale"), (scale_pow, "the scale power"), (y, "the top")):
+    """Across-channel LRN on (N, C, H, W): scale, scale ** -beta and y = x * scale ** -beta (``y`` may be ``x``)."""
+    for a, what in ((x, "the bottom"), (scale, "the scale"), (scale_pow, "the scale power")):
         _contiguous(a, what)
     N, C, H, W = x.shape
     t = x.dtype.type
     total = x.size
-    _launch("pn_lrn_forward", total, (x, scale, scale_pow, y, np.int64(total))
+    _launch("pn_lrn_scale", total, (x, scale, scale_pow, np.int64(total))
             + _ints(C, H * W, size) + (t(alpha / size), t(k), t(-beta)), x.dtype)
+    backend.xp_of(x).multiply(x, scale_pow, out=y)
 
 
 def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):

@@ -157,7 +157,7 @@ def test_lrn_kernels_equal_the_numpy_layer(cp, size, region):
     for cpu, gpu in zip(*results):
         np.testing.assert_allclose(gpu, cpu, **cp.tol(2e-6, 1e-6, gpu=(2e-5, 1e-5)))
     across = region == "ACROSS_CHANNELS"
-    assert cp.launch_counts["pn_lrn_forward"] == int(across)
+    assert cp.launch_counts["pn_lrn_scale"] == int(across)
     assert cp.launch_counts["pn_lrn_backward"] == int(across)
 
 
@@ -200,7 +200,7 @@ def test_benchmark_trains_fcn_alexnet_on_the_device_path(cp, monkeypatch):
     # bottom diffs of conv2-5 and fc6, 3 pooling layers and 2 LRNs each way
     assert cp.launch_counts["pn_im2col"] == 6 and cp.launch_counts["pn_col2im"] == 5
     assert cp.launch_counts["pn_max_pool_forward"] == 3 and cp.launch_counts["pn_max_pool_backward"] == 3
-    assert cp.launch_counts["pn_lrn_forward"] == 2 and cp.launch_counts["pn_lrn_backward"] == 2
+    assert cp.launch_counts["pn_lrn_scale"] == 2 and cp.launch_counts["pn_lrn_backward"] == 2
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs CUDA's nvcc (this project's machines have it)")
@@ -219,3 +219,39 @@ def test_kernel_sources_compile_for_a_gpu(tmp_path):
         out = proc.communicate()[0].decode()
         assert proc.returncode == 0, "%s: %s" % (src.name, out)
         assert (".entry %s(" % src.name.rsplit("_", 1)[0]) in src.with_suffix(".ptx").read_text()
+
+
+def test_in_place_lrn_on_the_device_equals_the_cpu(cp):
+    # threads read their neighbours' channels: the top is written only after every scale
+    text = ('force_backward: true input: "x" input_shape { dim: 2 dim: 6 dim: 3 dim: 2 } '
+            'layer { name: "n" type: "LRN" bottom: "x" top: "x" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 1 } }')
+    r = np.random.default_rng(7)
+    x = r.standard_normal((2, 6, 3, 2)).astype(np.float32) * 3
+    dy = r.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for gpu in (False, True):
+        (protonet.set_mode_gpu if gpu else protonet.set_mode_cpu)()
+        net = protonet.Net(text_format.Merge(text, caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+        net.blobs["x"].set_data(x)
+        net.forward()
+        y = backend.to_host(net.blobs["x"].data).copy()
+        net.blobs["x"].set_diff(dy)
+        net.backward()
+        results.append((y, backend.to_host(net.blobs["x"].diff).copy()))
+        backend.set_mode_cpu()
+    np.testing.assert_allclose(results[1][0], results[0][0], **cp.tol(2e-6, 1e-6, gpu=(2e-5, 1e-5)))
+    np.testing.assert_allclose(results[1][1], results[0][1], **cp.tol(2e-6, 1e-6, gpu=(2e-5, 1e-5)))
+    assert cp.launch_counts["pn_lrn_scale"] == 1 and cp.launch_counts["pn_lrn_backward"] == 0
+
+
+def test_double_max_pooling_window_without_a_winner_keeps_minus_flt_max(cp):
+    x = np.full((1, 1, 2, 4), np.nan)
+    x[..., 2:] = 1.5
+    host = Pool2d(np, np.float64, P.MAX, x.shape, (2, 2), (2, 2), (0, 0))
+    top = np.empty(host.out_shape)
+    host.forward(x, top)
+    device = Pool2d(cp.module, np.float64, P.MAX, x.shape, (2, 2), (2, 2), (0, 0))
+    dtop = cp.empty(host.out_shape, np.float64)
+    device.forward(cp.asarray(x), dtop)
+    assert top[0, 0, 0, 0] == -float(np.finfo(np.float32).max) and top[0, 0, 0, 1] == 1.5
+    np.testing.assert_array_equal(dtop.get(), top)

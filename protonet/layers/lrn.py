@@ -130,7 +130,9 @@ class LRNLayer(Layer):
         xp = self.xp
         x, y, dy = bottom[0].data, top[0].data, top[0].diff
         dx = bottom[0].diff
-        if not self.within and cuda_kernels.supported(x, y, dy, dx, self.scale, self.scale_pow):
+        # in place, dx is dy, which the kernel reads across channels: the generic path then
+        if (not self.within and top[0] is not bottom[0]
+                and cuda_kernels.supported(x, y, dy, dx, self.scale, self.scale_pow)):
             cuda_kernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx, self.size, self.alpha, self.beta)
             return
         m = self.size * self.size if self.within else self.size
