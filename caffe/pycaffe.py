@@ -85,35 +85,55 @@ class _NamesByLayer(collections.abc.Sequence):
 # so the next GPU use copies it back. Scripts rely on that
 # (``net.blobs['data'].data[...] = image``, ``out['prob'].argmax()``), and
 # CuPy arrays refuse both. So a caffe.Net built in GPU mode shows host
-# mirrors: one NumPy array per blob and field, fetched when touched after the
-# engine ran, and pushed back before the engine runs again. One registry for
-# all nets, as a solver's train and test nets share parameter values.
+# mirrors: one NumPy array per device buffer and field, fetched when touched
+# after the engine ran, and pushed back before the net runs again. Blobs that
+# view another's memory (split and reshape tops, a test net's shared weights)
+# show the owner's mirror, as they share one SyncedMemory in Caffe.
 
 _STALE, _TOUCHED = 0, 1
-_mirrors = weakref.WeakKeyDictionary()     # engine Blob -> {"data"/"diff": [host array, state]}
+_mirrors = weakref.WeakKeyDictionary()     # owning Blob -> {"data"/"diff": [host array, state]}
+
+
+def _owner(blob, field):
+    """The blob whose device buffer ``blob.<field>`` views (through share_data/share_diff)."""
+    attr = "_data_src" if field == "data" else "_diff_src"
+    owner = blob
+    while getattr(owner, attr, None) is not None and getattr(owner, attr).count == owner.count:
+        owner = getattr(owner, attr)
+    return owner
 
 
 def _host_mirror(blob, field):
     """The host array that stands for ``blob.<field>``, current with the device."""
-    fields = _mirrors.setdefault(blob, {})
-    device = getattr(blob, field)
+    owner = _owner(blob, field)
+    fields = _mirrors.setdefault(owner, {})
+    device = getattr(owner, field)
     entry = fields.get(field)
     if entry is None or entry[0].shape != device.shape or entry[0].dtype != device.dtype:
         entry = fields[field] = [np.empty(device.shape, device.dtype), _STALE]
     if entry[1] == _STALE:
         entry[0][...] = protonet.backend.to_host(device)
     entry[1] = _TOUCHED     # the script may write it: the device gets it back before the next run
-    return entry[0]
+    return entry[0] if owner is blob else entry[0].reshape(blob.shape)
 
 
-def sync_to_device():
-    """Push every host mirror touched since the engine last ran; all mirrors are then stale."""
-    for blob, fields in list(_mirrors.items()):
-        for field, entry in fields.items():
+def sync_to_device(net):
+    """Push the host mirrors of ``net``'s buffers touched since it last ran; they are then stale."""
+    if net.xp is np or not _mirrors:
+        return
+    seen = set()
+    blobs = itertools.chain(net._blob_dict.values(), (b for layer in net._layers for b in layer.blobs))
+    for blob in blobs:
+        for field in ("data", "diff"):
+            owner = _owner(blob, field)
+            entry = _mirrors.get(owner, {}).get(field)
+            if entry is None or (id(owner), field) in seen:
+                continue
+            seen.add((id(owner), field))
             if entry[1] == _TOUCHED:
-                device = getattr(blob, field)
+                device = getattr(owner, field)
                 if device.shape == entry[0].shape:     # a reshape since then drops the edit, as Caffe's
-                    device[...] = blob.xp.asarray(entry[0])
+                    device[...] = owner.xp.asarray(entry[0])
             entry[1] = _STALE
 
 
@@ -138,7 +158,12 @@ class HostBlob:
         return _host_mirror(self.blob, "diff")
 
     def reshape(self, *shape):
-        sync_to_device()
+        for field in ("data", "diff"):      # an edit made before the reshape is kept, as in Caffe
+            owner = _owner(self.blob, field)
+            entry = _mirrors.get(owner, {}).get(field)
+            if entry is not None and entry[1] == _TOUCHED:
+                getattr(owner, field)[...] = owner.xp.asarray(entry[0])
+                entry[1] = _STALE
         self.blob.reshape(*shape)
 
     def __getattr__(self, name):
@@ -148,14 +173,47 @@ class HostBlob:
         return "<HostBlob of %r>" % (self.blob,)
 
 
+class HostLayer:
+    """A device net's layer as pycaffe shows it: ``blobs`` are :class:`HostBlob`.
+
+    Other attributes are the layer's (a Python layer's are its plugin's).
+    """
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    @property
+    def blobs(self):
+        return [HostBlob(b) for b in self.layer.blobs]
+
+    def __getattr__(self, name):
+        return getattr(getattr(self.layer, "plugin", self.layer), name)
+
+    def __repr__(self):
+        return "<HostLayer of %r>" % (self.layer,)
+
+
 def _syncs_first(method):
     """Run the engine ``method`` after the host mirrors' edits reach the device."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        if self.xp is not np:
-            sync_to_device()
+        sync_to_device(self)
         return method(self, *args, **kwargs)
     return call
+
+
+def _engine_view(attr, wrap, doc):
+    """A property: the engine's ``attr`` on the CPU, ``wrap(engine value)`` on a device."""
+    def get(self):
+        value = self.__dict__[attr]
+        return value if self.xp is np else wrap(value)
+
+    def set(self, value):
+        if value is not self.__dict__.get(attr):
+            raise AttributeError("this attribute of a net cannot be replaced")
+    return property(get, set, doc=doc)
 
 
 def _names_property(attr):
@@ -184,31 +242,13 @@ class Net(protonet.Net):
         # pycaffe's keyword name for the prototxt; the rest is protonet.Net's.
         super().__init__(network_file, *args, **kwargs)
 
-    # -- blobs and params: the engine's on the CPU, host mirrors of a device net ---
-    @property
-    def blobs(self):
-        """{blob name: blob}, in the net's order (NumPy ``data``/``diff`` on any device)."""
-        if self.xp is np:
-            return self._blob_dict
-        return collections.OrderedDict((n, HostBlob(b)) for n, b in self._blob_dict.items())
-
-    @blobs.setter
-    def blobs(self, value):
-        if value is not self.__dict__.get("_blob_dict"):
-            raise AttributeError("net.blobs cannot be replaced")
-
-    @property
-    def params(self):
-        """{layer name: [weight, bias...]} for the layers with parameters."""
-        if self.xp is np:
-            return self._param_dict
-        return collections.OrderedDict((n, [HostBlob(b) for b in blobs])
-                                       for n, blobs in self._param_dict.items())
-
-    @params.setter
-    def params(self, value):
-        if value is not self.__dict__.get("_param_dict"):
-            raise AttributeError("net.params cannot be replaced")
+    # -- blobs, params, layers: the engine's on the CPU, host mirrors of a device net ---
+    blobs = _engine_view("_blob_dict", lambda d: collections.OrderedDict(
+        (n, HostBlob(b)) for n, b in d.items()), "{blob name: blob}, in the net's order")
+    params = _engine_view("_param_dict", lambda d: collections.OrderedDict(
+        (n, [HostBlob(b) for b in blobs]) for n, blobs in d.items()),
+        "{layer name: [weight, bias...]} for the layers with parameters")
+    layers = _engine_view("_layers", lambda ls: [HostLayer(layer) for layer in ls], "the layers, in order")
 
     # every way into the engine first pushes what a script wrote into the mirrors
     forward_from_to = _syncs_first(protonet.Net.forward_from_to)
@@ -406,9 +446,22 @@ def _pycaffe_solver(base):
         """Make ``net``'s parameters the train net's (pycaffe's ``Solver.share_weights``)."""
         net.share_with(self.net)
 
+    def synced(name):
+        # what a callback or a script wrote into the train net's mirrors counts for the
+        # update and is in the snapshot; a restore's values are not overwritten by old edits
+        method = getattr(base, name)
+
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            sync_to_device(self.net)
+            return method(self, *args, **kwargs)
+        return call
+
     doc = ("%s\n\n    pycaffe's ``caffe.%s(solver_prototxt)``: ``net`` and ``test_nets`` are "
            ":class:`caffe.Net` objects." % (base.__doc__ or base.__name__, base.__name__))
     return type(base.__name__, (base,), {"__init__": __init__, "share_weights": share_weights,
+                                         "apply_update": synced("apply_update"),
+                                         "snapshot": synced("snapshot"), "restore": synced("restore"),
                                          "__doc__": doc, "__module__": __name__})
 
 

@@ -45,6 +45,7 @@ class Blob:
         # Only the owner of shared diff memory has one.
         self._diff_fill = None
         self._diff_src = None       # the blob whose diff this one views (share_diff)
+        self._data_src = None       # the blob whose data this one views (share_data)
         self._product_buffers = None
         self.reshape(shape)
 
@@ -67,6 +68,7 @@ class Blob:
         self._data = self._dbuf[:count].reshape(shape)
         self._diff = self._gbuf[:count].reshape(shape)
         self._diff_src = None
+        self._data_src = None
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -208,6 +210,7 @@ class Blob:
         if other.count != self.count:
             raise ValueError("share_data needs equal counts: %s vs %s" % (self._shape, other.shape))
         self._data = other.data.reshape(self._shape)
+        self._data_src = other
 
     def share_diff(self, other):
         if other.count != self.count:

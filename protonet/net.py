@@ -122,7 +122,8 @@ class Net:
         except ValueError as exc:
             raise NetError(str(exc)) from None
         self.param = param
-        self.layers = []
+        self._layers = []           # the engine's; ``layers`` names the same list (see _blob_dict)
+        self.layers = self._layers
         self.layer_names = []
         # the engine's own {name: Blob}; ``blobs`` names the same dict (caffe.Net shows a
         # device net's blobs through host mirrors there, so the engine never reads ``blobs``)
@@ -156,8 +157,8 @@ class Net:
                                      search_dirs=self._search_dirs)
             except LayerError as exc:
                 raise NetError("%s%s" % (exc, where)) from None
-            li = len(self.layers)
-            self.layers.append(layer)
+            li = len(self._layers)
+            self._layers.append(layer)
             self.layer_names.append(lp.name)
             bottoms, bnames, bneed = [], [], []
             need_backward = False
@@ -236,7 +237,7 @@ class Net:
         self.blob_need_backward = blob_need_backward
         self.outputs = sorted(available)
         self._param_dict = collections.OrderedDict(
-            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers) if layer.blobs)
+            (name, layer.blobs) for name, layer in zip(self.layer_names, self._layers) if layer.blobs)
         self.params = self._param_dict
 
     def _set_loss_weights(self, layer, tops):
@@ -252,7 +253,7 @@ class Net:
                 top.diff[...] = w
 
     def _append_param(self, li, pi, specs, where):
-        layer = self.layers[li]
+        layer = self._layers[li]
         spec = specs[pi] if pi < len(specs) else caffe_pb2.ParamSpec()
         pname = spec.name if pi < len(specs) else ""
         idx = len(self._all_params)
@@ -302,8 +303,8 @@ class Net:
 
     def _prune_backward(self, blob_need_backward):
         under_loss, skip = set(), set()
-        for li in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[li]
+        for li in range(len(self._layers) - 1, -1, -1):
+            layer = self._layers[li]
             contributes = False
             skip_down = True
             for j, tname in enumerate(self.top_names[li]):
@@ -324,7 +325,7 @@ class Net:
                 if not self.bottom_need_backward[li][j]:
                     skip.add(bname)
         if self.force_backward:
-            for li, layer in enumerate(self.layers):
+            for li, layer in enumerate(self._layers):
                 self.layer_need_backward[li] = True
                 for j, bname in enumerate(self.bottom_names[li]):
                     need = self.bottom_need_backward[li][j] or layer.allow_force_backward(j)
@@ -342,10 +343,10 @@ class Net:
             raise KeyError("no layer named '%s' in net %s" % (name, self.name)) from None
 
     def forward_from_to(self, start=0, end=None):
-        end = len(self.layers) - 1 if end is None else end
+        end = len(self._layers) - 1 if end is None else end
         loss = 0.0
         for li in range(start, end + 1):
-            layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
+            layer, bottom, top = self._layers[li], self.bottom_vecs[li], self.top_vecs[li]
             try:
                 layer.reshape(bottom, top)
                 layer.forward(bottom, top)
@@ -361,10 +362,10 @@ class Net:
         return loss
 
     def backward_from_to(self, start=None, end=0):
-        start = len(self.layers) - 1 if start is None else start
+        start = len(self._layers) - 1 if start is None else start
         for li in range(start, end - 1, -1):
             if self.layer_need_backward[li]:
-                layer = self.layers[li]
+                layer = self._layers[li]
                 try:
                     layer.backward(self.top_vecs[li], self.bottom_need_backward[li],
                                    self.bottom_vecs[li])
@@ -392,7 +393,7 @@ class Net:
                 blob.reshape(np.shape(value))
             blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
         si = self._layer_index(start, 0)
-        ei = self._layer_index(end, len(self.layers) - 1)
+        ei = self._layer_index(end, len(self._layers) - 1)
         self.last_loss = self.forward_from_to(si, ei)
         names = list(self.outputs) if end is None else list(self.top_names[ei])
         names += [b for b in (blobs or []) if b not in names]
@@ -403,7 +404,7 @@ class Net:
         for name, value in kwargs.items():
             # a host array goes to a device blob as a copy (CuPy fills only from scalars)
             self._blob_dict[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
-        si = self._layer_index(start, len(self.layers) - 1)
+        si = self._layer_index(start, len(self._layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)
         names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
@@ -411,7 +412,7 @@ class Net:
 
     def set_input_arrays(self, data, labels):
         """Feed the net's first MemoryData layer (pycaffe's Net.set_input_arrays)."""
-        for layer in self.layers:
+        for layer in self._layers:
             if layer.type == "MemoryData":
                 return layer.set_input_arrays(data, labels)
         raise NetError("set_input_arrays needs a MemoryData layer; net %s has none" % self.name)
@@ -422,7 +423,7 @@ class Net:
         return loss
 
     def reshape(self):
-        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+        for layer, bottom, top in zip(self._layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
@@ -463,9 +464,9 @@ class Net:
         index = {name: i for i, name in enumerate(self.layer_names)}
         for lp in param.layer:
             li = index.get(lp.name)
-            if li is None or not len(lp.blobs) and not self.layers[li].blobs:
+            if li is None or not len(lp.blobs) and not self._layers[li].blobs:
                 continue
-            self._load_layer_blobs(self.layers[li], lp.blobs, origin)
+            self._load_layer_blobs(self._layers[li], lp.blobs, origin)
 
     def share_with(self, other):
         """Make this net's parameter values views of ``other``'s, by layer name."""
@@ -474,11 +475,11 @@ class Net:
                            "mode (protonet.set_mode_cpu/set_mode_gpu before creating them)"
                            % (self.name, self.xp.__name__, other.name, other.xp.__name__))
         index = {name: i for i, name in enumerate(other.layer_names)}
-        for name, layer in zip(self.layer_names, self.layers):
+        for name, layer in zip(self.layer_names, self._layers):
             oi = index.get(name)
             if oi is None:
                 continue
-            src = other.layers[oi].blobs
+            src = other._layers[oi].blobs
             if len(src) != len(layer.blobs):
                 raise NetError("Incompatible number of blobs for layer '%s'" % name)
             for j, (b, s) in enumerate(zip(layer.blobs, src)):
@@ -492,7 +493,7 @@ class Net:
         head = caffe_pb2.NetParameter()
         head.name = self.name
         out = [head.SerializeToString()]
-        for layer in self.layers:
+        for layer in self._layers:
             lp = caffe_pb2.LayerParameter()
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]

@@ -273,7 +273,7 @@ def _host_f32(array):
 def _blob_loss_weights(net):
     """Blob name -> loss weight of the top that wrote it last (Caffe's blob_loss_weights)."""
     weights = {}
-    for layer, names in zip(net.layers, net.top_names):
+    for layer, names in zip(net._layers, net.top_names):
         for w, name in zip(layer.loss_weights, names):
             weights[name] = float(w)
     return weights
@@ -287,7 +287,7 @@ def _output_values(net):
 def _param_display_names(net):
     """Per layer, the display names of its param blobs (spec name or index)."""
     names, k = [], 0
-    for layer in net.layers:
+    for layer in net._layers:
         n = len(layer.blobs)
         names.append(list(net.param_display_names[k:k + n]))
         k += n
@@ -318,7 +318,7 @@ def save_hdf5_weights(net, path, write_diff=False):
         with h5py.File(tmp, "w") as f:
             groups = [f.create_group("data")] + ([f.create_group("diff")] if write_diff else [])
             seen = set()
-            for name, layer in zip(net.layer_names, net.layers):
+            for name, layer in zip(net.layer_names, net._layers):
                 lgroups = [g.create_group(name) for g in groups]
                 specs = layer.layer_param.param
                 for j, blob in enumerate(layer.blobs):
@@ -353,7 +353,7 @@ def load_hdf5_weights(net, path):
                 log.info("Ignoring source layer %s", lname)
                 continue
             group = f["data"][lname]
-            layer = net.layers[li]
+            layer = net._layers[li]
             if len(group) > len(layer.blobs):
                 raise FormatError("%s: Incompatible number of blobs for layer %s (%d in the file, "
                                   "%d in the net)" % (path, lname, len(group), len(layer.blobs)))
@@ -691,10 +691,10 @@ class Solver:
             return self.net.forward_backward()
         net = self.net
         loss = 0.0
-        for li in range(len(net.layers)):
+        for li in range(len(net._layers)):
             loss += net.forward_from_to(li, li)
             self._forward_debug(net, li, self._display_names)
-        for li in range(len(net.layers) - 1, -1, -1):
+        for li in range(len(net._layers) - 1, -1, -1):
             if net.layer_need_backward[li]:
                 net.backward_from_to(li, li)
                 self._backward_debug(net, li)
@@ -704,7 +704,7 @@ class Solver:
         lname = net.layer_names[li]
         for name, blob in zip(net.top_names[li], net.top_vecs[li]):
             log.info("    [Forward] Layer %s, top blob %s data: %s", lname, name, fmt(_asum_mean(blob.data)))
-        for j, blob in enumerate(net.layers[li].blobs):
+        for j, blob in enumerate(net._layers[li].blobs):
             log.info("    [Forward] Layer %s, param blob %s data: %s", lname, names[li][j],
                      fmt(_asum_mean(blob.data)))
 
@@ -714,7 +714,7 @@ class Solver:
             if net.bottom_need_backward[li][j]:
                 log.info("    [Backward] Layer %s, bottom blob %s diff: %s", lname, name,
                          fmt(_asum_mean(blob.diff)))
-        layer = net.layers[li]
+        layer = net._layers[li]
         for j, blob in enumerate(layer.blobs):
             if layer.param_needs_grad(j):
                 log.info("    [Backward] Layer %s, param blob %d diff: %s", lname, j,
@@ -748,7 +748,7 @@ class Solver:
                 break
             if p.debug_info:
                 iter_loss = 0.0
-                for li in range(len(net.layers)):
+                for li in range(len(net._layers)):
                     iter_loss += net.forward_from_to(li, li)
                     self._forward_debug(net, li, names)
             else:

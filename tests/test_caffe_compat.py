@@ -1077,6 +1077,107 @@ def test_pycaffe_mirrors_follow_caffe_syncing(device, tmp_path):
                           'snapshot_after_train: false test_iter: 1 test_interval: 1000' % proto)
     solver = caffe.SGDSolver(str(solver_txt))
     solver.net.params["ip"][0].data[...] = 0
+    solver.net.params["ip"][1].data[...] = 0          # uniform scores: the loss is log 3
     solver.test_nets[0].forward()
     np.testing.assert_allclose(solver.test_nets[0].blobs["prob"].data, 0.25, rtol=1e-6)
     assert isinstance(solver.test_nets[0].blobs["prob"].data, np.ndarray)
+
+
+_SPLIT_NET = """
+name: "s"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }
+"""
+
+
+def test_pycaffe_mirrors_of_aliased_blobs_are_one(device, tmp_path):
+    # data feeds two layers: its split tops view its memory, so reading them must not
+    # push their old values back over the next input (one SyncedMemory in Caffe)
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(_SPLIT_NET)
+    net = caffe.Net(str(proto), caffe.TEST)
+    results = []
+    for value in (1.0, 2.0, 3.0):
+        net.blobs["data"].data[...] = value
+        net.forward()
+        every = {k: b.data.copy() for k, b in net.blobs.items()}    # a script dumping all blobs
+        results.append((every["a"][0, 0], every["b"][0, 1]))
+    assert results == [(3.0, 3.0), (6.0, 6.0), (9.0, 9.0)]
+    assert any(name != "data" and np.shares_memory(b.data, net.blobs["data"].data)
+               for name, b in net.blobs.items())
+
+
+def _loss_solver(tmp_path, fmt="BINARYPROTO"):
+    proto = tmp_path / "loss.prototxt"
+    proto.write_text("""
+name: "t" force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+""")
+    s = tmp_path / ("solver_%s.prototxt" % fmt)
+    s.write_text('net: "%s" base_lr: 0.5 lr_policy: "fixed" max_iter: 10 display: 0 '
+                 'snapshot_after_train: false test_iter: 1 test_interval: 1000 '
+                 'snapshot_prefix: "%s/snap" snapshot_format: %s' % (proto, tmp_path, fmt))
+    solver = caffe.SGDSolver(str(s))
+    r = np.random.default_rng(0)
+    for net in [solver.net] + list(solver.test_nets):
+        net.blobs["data"].data[...] = r.standard_normal((4, 3)).astype(np.float32)
+        net.blobs["label"].data[...] = [0, 1, 2, 1]
+    return solver
+
+
+def test_pycaffe_solver_callbacks_and_snapshots_see_the_mirrors(device, tmp_path):
+    plain = _loss_solver(tmp_path)
+    plain.step(3)
+    seen = []
+    solver = _loss_solver(tmp_path)
+    # a callback that only reads the weights must not undo the updates
+    solver.add_callback(on_start=None, on_gradients_ready=lambda: seen.append(
+        solver.net.params["ip"][0].data.copy()))
+    solver.step(3)
+    np.testing.assert_array_equal(solver.net.params["ip"][0].data, plain.net.params["ip"][0].data)
+    assert len(seen) == 3 and not np.array_equal(seen[0], seen[2])
+    # an edit through the train net reaches the test net that shares its weights,
+    # even when the test net's view was read before
+    _ = solver.test_nets[0].params["ip"][0].data
+    solver.net.params["ip"][0].data[...] = 0
+    solver.net.params["ip"][1].data[...] = 0          # uniform scores: the loss is log 3
+    solver.test_nets[0].forward()
+    np.testing.assert_allclose(solver.test_nets[0].blobs["loss"].data, np.log(3), rtol=1e-6)
+    # HDF5 snapshots carry an edit, and a restore is not overwritten by an older one
+    import h5py
+    h5 = _loss_solver(tmp_path, "HDF5")
+    h5.net.params["ip"][0].data[...] = 3.0
+    model, state = h5.snapshot()
+    with h5py.File(model) as f:
+        np.testing.assert_array_equal(f["data/ip/0"][()], 3.0)
+    h5.net.params["ip"][0].data[...] = -1.0
+    h5.restore(state)
+    h5.net.forward()
+    np.testing.assert_array_equal(h5.net.params["ip"][0].data, 3.0)
+
+
+def test_pycaffe_layer_blobs_and_pending_writes_on_the_device(device, tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(_SYNC_NET)
+    a = caffe.Net(str(proto), caffe.TEST)
+    b = caffe.Net(str(proto), caffe.TEST)
+    # net.layers / layer_dict blobs are host arrays too, and edits through them count
+    conv = a.layer_dict["conv"]
+    assert isinstance(conv.blobs[0].data, np.ndarray) and conv.type == "Convolution"
+    conv.blobs[1].data[...] = 7.0
+    a.blobs["data"].data[...] = 0.0
+    a.forward()
+    np.testing.assert_allclose(a.blobs["conv"].data, 7.0)
+    # another net's run does not drop a write pending for this one
+    d = a.blobs["data"].data
+    b.forward()
+    d[...] = 1.0
+    a.forward()
+    assert not np.allclose(a.blobs["conv"].data, 7.0)

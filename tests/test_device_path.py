@@ -286,8 +286,10 @@ def test_python_layer_parameters_train_on_device(device, tmp_path, monkeypatch):
         solver.net.blobs["target"].set_data(3 * data)
         solver.solve()
         weights[mode] = float(solver.net.params["scale"][0].data[0])
-    layer = solver.net.layers[solver.net.layer_names.index("scale")]
+    layer = solver.net._layers[solver.net.layer_names.index("scale")]       # the engine's layer
     assert isinstance(layer.blobs[0].data, device.ndarray) and xp is device.module
+    shown = solver.net.layers[solver.net.layer_names.index("scale")]        # pycaffe's view of it
+    assert isinstance(shown.blobs[0].data, np.ndarray) and shown.blobs[0].data[0] == weights["gpu"]
     assert isinstance(layer.plugin.blobs[0].data, np.ndarray)
     solver.net.forward()                        # the mirror follows the device blob at each call
     assert float(layer.plugin.blobs[0].data[0]) == weights["gpu"]
