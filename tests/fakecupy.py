@@ -1505,10 +1505,12 @@ class RawKernel:
         raise _unsupported(a)
 
     def _check_overlap(self, args, params):
-        """Partly overlapping buffers race on a GPU (threads run in any order); refuse them.
+        """Buffers that overlap where one is written race on a GPU (threads run in any order).
 
-        The same buffer twice (an in-place kernel, each thread reading and
-        writing its own element) is left alone; so are read-only (const) pairs.
+        The same buffer as input and output too: a thread that reads its
+        neighbours' inputs (LRN, col2im) would see other threads' outputs, and
+        one serial pass here cannot show it. So every overlap but read-only
+        (const) pairs is refused: protonet's kernels never run in place.
         """
         spans = []
         for i, a in enumerate(args):
@@ -1518,10 +1520,9 @@ class RawKernel:
                 spans.append((lo, lo + a.nbytes, const, i))
         for j, (lo, hi, const, i) in enumerate(spans):
             for lo2, hi2, const2, i2 in spans[j + 1:]:
-                if lo < hi2 and lo2 < hi and (lo, hi) != (lo2, hi2) and not (const and const2):
-                    raise ValueError("%s: arguments %d and %d overlap in memory without being the "
-                                     "same buffer; the kernel's threads would race on a GPU"
-                                     % (self.name, i, i2))
+                if lo < hi2 and lo2 < hi and not (const and const2):
+                    raise ValueError("%s: arguments %d and %d overlap in memory and one is written; "
+                                     "the kernel's threads would race on a GPU" % (self.name, i, i2))
 
     def __call__(self, grid, block, args, *, shared_mem=0):
         dims = []
