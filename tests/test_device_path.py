@@ -13,9 +13,7 @@ The tests that take the ``device`` fixture run on real CuPy instead with
 ``PROTONET_TEST_DEVICE=cupy`` (see tests/conftest.py); the ``test_fake_*``
 tests check the stand-in itself and always run on it.
 """
-import io
 import json
-import logging
 import re
 
 import numpy as np
@@ -23,9 +21,9 @@ import pytest
 
 import fakecupy
 import protonet
+from logcapture import captured_log
 from parity import cases, run_layer_case, run_net_case
 from protonet import backend
-from protonet import log as plog
 from protonet.cli import main
 
 
@@ -337,27 +335,14 @@ layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
 """
 
 
-def _capture_log():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(plog.GlogFormatter())
-    plog.logger.addHandler(handler)
-    old = plog.logger.level
-    plog.logger.setLevel(logging.INFO)
-    return stream, lambda: (plog.logger.removeHandler(handler), plog.logger.setLevel(old))
-
-
 def test_time_command_on_device(device, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.prototxt").write_text(TIME_NET)
     backend.set_mode_cpu()
-    stream, restore = _capture_log()
-    try:
+    with captured_log() as stream:
         assert main(["time", "--model", "net.prototxt", "--iterations", "2", "--gpu", "0",
                      "--json"]) == 0
         assert main(["device_query", "--gpu", "0"]) == 0
-    finally:
-        restore()
     assert backend.mode() == "gpu"
     report = json.loads(capsys.readouterr().out)
     assert report["device"] == "gpu:0" and report["iterations"] == 2

@@ -13,9 +13,7 @@ case's relative paths need):
   snapshot, which names Caffe's ``snap_iter_N.caffemodel``), it lands on
   ``final.caffemodel`` too.
 """
-import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -23,9 +21,9 @@ import shutil
 import numpy as np
 import pytest
 
+from logcapture import captured_log
 from parity import PARITY, cases, cwd
 from protonet import backend
-from protonet import log as plog
 from protonet.cli import main
 from protonet.io import blobproto_to_array, read_binary, read_net_binary
 from protonet.proto import caffe_pb2
@@ -68,16 +66,6 @@ def _assert_weights(actual_path, expected_path, tol, what):
                                    err_msg="%s: param %s/%d" % (what, key[0], key[1]))
 
 
-def _capture_log():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(plog.GlogFormatter())
-    plog.logger.addHandler(handler)
-    old = plog.logger.level
-    plog.logger.setLevel(logging.INFO)
-    return stream, handler, old
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_train_from_init(name, tmp_path, monkeypatch):
     """`protonet train --solver solver.prototxt --weights init.caffemodel`, as a user runs it."""
@@ -104,14 +92,9 @@ def check_train_from_init(name, tmp_path, monkeypatch, extra_args=()):
         made.append(solver)
         return solver
     monkeypatch.setattr("protonet.solver.get_solver", recording_get_solver)
-    stream, handler, old_level = _capture_log()
-    try:
-        with cwd(folder):
-            status = main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel",
-                           "--no-curve"] + list(extra_args))
-    finally:
-        plog.logger.removeHandler(handler)
-        plog.logger.setLevel(old_level)
+    with captured_log() as stream, cwd(folder):
+        status = main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel",
+                       "--no-curve"] + list(extra_args))
     assert status == 0
     solver, = made
     assert solver.iter == n

@@ -3,7 +3,6 @@ a tiny Input -> InnerProduct -> EuclideanLoss net, the expected updates computed
 independently in float64 numpy; plus lr policies, snapshots, resume, signals,
 test nets, HDF5 snapshots, log lines and the training curve."""
 import io
-import logging
 import math
 import os
 import re
@@ -15,6 +14,7 @@ import pytest
 from google.protobuf import text_format
 
 import protonet
+from logcapture import captured_log
 from protonet import log as plog
 from protonet.io import read_binary, read_net_binary
 from protonet.proto import caffe_pb2
@@ -497,17 +497,8 @@ GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")
 
 
 def _logged(fn):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(plog.GlogFormatter())
-    plog.logger.addHandler(handler)
-    old = plog.logger.level
-    plog.logger.setLevel(logging.INFO)
-    try:
+    with captured_log() as stream:
         fn()
-    finally:
-        plog.logger.removeHandler(handler)
-        plog.logger.setLevel(old)
     return stream.getvalue()
 
 
