@@ -13,7 +13,7 @@ import numpy as np
 
 from . import backend
 from .blob import Blob
-from .io import (FormatError, blob_shape, blobproto_to_array, parse_net, read_net,
+from .io import (FormatError, blob_shape, blobproto_to_array, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
 from .layer import TRAIN, TEST, LayerError, create_layer
 from .netstate import filter_net

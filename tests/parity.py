@@ -8,8 +8,6 @@ import numpy as np
 
 import protonet
 from protonet import backend
-from protonet.io import read_net
-from protonet.proto import caffe_pb2
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PARITY = SHARED / "parity"

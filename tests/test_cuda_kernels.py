@@ -180,7 +180,6 @@ def test_kernels_need_contiguous_device_arrays(cp):
 
 def test_benchmark_trains_fcn_alexnet_on_the_device_path(cp, monkeypatch):
     # benchmarks/fcn_alexnet.py --gpu 0, one iteration: every 2-d pass of the net uses a kernel
-    import logging
     import os
     import sys
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))

@@ -5,7 +5,6 @@ RGB weights on a gray dataset fail with a clear message."""
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from protonet.cli import main
