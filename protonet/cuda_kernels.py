@@ -230,11 +230,29 @@ extern "C" __global__ void pn_lrn_backward(const T* x, const T* y, const T* dy, 
 }
 """
 
+# Momentum SGD's update of one parameter in one pass (Caffe's regularize, update
+# value and step, in its order: g + decay * w, times the rate, h = m * h + that,
+# w -= h), where CuPy would run five elementwise passes over 230 MB arrays.
+_SGD_UPDATE = r"""
+extern "C" __global__ void pn_sgd_update(T* w, const T* g, T* h, long long total,
+    T decay, T rate, T momentum) {
+  PN_LOOP(i, total) {
+    T s = decay != (T)0 ? g[i] + decay * w[i] : g[i];
+    s = s * rate;
+    T v = h[i] * momentum;
+    v = v + s;
+    h[i] = v;
+    w[i] = w[i] - v;
+  }
+}
+"""
+
 _SOURCES = {
     "pn_im2col": _IM2COL, "pn_col2im": _COL2IM,
     "pn_max_pool_forward": _MAX_POOL_FORWARD, "pn_max_pool_backward": _MAX_POOL_BACKWARD,
     "pn_ave_pool_forward": _AVE_POOL_FORWARD, "pn_ave_pool_backward": _AVE_POOL_BACKWARD,
     "pn_lrn_scale": _LRN_SCALE, "pn_lrn_backward": _LRN_BACKWARD,
+    "pn_sgd_update": _SGD_UPDATE,
 }
 
 _THREADS = 256
@@ -363,3 +381,12 @@ def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
     total = x.size
     _launch("pn_lrn_backward", total, (x, y, dy, scale, scale_pow, dx, np.int64(total))
             + _ints(C, H * W, size) + (t(-2.0 * alpha * beta / size),), x.dtype)
+
+
+def sgd_update(w, g, h, decay, rate, momentum):
+    """Momentum SGD with L2 decay on flat arrays: h = momentum * h + rate * (g + decay * w); w -= h."""
+    for a, what in ((w, "the weights"), (g, "the gradient"), (h, "the history")):
+        _contiguous(a, what)
+    t = w.dtype.type
+    total = w.size
+    _launch("pn_sgd_update", total, (w, g, h, np.int64(total), t(decay), t(rate), t(momentum)), w.dtype)

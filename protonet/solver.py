@@ -34,7 +34,7 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from . import backend, blas as _blas, elementwise, rng
+from . import backend, cuda_kernels, blas as _blas, elementwise, rng
 from .io import FormatError, blobproto_to_array, blobproto_bytes, read_binary, read_net, read_solver, \
     wire_field, write_bytes_atomic
 from .log import ProgressBar, ensure_handler, fmt, get_logger
@@ -1008,6 +1008,9 @@ class SGDSolver(Solver):
             # Caffe's passes (g += decay*w; h = m*h + rate*g; diff = h;
             # w -= diff) with the same roundings, g left as it is.
             s, h = scratch[0], hist[0]
+            if self.param.regularization_type == "L2" and cuda_kernels.supported(w, g, h):
+                cuda_kernels.sgd_update(w, g, h, decay, local_rate, constants)   # one pass on a GPU
+                return
             if decay:
                 self.regularize(xp, w, g, decay, s, out=s)
                 s *= local_rate

@@ -254,3 +254,41 @@ def test_double_max_pooling_window_without_a_winner_keeps_minus_flt_max(cp):
     device.forward(cp.asarray(x), dtop)
     assert top[0, 0, 0, 0] == -float(np.finfo(np.float32).max) and top[0, 0, 0, 1] == 1.5
     np.testing.assert_array_equal(dtop.get(), top)
+
+
+@pytest.mark.parametrize("decay", [0.0, 5e-4])
+def test_sgd_update_kernel_equals_the_numpy_passes(cp, monkeypatch, decay):
+    from protonet import blas
+    from protonet.solver import SGDSolver
+    monkeypatch.setattr(blas, "get", lambda dtype: None)     # the CPU run: NumPy's ufunc passes, not OpenBLAS's
+    text = ('force_backward: true input: "x" input_shape { dim: 4 dim: 5 } input: "t" input_shape { dim: 4 dim: 3 } '
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } '
+            'bias_filler { type: "constant" value: 0.2 } } } '
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }')
+    r = np.random.default_rng(8)
+    x, t = r.standard_normal((4, 5)).astype(np.float32), r.standard_normal((4, 3)).astype(np.float32)
+    weights = None
+    results = []
+    for gpu in (False, True):
+        (protonet.set_mode_gpu if gpu else protonet.set_mode_cpu)()
+        s = caffe_pb2.SolverParameter()
+        text_format.Merge(text, s.net_param)
+        s.base_lr, s.lr_policy, s.momentum, s.weight_decay = 0.1, "fixed", 0.9, decay
+        s.max_iter, s.display, s.snapshot_after_train = 100, 0, False
+        solver = SGDSolver(s)
+        solver.progress = False
+        solver.curve_path = None
+        if weights is None:
+            weights = [backend.to_host(b.data).copy() for b in solver.net.learnable_params]
+        for b, v in zip(solver.net.learnable_params, weights):
+            b.set_data(v)
+        solver.net.blobs["x"].set_data(x)
+        solver.net.blobs["t"].set_data(t)
+        solver.step(4)
+        results.append([backend.to_host(b.data).copy() for b in solver.net.learnable_params]
+                       + [backend.to_host(h).copy() for h in solver.history])
+        backend.set_mode_cpu()
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, **cp.tol(0, 0, gpu=(1e-5, 1e-6)))
+    assert cp.launch_counts["pn_sgd_update"] == 4 * 2        # weight and bias, 4 steps
