@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import backend
 from .log import get_logger
 
 log = get_logger()
@@ -95,6 +96,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
         "network": network,
         "dataset": dataset,
         "entries": {k: v["entries"] for k, v in data_summary["splits"].items()},
+        "device": "gpu %d" % backend.device() if backend.mode() == "gpu" else "cpu",
         "iterations": solver.iter,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
@@ -149,10 +151,16 @@ def add_arguments(p):
                         "ImageNet-pretrained conv1 weights)")
     p.add_argument("--weights", help="caffemodel(s) to fine-tune from, comma separated")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--gpu", metavar="N|-1", default=None,
+                   help="train and segment on GPU N with CuPy (default: the CPU)")
 
 
 def run(args):
+    from .cli import _gpu_ids, _use_devices
+    mode, device = backend.mode(), backend.device()
     try:
+        if args.gpu is not None:
+            _use_devices(_gpu_ids(args.gpu))      # a bad or missing GPU: main's clear error
         run_tutorial(args.out, images=args.images, contours=args.contours, net=args.net,
                      epochs=args.epochs, base_lr=args.base_lr, solver_type=args.solver_type,
                      cases=args.cases, images_per_case=args.images_per_case,
@@ -160,4 +168,8 @@ def run(args):
     except TutorialError as exc:
         print("protonet tutorial: error: %s" % exc, file=sys.stderr)
         return 2
+    finally:
+        if mode == "cpu":
+            backend.set_mode_cpu()
+        backend.set_device(device)
     return 0

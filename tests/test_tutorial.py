@@ -48,3 +48,19 @@ def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
     # it learns: all-background scores 0 on every image (each has an LV); a trained net far more
     assert summary["final_validation_dice"] > 0.5
     assert inference["mean_dice"] > 0.5
+
+
+def test_tutorial_runs_on_the_gpu_path(tmp_path, capsys, device):
+    # --gpu 0 on the CuPy stand-in (a real GPU with PROTONET_TEST_DEVICE=cupy): the main job's
+    # training and segmentation run on device arrays through the kernels
+    from protonet import backend
+    backend.set_mode_cpu()
+    out = tmp_path / "tut"
+    status = main(["tutorial", "--out", str(out), "--cases", "5", "--images-per-case", "2",
+                   "--epochs", "1", "--seed", "3", "--gpu", "0"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "gpu 0" and summary["iterations"] > 0
+    assert device.launch_counts["pn_im2col"] > 0 and device.launch_counts["pn_max_pool_backward"] > 0
+    assert summary["inference_mean_dice"] is not None
+    assert backend.mode() == "cpu"              # the caller's mode is restored
