@@ -117,6 +117,18 @@ def _host_mirror(blob, field):
     return entry[0] if owner is blob else entry[0].reshape(blob.shape)
 
 
+def _push(owner, field):
+    """Send ``owner.<field>``'s mirror to the device if it was touched; it is stale afterwards."""
+    entry = _mirrors.get(owner, {}).get(field)
+    if entry is None:
+        return
+    if entry[1] == _TOUCHED:
+        device = getattr(owner, field)
+        if device.shape == entry[0].shape:     # a reshape since then drops the edit, as Caffe's
+            device[...] = owner.xp.asarray(entry[0])
+    entry[1] = _STALE
+
+
 def sync_to_device(net):
     """Push the host mirrors of ``net``'s buffers touched since it last ran; they are then stale."""
     if net.xp is np or not _mirrors:
@@ -126,15 +138,9 @@ def sync_to_device(net):
     for blob in blobs:
         for field in ("data", "diff"):
             owner = _owner(blob, field)
-            entry = _mirrors.get(owner, {}).get(field)
-            if entry is None or (id(owner), field) in seen:
-                continue
-            seen.add((id(owner), field))
-            if entry[1] == _TOUCHED:
-                device = getattr(owner, field)
-                if device.shape == entry[0].shape:     # a reshape since then drops the edit, as Caffe's
-                    device[...] = owner.xp.asarray(entry[0])
-            entry[1] = _STALE
+            if (id(owner), field) not in seen:
+                seen.add((id(owner), field))
+                _push(owner, field)
 
 
 class HostBlob:
@@ -159,11 +165,7 @@ class HostBlob:
 
     def reshape(self, *shape):
         for field in ("data", "diff"):      # an edit made before the reshape is kept, as in Caffe
-            owner = _owner(self.blob, field)
-            entry = _mirrors.get(owner, {}).get(field)
-            if entry is not None and entry[1] == _TOUCHED:
-                getattr(owner, field)[...] = owner.xp.asarray(entry[0])
-                entry[1] = _STALE
+            _push(_owner(self.blob, field), field)
         self.blob.reshape(*shape)
 
     def __getattr__(self, name):
@@ -195,11 +197,11 @@ class HostLayer:
         return "<HostLayer of %r>" % (self.layer,)
 
 
-def _syncs_first(method):
-    """Run the engine ``method`` after the host mirrors' edits reach the device."""
+def _syncs_first(method, net_of=lambda obj: obj):
+    """Run the engine ``method`` after the host mirrors' edits reach the device (of ``net_of(self)``)."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        sync_to_device(self)
+        sync_to_device(net_of(self))
         return method(self, *args, **kwargs)
     return call
 
@@ -449,13 +451,7 @@ def _pycaffe_solver(base):
     def synced(name):
         # what a callback or a script wrote into the train net's mirrors counts for the
         # update and is in the snapshot; a restore's values are not overwritten by old edits
-        method = getattr(base, name)
-
-        @functools.wraps(method)
-        def call(self, *args, **kwargs):
-            sync_to_device(self.net)
-            return method(self, *args, **kwargs)
-        return call
+        return _syncs_first(getattr(base, name), lambda solver: solver.net)
 
     doc = ("%s\n\n    pycaffe's ``caffe.%s(solver_prototxt)``: ``net`` and ``test_nets`` are "
            ":class:`caffe.Net` objects." % (base.__doc__ or base.__name__, base.__name__))
