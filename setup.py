@@ -23,7 +23,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "gpu": ["cupy"],
+        "gpu": ["cupy"],               # builds CuPy for the local CUDA toolkit (slow)
+        # CuPy's prebuilt wheels, by the CUDA major version the driver supports
+        "cuda12": ["cupy-cuda12x"],
+        "cuda13": ["cupy-cuda13x"],
         "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py"],
         "hdf5": ["h5py"],
     },

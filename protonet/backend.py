@@ -39,8 +39,8 @@ def set_mode_gpu():
     cp = _load_cupy()
     if cp is None:
         raise RuntimeError(
-            "GPU mode needs CuPy: install it with `pip install protonet[gpu]` "
-            "(or a cupy-cudaXXx wheel matching your CUDA). Original error: %r" % (_cupy_error,))
+            "GPU mode needs CuPy: install it with `pip install protonet[cuda12]` or [cuda13] "
+            "(a cupy-cudaXXx wheel matching your CUDA). Original error: %r" % (_cupy_error,))
     cp.cuda.Device(_state["device"]).use()
     _state["mode"] = "gpu"
 
