@@ -138,3 +138,67 @@ def run_net_case(name):
                     _, layer, i = key.split("/")
                     check(net.params[layer][int(i)].diff, expected, tol[key], key)
     return net, meta
+
+
+def run_layer_case_direct(name):
+    """A layers/<name> case without the Net: its layers under test built and run one by one.
+
+    float32 on NumPy; forward (each layer right after its setup, as a Net
+    would), then backward in reverse order to the bottoms Caffe gave diffs
+    to; asserts every key the case holds and returns how many it checked.
+    """
+    from protonet.blob import Blob
+    from protonet.io import read_net
+    from protonet.layer import create_layer
+
+    folder, meta, io = load_case("layers", name)
+    phase = protonet.TRAIN if meta["phase"] == "TRAIN" else protonet.TEST
+    tol = meta["tolerance"]
+    blobs = {}
+    for key, value in io.items():
+        if key.startswith("in/"):
+            blobs[key[3:]] = Blob(value.shape, dtype=np.float32, xp=np)
+            blobs[key[3:]].data[...] = value
+    runs = []
+    with cwd(folder):           # some layers read files named relative to the prototxt
+        for lp in read_net(str(folder / "net.prototxt")).layer:
+            if lp.name not in meta["layers_under_test"]:
+                continue
+            layer = create_layer(lp, phase, dtype=np.float32, xp=np)
+            bottom = [blobs[n] for n in lp.bottom]
+            top = [blobs.setdefault(n, Blob((), dtype=np.float32, xp=np)) for n in lp.top]  # in place: the bottom
+            layer.check_arity(len(bottom), len(top))
+            layer.setup(bottom, top)
+            layer.param_propagate_down = [True] * len(layer.blobs)
+            for i, p in enumerate(layer.blobs):
+                p.data[...] = io["param/%s/%d" % (lp.name, i)]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            runs.append((lp, layer, bottom, top))
+    by_name = {lp.name: layer for lp, layer, _, _ in runs}
+    checked = 0
+    for key, expected in io.items():
+        if key.startswith("out/"):
+            check(blobs[key[4:]].data, expected, tol[key], key)
+            checked += 1
+    if meta["backward"]:
+        for blob in blobs.values():
+            blob.diff[...] = 0
+        for key, value in io.items():
+            if key.startswith("top_diff/"):
+                blobs[key[9:]].diff[...] = value
+        for lp, layer, bottom, top in reversed(runs):
+            for p in layer.blobs:
+                p.diff[...] = 0
+            layer.backward(top, [layer.allow_force_backward(i) and n not in meta["no_diff_for"]
+                                 for i, n in enumerate(lp.bottom)], bottom)
+        for key, expected in io.items():
+            if key.startswith("in_diff/"):
+                check(blobs[key[8:]].diff, expected, tol[key], key)
+                checked += 1
+            elif key.startswith("param_diff/"):
+                _, lname, i = key.split("/")
+                check(by_name[lname].blobs[int(i)].diff, expected, tol[key], key)
+                checked += 1
+    assert checked > 0
+    return checked

@@ -2,17 +2,16 @@
 loop-by-loop references, finite-difference gradients, Caffe quirks, and parity with real Caffe."""
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from parity import run_layer_case_direct
 from gradcheck import build, check_gradient, forward, make_layer
-from protonet import io as pio
 from protonet.blob import Blob
-from protonet.layer import LayerError, TRAIN, TEST, create_layer
+from protonet.layer import LayerError
 from protonet.proto import caffe_pb2
 
 PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
@@ -572,60 +571,6 @@ def my_cases():
     return names
 
 
-def run_parity_case(name):
-    """Build the layers under test directly (float32, NumPy), forward, backward, compare."""
-    folder = PARITY / "layers" / name
-    meta = json.loads((folder / "meta.json").read_text())
-    io = dict(np.load(folder / "io.npz"))
-    net = pio.read_net(str(folder / "net.prototxt"))
-    phase = TRAIN if meta["phase"] == "TRAIN" else TEST
-    tol = meta["tolerance"]
-    blobs = {}
-    for key, value in io.items():
-        if key.startswith("in/"):
-            b = Blob(value.shape, dtype=np.float32, xp=np)
-            b.data[...] = value
-            blobs[key[3:]] = b
-    runs = []
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        for lp in net.layer:
-            if lp.name not in meta["layers_under_test"]:
-                continue
-            layer = create_layer(lp, phase, dtype=np.float32, xp=np)
-            bottom = [blobs[n] for n in lp.bottom]
-            top = [blobs.setdefault(n, Blob((), dtype=np.float32, xp=np)) for n in lp.top]
-            layer.check_arity(len(bottom), len(top))
-            layer.setup(bottom, top)
-            layer.reshape(bottom, top)
-            layer.param_propagate_down = [True] * len(layer.blobs)
-            for i, p in enumerate(layer.blobs):
-                p.data[...] = io["param/%s/%d" % (lp.name, i)]
-            layer.forward(bottom, top)
-            runs.append((layer, bottom, top, lp))
-    finally:
-        os.chdir(old)
-    checked = 0
-    for key, expected in io.items():
-        if key.startswith("out/"):
-            np.testing.assert_allclose(blobs[key[4:]].data, expected, *tol[key], err_msg=key)
-            checked += 1
-    if meta["backward"]:
-        for key, value in io.items():
-            if key.startswith("top_diff/"):
-                blobs[key[9:]].diff[...] = value
-        for layer, bottom, top, lp in reversed(runs):
-            prop = [layer.allow_force_backward(i) and n not in meta["no_diff_for"]
-                    for i, n in enumerate(lp.bottom)]
-            layer.backward(top, prop, bottom)
-        for key, expected in io.items():
-            if key.startswith("in_diff/"):
-                np.testing.assert_allclose(blobs[key[8:]].diff, expected, *tol[key], err_msg=key)
-                checked += 1
-    assert checked > 0
-
-
 def test_parity_cases_found():
     if not PARITY.exists():
         pytest.skip("no parity fixtures")
@@ -638,4 +583,4 @@ def test_parity_cases_found():
 
 @pytest.mark.parametrize("name", my_cases())
 def test_parity(name):
-    run_parity_case(name)
+    run_layer_case_direct(name)

@@ -11,13 +11,12 @@ import os
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
+from parity import run_layer_case_direct
 from gradcheck import build, check_gradient, make_layer
 from protonet import rng
 from protonet.blob import Blob
-from protonet.layer import TEST, TRAIN, LayerError, create_layer
-from protonet.proto import caffe_pb2
+from protonet.layer import TEST, TRAIN, LayerError
 
 
 def _layer(body, phase=TRAIN):
@@ -512,73 +511,8 @@ def test_parity_case_list_is_complete():
     assert sorted(mine) == sorted(PARITY_CASES)
 
 
-def run_parity_case(case):
-    folder = os.path.join(PARITY_ROOT, "layers", case)
-    with open(os.path.join(folder, "meta.json")) as f:
-        meta = json.load(f)
-    net = caffe_pb2.NetParameter()
-    with open(os.path.join(folder, "net.prototxt")) as f:
-        text_format.Parse(f.read(), net)
-    io = np.load(os.path.join(folder, "io.npz"))
-    tol = meta["tolerance"]
-
-    def check(actual, key):
-        rtol, atol = tol[key]
-        np.testing.assert_allclose(actual, io[key], rtol=rtol, atol=atol, err_msg=key)
-
-    blobs = {}
-    for name, value in ((k[3:], io[k]) for k in io.files if k.startswith("in/")):
-        blobs[name] = Blob(value.shape, dtype=np.float32, xp=np)
-        blobs[name].data[...] = value
-    layers = []
-    for lp in net.layer:
-        if lp.type == "Input":
-            continue
-        layer = create_layer(lp, PHASES[meta["phase"]], dtype=np.float32, xp=np)
-        bottom = [blobs[b] for b in lp.bottom]
-        top = []
-        for t, name in enumerate(lp.top):
-            if t < len(lp.bottom) and lp.bottom[t] == name:
-                top.append(blobs[name])  # in place
-            else:
-                top.append(blobs.setdefault(name, Blob((), dtype=np.float32, xp=np)))
-        layer.check_arity(len(bottom), len(top))
-        layer.setup(bottom, top)
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        for i, blob in enumerate(layer.blobs):
-            blob.data[...] = io["param/%s/%d" % (lp.name, i)]
-        layers.append((lp, layer, bottom, top))
-
-    for lp, layer, bottom, top in layers:
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
-    for key in io.files:
-        if key.startswith("out/"):
-            check(blobs[key[4:]].data, key)
-    if not meta["backward"]:
-        return
-    for blob in blobs.values():
-        blob.diff[...] = 0
-    for key in io.files:
-        if key.startswith("top_diff/"):
-            blobs[key[9:]].diff[...] = io[key]
-    for lp, layer, bottom, top in reversed(layers):
-        for blob in layer.blobs:
-            blob.diff[...] = 0
-        prop = [b not in meta["no_diff_for"] for b in lp.bottom]
-        layer.backward(top, prop, bottom)
-    for key in io.files:
-        if key.startswith("in_diff/"):
-            check(blobs[key[8:]].diff, key)
-    by_name = {lp.name: layer for lp, layer, _, _ in layers}
-    for key in io.files:
-        if key.startswith("param_diff/"):
-            _, lname, i = key.split("/")
-            check(by_name[lname].blobs[int(i)].diff, key)
-
-
 @needs_parity
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_parity(case, monkeypatch):
     monkeypatch.chdir(os.path.join(PARITY_ROOT, "layers", case))
-    run_parity_case(case)
+    run_layer_case_direct(case)

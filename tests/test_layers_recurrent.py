@@ -5,12 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
+from parity import run_layer_case_direct
 from gradcheck import build, check_gradient, make_layer
 from protonet.blob import Blob
-from protonet.layer import LayerError, TRAIN, create_layer
-from protonet.proto import caffe_pb2
+from protonet.layer import LayerError
 
 PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "layers"
 
@@ -338,67 +337,6 @@ def test_configuration_errors():
 
 
 # -- parity with real Caffe (direct harness, float32) --------------------------------
-def run_parity_case(name):
-    folder = PARITY / name
-    meta = json.loads((folder / "meta.json").read_text())
-    io = np.load(folder / "io.npz")
-    net = caffe_pb2.NetParameter()
-    text_format.Parse((folder / "net.prototxt").read_text(), net)
-    blobs = {}
-
-    def blob(key):
-        if key not in blobs:
-            blobs[key] = Blob((), dtype=np.float32, xp=np)
-        return blobs[key]
-
-    for k in io.files:
-        if k.startswith("in/"):
-            b = blob(k[3:])
-            b.reshape(io[k].shape)
-            b.data[...] = io[k]
-    layers = []
-    for lp in net.layer:
-        if lp.type == "Input":
-            continue
-        layer = create_layer(lp, TRAIN, dtype=np.float32, xp=np)
-        bottom = [blob(n) for n in lp.bottom]
-        top = [blob(n) for n in lp.top]
-        layer.check_arity(len(bottom), len(top))
-        layer.setup(bottom, top)
-        for i, p in enumerate(layer.blobs):
-            p.data[...] = io["param/%s/%d" % (lp.name, i)]
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layers.append((lp, layer, bottom, top))
-    for lp, layer, bottom, top in layers:
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
-    tol = meta["tolerance"]
-    checked = 0
-    for k in io.files:
-        if k.startswith("out/"):
-            np.testing.assert_allclose(blobs[k[4:]].data, io[k], *tol[k], err_msg=k)
-            checked += 1
-    for k in io.files:
-        if k.startswith("top_diff/"):
-            blobs[k[9:]].diff[...] = io[k]
-    for lp, layer, bottom, top in reversed(layers):
-        for p in layer.blobs:
-            p.diff[...] = 0
-        prop = [n not in meta["no_diff_for"] and layer.allow_force_backward(i)
-                for i, n in enumerate(lp.bottom)]
-        layer.backward(top, prop, bottom)
-    for k in io.files:
-        if k.startswith("in_diff/"):
-            np.testing.assert_allclose(blobs[k[8:]].diff, io[k], *tol[k], err_msg=k)
-            checked += 1
-        elif k.startswith("param_diff/"):
-            _, lname, i = k.split("/")
-            layer = next(l for lp, l, _, _ in layers if lp.name == lname)
-            np.testing.assert_allclose(layer.blobs[int(i)].diff, io[k], *tol[k], err_msg=k)
-            checked += 1
-    return checked
-
-
 def recurrent_cases():
     names = json.loads((PARITY.parent / "cases.json").read_text())["layers"]
     mine = {"RNN", "LSTM", "LSTMUnit"}
@@ -412,7 +350,7 @@ def test_parity_cases_found():
 
 @pytest.mark.parametrize("name", recurrent_cases())
 def test_parity(name):
-    assert run_parity_case(name) > 0
+    assert run_layer_case_direct(name) > 0
 
 
 def test_debug_info_logs_each_step(caplog):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from parity import run_layer_case_direct
 from gradcheck import build, check_gradient, forward, make_layer
 from protonet import rng
-from protonet.blob import Blob
-from protonet.layer import LayerError, TEST, TRAIN, create_layer
+from protonet.layer import LayerError, TEST, TRAIN
 from protonet.layers._im2col import ColPlan
 from protonet.proto import caffe_pb2
 
@@ -524,64 +524,9 @@ def _vision_cases():
     return out
 
 
-def run_parity_case(name):
-    folder = PARITY / name
-    meta = json.loads((folder / "meta.json").read_text())
-    io = np.load(folder / "io.npz")
-    net = caffe_pb2.NetParameter()
-    text_format.Parse((folder / "net.prototxt").read_text(), net)
-    phase = TRAIN if meta["phase"] == "TRAIN" else TEST
-    tol = meta["tolerance"]
-    blobs = {}
-    for key in io.files:
-        if key.startswith("in/"):
-            blobs[key[3:]] = Blob(io[key].shape, dtype=np.float32, xp=np)
-            blobs[key[3:]].data[...] = io[key]
-    layers = []
-    for lp in net.layer:
-        if lp.name not in meta["layers_under_test"]:
-            continue
-        lay = create_layer(lp, phase, dtype=np.float32, xp=np)
-        bottom = [blobs[b] for b in lp.bottom]
-        top = [blobs.setdefault(t, Blob((), dtype=np.float32, xp=np)) for t in lp.top]
-        lay.check_arity(len(bottom), len(top))
-        lay.setup(bottom, top)
-        for i, p in enumerate(lay.blobs):
-            p.data[...] = io["param/%s/%d" % (lp.name, i)]
-        lay.param_propagate_down = [True] * len(lay.blobs)
-        lay.reshape(bottom, top)
-        lay.forward(bottom, top)
-        layers.append((lp, lay, bottom, top))
-    checked = 0
-    for key in io.files:
-        if key.startswith("out/"):
-            np.testing.assert_allclose(blobs[key[4:]].data, io[key], *tol[key], err_msg=key)
-            checked += 1
-    if meta["backward"]:
-        for key in io.files:
-            if key.startswith("top_diff/"):
-                blobs[key[9:]].diff[...] = io[key]
-        for lp, lay, bottom, top in reversed(layers):
-            for p in lay.blobs:
-                p.diff[...] = 0
-            lay.backward(top, [b not in meta["no_diff_for"] for b in lp.bottom], bottom)
-        for key in io.files:
-            if key.startswith("in_diff/"):
-                actual = blobs[key[8:]].diff
-            elif key.startswith("param_diff/"):
-                _, lname, i = key.split("/")
-                actual = next(lay for lp, lay, _, _ in layers if lp.name == lname).blobs[int(i)].diff
-            else:
-                continue
-            np.testing.assert_allclose(actual, io[key], *tol[key], err_msg=key)
-            checked += 1
-    assert checked > 0
-
-
 @pytest.mark.parametrize("name", _vision_cases())
-def test_parity(name, monkeypatch):
-    monkeypatch.chdir(PARITY / name)
-    run_parity_case(name)
+def test_parity(name):
+    run_layer_case_direct(name)
 
 
 def test_parity_covers_every_vision_case():
