@@ -255,20 +255,26 @@ class Pool2d:
         top.fill(-FLT_MAX)
         self.choice.fill(0)
         self._choice_valid = True
-        n, c = self.out_shape[:2]
-        kw = self.kernel[1]
-        for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
-            if h0 >= h1 or w0 >= w1:
-                continue
-            slab = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+        for a, b, slab, tap_of in self._window_slabs(x):
             # NaN never wins in Caffe, but argmax would pick it: rank it below everything
             slab = xp.where(slab != slab, -xp.inf, slab)
             k = slab.argmax(axis=-1)
             val = xp.take_along_axis(slab, k[..., None], axis=-1)[..., 0]
             ok = val > -FLT_MAX
             top[:, :, a, b] = xp.where(ok, val, -FLT_MAX)
-            tap = (h0 - hs + k // (w1 - w0)) * kw + (w0 - ws) + k % (w1 - w0)
-            self.choice[:, :, a, b] = xp.where(ok, tap + 1, 0)
+            self.choice[:, :, a, b] = xp.where(ok, tap_of(k) + 1, 0)
+
+    def _window_slabs(self, x):
+        """Per window with cells: (a, b, its cells as (N, C, cells) in row-major order,
+        cell index -> tap counted from the unclamped window start)."""
+        n, c = self.out_shape[:2]
+        kw = self.kernel[1]
+        for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
+            if h0 >= h1 or w0 >= w1:
+                continue
+            first, width = (h0 - hs) * kw + (w0 - ws), w1 - w0
+            yield (a, b, x[:, :, h0:h1, w0:w1].reshape(n, c, -1),
+                   lambda k, first=first, width=width: first + k // width * kw + k % width)
 
     def _window_sums(self, x, top, square=False):
         """top = sum over each clipped window of x (or of x * x)."""
@@ -318,17 +324,11 @@ class Pool2d:
                 xp.copyto(top[tsl], v, where=hit)
                 xp.copyto(self.choice[tsl], t + 1, where=hit)
             return
-        n, c = self.out_shape[:2]
-        kw = self.kernel[1]
-        for a, b, hs, ws, h0, h1, w0, w1 in self._windows():
-            if h0 >= h1 or w0 >= w1:
-                continue
-            slab = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+        for a, b, slab, tap_of in self._window_slabs(x):
             reached = xp.cumsum(slab, axis=-1) >= thres[:, :, a, b][..., None]
             k = reached.argmax(axis=-1)
             top[:, :, a, b] = xp.take_along_axis(slab, k[..., None], axis=-1)[..., 0]
-            tap = (h0 - hs + k // (w1 - w0)) * kw + (w0 - ws) + k % (w1 - w0)
-            self.choice[:, :, a, b] = xp.where(reached.any(axis=-1), tap + 1, 0)
+            self.choice[:, :, a, b] = xp.where(reached.any(axis=-1), tap_of(k) + 1, 0)
 
     # -- backward ----------------------------------------------------------
     def backward(self, top_diff, dx, x=None):
