@@ -104,14 +104,17 @@ def test_softmax_in_place():
 
 
 # -- SoftmaxWithLoss ------------------------------------------------------------------
+def softmax_positions(x, lab, axis):
+    """Softmax probabilities as (outer, C, inner) and the labels as (outer, inner)."""
+    outer = int(np.prod(x.shape[:axis]))
+    inner = int(np.prod(x.shape[axis + 1:]))
+    return softmax_ref(x, axis).reshape(outer, x.shape[axis], inner), lab.reshape(outer, inner)
+
+
 def swl_reference(x, lab, ignore, mode, axis=1):
     """Loss and gradient by loops over every (outer, inner) position."""
-    p = softmax_ref(x, axis)
-    outer = int(np.prod(x.shape[:axis]))
-    c = x.shape[axis]
-    inner = int(np.prod(x.shape[axis + 1:]))
-    p3 = p.reshape(outer, c, inner)
-    lab2 = lab.reshape(outer, inner)
+    p3, lab2 = softmax_positions(x, lab, axis)
+    outer, c, inner = p3.shape
     loss, count = 0.0, 0
     grad = p3.copy()
     for o in range(outer):
@@ -430,12 +433,8 @@ def test_hinge_loss(norm):
 
 # -- InfogainLoss ---------------------------------------------------------------------
 def infogain_reference(x, lab, H, ignore, axis=1):
-    p = softmax_ref(x, axis)
-    outer = int(np.prod(x.shape[:axis]))
-    c = x.shape[axis]
-    inner = int(np.prod(x.shape[axis + 1:]))
-    p3 = p.reshape(outer, c, inner)
-    lab2 = lab.reshape(outer, inner)
+    p3, lab2 = softmax_positions(x, lab, axis)
+    outer, c, inner = p3.shape
     loss, count = 0.0, 0
     grad = np.zeros_like(p3)
     for o in range(outer):
