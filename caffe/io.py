@@ -1,15 +1,14 @@
 """``caffe.io``: pycaffe's array/proto conversions, image loading and preprocessing.
 
 Same names and results as Caffe 1.0's ``python/caffe/io.py``, without its
-scikit-image dependency: PNG (all bit depths, palette, alpha, interlaced),
-PPM/PGM and ``.npy`` files are decoded here with NumPy and zlib; other formats
-(JPEG, BMP, TIFF, ...) go through Pillow when it is installed. Resizing uses
-SciPy's ``ndimage`` with scikit-image's pixel-centre geometry.
+scikit-image dependency: images are decoded with Pillow (``.npy`` files with
+NumPy), resized with SciPy's ``ndimage`` in scikit-image's pixel-centre
+geometry.
 """
-import struct
-import zlib
+import io
 
 import numpy as np
+from PIL import Image
 
 from .proto import caffe_pb2
 
@@ -300,166 +299,27 @@ def _as_float(img):
 
 
 def _decode(payload, what):
-    """Image bytes -> H x W or H x W x C array in the file's channel order (RGB[A])."""
-    if payload[:8] == b"\x89PNG\r\n\x1a\n":
-        return _decode_png(payload, what)
-    if payload[:2] in (b"P2", b"P3", b"P5", b"P6"):
-        return _decode_pnm(payload, what)
+    """Image bytes -> H x W or H x W x C array in the file's channel order (RGB[A]).
+
+    Pillow decodes every image format; what it hands back is normalised to
+    what scikit-image's reader (pycaffe's) gives: palettes expanded, bilevel
+    as bool, 16-bit gray as uint16. Pillow reads 16-bit colour images at 8
+    bits per channel, and so did pycaffe, whose reader went through Pillow.
+    """
     if payload[:6] == b"\x93NUMPY":
-        import io
         return np.load(io.BytesIO(payload), allow_pickle=False)
-    try:
-        from PIL import Image
-    except ImportError:
-        raise IOError("%s: not PNG/PPM/PGM/.npy, and decoding other formats (JPEG, ...) needs "
-                      "Pillow: pip install Pillow" % what) from None
-    import io
     try:
         img = Image.open(io.BytesIO(payload))
         img.load()
     except Exception as exc:
         raise IOError("%s: cannot decode as an image (%s: %s)"
                       % (what, type(exc).__name__, exc)) from None
-    if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+    if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-    return np.asarray(img)
-
-
-def _decode_pnm(payload, what):
-    tokens, pos = [], 2
-    # Header: magic, width, height, maxval, separated by whitespace; '#' starts a comment.
-    while len(tokens) < 3:
-        while payload[pos:pos + 1].isspace():
-            pos += 1
-        if payload[pos:pos + 1] == b"#":
-            pos = payload.index(b"\n", pos) + 1
-            continue
-        end = pos
-        while end < len(payload) and not payload[end:end + 1].isspace():
-            end += 1
-        tokens.append(int(payload[pos:end]))
-        pos = end
-    width, height, maxval = tokens
-    channels = 3 if payload[:2] in (b"P3", b"P6") else 1
-    count = width * height * channels
-    if payload[:2] in (b"P5", b"P6"):
-        pos += 1                                   # exactly one whitespace byte
-        dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
-        values = np.frombuffer(payload, dtype=dtype, count=count, offset=pos)
-    else:
-        values = np.array(payload[pos:].split()[:count], dtype=np.int64)
-    if values.size != count:
-        raise IOError("%s: truncated PNM image" % what)
-    out_dtype = np.uint16 if maxval > 255 else np.uint8
-    values = values.astype(np.int64)
-    full = 65535 if maxval > 255 else 255
-    if maxval != full:
-        values = values * full // maxval
-    img = values.astype(out_dtype).reshape(height, width, channels)
-    return img[:, :, 0] if channels == 1 else img
-
-
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-# Adam7 passes: (row start, col start, row step, col step)
-_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
-          (1, 0, 2, 1))
-
-
-def _decode_png(payload, what):
-    pos, chunks, idat = 8, {}, []
-    while pos + 8 <= len(payload):
-        length, kind = struct.unpack(">I4s", payload[pos:pos + 8])
-        body = payload[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        else:
-            chunks.setdefault(kind, body)
-    if b"IHDR" not in chunks:
-        raise IOError("%s: PNG without an IHDR chunk" % what)
-    width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
-    if ctype not in _PNG_CHANNELS:
-        raise IOError("%s: PNG colour type %d is not valid" % (what, ctype))
-    channels = _PNG_CHANNELS[ctype]
-    raw = zlib.decompress(b"".join(idat))
-    if interlace:
-        img = np.zeros((height, width, channels), dtype=np.uint16 if depth == 16 else np.uint8)
-        offset = 0
-        for r0, c0, dr, dc in _ADAM7:
-            h, w = -(-(height - r0) // dr), -(-(width - c0) // dc)
-            if h <= 0 or w <= 0:
-                continue
-            part, used = _png_unfilter(raw, offset, w, h, depth, channels, ctype, what)
-            img[r0::dr, c0::dc] = part
-            offset += used
-    else:
-        img, _ = _png_unfilter(raw, 0, width, height, depth, channels, ctype, what)
-    if ctype == 3:
-        if b"PLTE" not in chunks:
-            raise IOError("%s: palette PNG without a PLTE chunk" % what)
-        palette = np.frombuffer(chunks[b"PLTE"], dtype=np.uint8).reshape(-1, 3)
-        index = img[:, :, 0]
-        if b"tRNS" in chunks:
-            alpha = np.full(len(palette), 255, dtype=np.uint8)
-            trns = np.frombuffer(chunks[b"tRNS"], dtype=np.uint8)[:len(palette)]
-            alpha[:len(trns)] = trns
-            palette = np.concatenate([palette, alpha[:, None]], axis=1)
-        return palette[index]
-    return img[:, :, 0] if channels == 1 else img
-
-
-def _png_unfilter(raw, offset, width, height, depth, channels, ctype, what):
-    """Undo the per-row filters of one (sub)image; returns (H x W x C array, bytes used)."""
-    bits = depth * channels
-    stride = (width * bits + 7) // 8
-    bpp = max(1, bits // 8)                        # filter distance in bytes
-    used = height * (stride + 1)
-    rows = np.frombuffer(raw, dtype=np.uint8, count=used, offset=offset).reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int64)
-    for y in range(height):
-        ftype, line = rows[y, 0], rows[y, 1:].astype(np.int64)
-        if ftype == 0:
-            cur = line
-        elif ftype == 1:
-            # Sub: a running sum along each of the bpp byte lanes.
-            cur = np.empty_like(line)
-            for k in range(bpp):
-                cur[k::bpp] = np.cumsum(line[k::bpp]) & 0xFF
-        elif ftype == 2:
-            cur = (line + prev) & 0xFF
-        elif ftype in (3, 4):
-            # Average and Paeth depend on the reconstructed left neighbour: sequential.
-            cur = _png_sequential(ftype, line.tolist(), prev.tolist(), bpp)
-        else:
-            raise IOError("%s: bad PNG filter type %d" % (what, ftype))
-        out[y] = cur
-        prev = np.asarray(cur, dtype=np.int64)
-    if depth == 16:
-        img = out.view(">u2").astype(np.uint16).reshape(height, width, channels)
-    elif depth == 8:
-        img = out.reshape(height, width, channels)
-    else:
-        img = np.unpackbits(out, axis=1).reshape(height, stride * 8 // depth, depth)
-        img = img.dot(1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)[:, :width * channels]
-        img = img.reshape(height, width, channels)
-        if ctype == 0:                             # scale gray to the full 8-bit range
-            img = (img.astype(np.uint16) * 255 // ((1 << depth) - 1)).astype(np.uint8)
-    return img, used
-
-
-def _png_sequential(ftype, cur, prev, bpp):
-    for x in range(len(cur)):
-        left = cur[x - bpp] if x >= bpp else 0
-        up = prev[x]
-        if ftype == 3:
-            pred = (left + up) >> 1
-        else:
-            ul = prev[x - bpp] if x >= bpp else 0
-            p = left + up - ul
-            pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
-            pred = left if pa <= pb and pa <= pc else (up if pb <= pc else ul)
-        cur[x] = (cur[x] + pred) & 0xFF
-    return cur
+    elif img.mode == "I" and img.format == "PPM":
+        # 16-bit PGM: Pillow widens it to int32, already scaled to 0..65535
+        return np.asarray(img).astype(np.uint16)
+    arr = np.asarray(img)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr

@@ -6,13 +6,12 @@ surgery.py, score.py and solve.py; DIGITS' FCN-AlexNet), against files the
 tests write.
 """
 import runpy
-import struct
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import caffe
 import protonet
@@ -30,17 +29,8 @@ def write(folder, name, text):
 
 
 def write_png(path, array):
-    """An 8-bit gray (H x W) or RGB (H x W x 3) PNG, written without any imaging library."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    height, width = array.shape[:2]
-    color_type = 2 if array.ndim == 3 else 0
-    raw = b"".join(b"\x00" + row.tobytes() for row in array)
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    """An 8-bit gray (H x W) or RGB (H x W x 3) PNG."""
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(str(path))
 
 
 # -- a VOC-style dataset and data layer ---------------------------------------------------
@@ -909,23 +899,34 @@ def test_io_images(tmp_path):
     np.testing.assert_allclose(g1[:, :, 0], gray / 255.0, rtol=1e-6)
     lum = caffe.io.load_image(str(tmp_path / "rgb.png"), color=False)
     np.testing.assert_allclose(lum[:, :, 0], rgb @ [0.2125, 0.7154, 0.0721] / 255.0, rtol=1e-5)
-    # PPM/PGM too, with no imaging library.
+    # PPM/PGM, 16-bit gray (scaled by 65535, as scikit-image does) and bilevel.
     (tmp_path / "a.ppm").write_bytes(b"P6\n# comment\n9 7\n255\n" + rgb.tobytes())
     np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "a.ppm")), rgb / 255.0, rtol=1e-6)
     (tmp_path / "a.pgm").write_bytes(b"P5 9 7 255\n" + gray.tobytes())
     np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "a.pgm"), color=False)[:, :, 0],
                                gray / 255.0, rtol=1e-6)
-    PIL = pytest.importorskip("PIL.Image")
-    PIL.fromarray(rgb).save(str(tmp_path / "p.png"), optimize=True)    # adaptive row filters
+    deep = r.integers(0, 65536, (7, 9)).astype(np.uint16)
+    (tmp_path / "d.pgm").write_bytes(b"P5 9 7 65535\n" + deep.astype(">u2").tobytes())
+    Image.fromarray(deep).save(str(tmp_path / "d.png"))
+    for name in ("d.pgm", "d.png"):
+        np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / name), color=False)[:, :, 0],
+                                   deep / 65535.0, rtol=1e-6)
+    (tmp_path / "b.pbm").write_bytes(b"P1 2 2\n0 1 1 0\n")            # 1 is black
+    np.testing.assert_array_equal(caffe.io.load_image(str(tmp_path / "b.pbm"))[:, :, 0],
+                                  [[1, 0], [0, 1]])
+    Image.fromarray(rgb).save(str(tmp_path / "p.png"), optimize=True)    # adaptive row filters
     np.testing.assert_array_equal(caffe.io.load_image(str(tmp_path / "p.png")), im)
-    PIL.fromarray(rgb).convert("P").save(str(tmp_path / "pal.png"))
-    pal = np.asarray(PIL.open(str(tmp_path / "pal.png")).convert("RGB")) / 255.0
+    Image.fromarray(rgb).convert("P").save(str(tmp_path / "pal.png"))
+    pal = np.asarray(Image.open(str(tmp_path / "pal.png")).convert("RGB")) / 255.0
     np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "pal.png")), pal, rtol=1e-6)
-    PIL.fromarray(np.dstack([rgb, gray])).save(str(tmp_path / "rgba.png"))
+    Image.fromarray(np.dstack([rgb, gray])).save(str(tmp_path / "rgba.png"))
     np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "rgba.png")), im, rtol=1e-6)
-    PIL.fromarray(rgb).save(str(tmp_path / "q.jpg"), quality=95)      # other formats: Pillow
-    jpg = np.asarray(PIL.open(str(tmp_path / "q.jpg")).convert("RGB")) / 255.0
+    Image.fromarray(rgb).save(str(tmp_path / "q.jpg"), quality=95)      # other formats: Pillow
+    jpg = np.asarray(Image.open(str(tmp_path / "q.jpg")).convert("RGB")) / 255.0
     np.testing.assert_allclose(caffe.io.load_image(str(tmp_path / "q.jpg")), jpg, rtol=1e-6)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "p.png").read_bytes()[:60])
+    with pytest.raises(IOError, match="cut.png: cannot decode as an image"):
+        caffe.io.load_image(str(tmp_path / "cut.png"))
 
 
 def test_io_resize_and_oversample():
