@@ -12,6 +12,7 @@ Each subcommand is two functions, ``<name>_arguments(parser)`` and
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -20,7 +21,7 @@ import numpy as np
 from . import backend
 from .io import FormatError, read_solver
 from .layer import LayerError
-from .log import fmt, get_logger, setup as setup_logging
+from .log import close_log_file, fmt, get_logger, setup as setup_logging
 from .proto import caffe_pb2
 
 log = get_logger()
@@ -99,22 +100,30 @@ def _device_name(i):
         return "?"
 
 
-def _use_devices(ids, single=True):
-    """Set protonet's mode as Caffe's tools do; only one GPU is used."""
+def _use_devices(ids, training=False):
+    """Set protonet's mode as Caffe's tools do: the CPU, or one GPU."""
     if not ids:
         log.info("Use CPU.")
         backend.set_mode_cpu()
         return
-    if single:
-        while len(ids) > 1:
-            log.info("Not using GPU #%d for single-GPU function", ids.pop())
+    if training and len(ids) > 1:
+        # `caffe train` splits the batch over the GPUs with NCCL, or stops when built without
+        raise CommandError("--gpu %s: training on several GPUs at once (Caffe's NCCL data "
+                           "parallelism) is not available in protonet; give one device id"
+                           % ",".join(map(str, ids)))
+    while len(ids) > 1:
+        log.info("Not using GPU #%d for single-GPU function", ids.pop())
     count = _device_count()
     if ids[0] >= count:
         raise CommandError("GPU %d requested but %s" % (
             ids[0], "only %d GPU(s) are usable" % count if count else "no GPU is usable (%s)"
             % _no_gpu_reason()))
-    log.info("Use GPU with device ID %d", ids[0])
-    log.info("GPU device name: %s", _device_name(ids[0]))
+    if training:                       # train words it differently from test and time
+        log.info("Using GPUs %d", ids[0])
+        log.info("GPU %d: %s", ids[0], _device_name(ids[0]))
+    else:
+        log.info("Use GPU with device ID %d", ids[0])
+        log.info("GPU device name: %s", _device_name(ids[0]))
     backend.set_device(ids[0])
     backend.set_mode_gpu()
 
@@ -224,19 +233,21 @@ def train_command(args):
     param.train_state.level = args.level
     param.train_state.stage.extend(_stages(args.stage))
     gpu_flag = args.gpu
-    if gpu_flag is None and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+    # Only a solver_mode written in the file counts (the field's default is GPU).
+    if gpu_flag is None and param.HasField("solver_mode") \
+            and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         if _device_count():
             gpu_flag = str(param.device_id)
-        elif param.HasField("solver_mode"):
+        else:
             log.warning("solver_mode is GPU but no GPU is usable (%s); training on the CPU",
                         _no_gpu_reason())
     ids = _gpu_ids(gpu_flag)
-    _use_devices(ids)
+    _use_devices(ids, training=True)
     with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
         solver = get_solver(param, source_name=args.solver)
         solver.action_request_function = handler
-        if args.no_curve:
-            solver.curve_path = None
+        if not args.no_curve:
+            solver.draw_curve_beside_snapshots()
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)
@@ -248,6 +259,7 @@ def train_command(args):
                     copy_weights(net, path)
         log.info("Starting Optimization")
         solver.solve(max_iter=args.iterations)
+    log.info("Optimization Done.")       # `caffe train` says it again, also after an early stop
     return 0
 
 
@@ -509,6 +521,48 @@ COMMANDS = [
 ]
 
 
+# The flags of Caffe's tool (tools/caffe.cpp). gflags flags are global: every verb
+# takes them all and ignores the ones it has no use for.
+CAFFE_FLAGS = ("gpu", "solver", "model", "phase", "level", "stage", "snapshot", "weights",
+               "iterations", "sigint_effect", "sighup_effect")
+CAFFE_VERBS = ("train", "test", "time", "device_query")
+_GFLAG = re.compile(r"^--?([A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*)(=.*)?$", re.S)
+
+
+def gflags_spelling(argv):
+    """Caffe's spellings of options as ours: ``-solver x``, ``-gpu=0``, ``--sigint_effect``.
+
+    gflags takes one dash or two and underscores; argparse wants ``--sigint-effect``.
+    Single-letter options (``-h``) and negative numbers are left alone.
+    """
+    out = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + list(argv[i:])
+        m = _GFLAG.match(token)
+        if m and len(m.group(1)) > 1:
+            token = "--" + m.group(1).replace("_", "-") + (m.group(2) or "")
+        out.append(token)
+    return out
+
+
+def _accept_caffe_flags(p):
+    """Hidden options for the Caffe flags this verb does not use (see _warn_ignored)."""
+    for flag in CAFFE_FLAGS:
+        try:
+            p.add_argument("--" + flag.replace("_", "-"), dest="_ignored_" + flag,
+                           default=None, help=argparse.SUPPRESS)
+        except argparse.ArgumentError:
+            pass                       # the verb has this option of its own
+
+
+def _warn_ignored(args):
+    for flag in CAFFE_FLAGS:
+        if getattr(args, "_ignored_" + flag, None) is not None:
+            log.warning("--%s is not used by `protonet %s` (`caffe %s` ignores it too)",
+                        flag, args.command, args.command)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="protonet",
@@ -524,26 +578,31 @@ def build_parser():
         p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
                            epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
         arguments(p)
+        if name in CAFFE_VERBS:
+            _accept_caffe_flags(p)
         p.set_defaults(_func=func)
     return parser
 
 
 def _user_errors():
+    from .data.datum import DataError
+    from .digits import DatasetError
     from .net import NetError
     from .solver import SolverError
     from .upgrade import UpgradeError
-    return (CommandError, SolverError, NetError, FormatError, LayerError, UpgradeError, OSError,
-            RuntimeError)
+    return (CommandError, SolverError, NetError, FormatError, LayerError, UpgradeError,
+            DataError, DatasetError, OSError, RuntimeError)
 
 
 def main(argv=None):
     """Entry point of the ``protonet`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(gflags_spelling(sys.argv[1:] if argv is None else argv))
     if getattr(args, "_func", None) is None:
         parser.print_help(sys.stderr)
         return 1
     setup_logging()
+    _warn_ignored(args)
     try:
         return args._func(args) or 0
     except KeyboardInterrupt:
@@ -552,3 +611,5 @@ def main(argv=None):
     except _user_errors() as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        close_log_file()

@@ -52,6 +52,7 @@ import sys
 import numpy as np
 
 from . import backend, viz
+from .log import quiet_net_setup
 
 EXAMPLE = """example:
   protonet infer --model deploy.prototxt --weights snap_iter_1000.caffemodel \\
@@ -587,10 +588,11 @@ def run(args):
     mode, device = backend.mode(), backend.device()
     try:
         _use_gpu(args.gpu)
-        summary = infer(args.model, args.weights, args.inputs, args.out, labels=args.labels,
-                        output_blob=args.output_blob, limit=args.limit,
-                        sheet_cols=args.sheet_cols, sheet_max=args.sheet_max,
-                        echo=None if args.quiet else print)
+        with quiet_net_setup():
+            summary = infer(args.model, args.weights, args.inputs, args.out, labels=args.labels,
+                            output_blob=args.output_blob, limit=args.limit,
+                            sheet_cols=args.sheet_cols, sheet_max=args.sheet_max,
+                            echo=None if args.quiet else print)
     except (InferError, DataError, DatasetError, FormatError, NetError, LayerError, RuntimeError,
             OSError) as exc:
         print("protonet infer: error: %s" % exc, file=sys.stderr)

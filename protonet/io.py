@@ -71,7 +71,10 @@ def _umask():
 def write_bytes_atomic(path, payload):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=folder)
+    except OSError as exc:        # name the file asked for, not the temporary one
+        raise OSError(exc.errno, "cannot write %s (%s)" % (path, exc.strerror)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

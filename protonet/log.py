@@ -15,6 +15,7 @@ The library logs through the standard ``logging`` logger ``"protonet"``:
 pycaffe-style script still sees Caffe's lines while an application that set
 up ``logging`` keeps control of them.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -87,21 +88,93 @@ def _has_glog_handler(log):
     return any(isinstance(h.formatter, GlogFormatter) for h in log.handlers)
 
 
-def setup(level=logging.INFO, log_file=None):
+# GLOG_minloglevel's values: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL
+_GLOG_LEVELS = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def _env_level(level):
+    """``level``, raised to what GLOG_minloglevel asks (as Caffe's glog reads it)."""
+    value = os.environ.get("GLOG_minloglevel", "").strip()
+    if not value:
+        return level
+    try:
+        floor = _GLOG_LEVELS[min(max(int(value), 0), 3)]
+    except ValueError:
+        return level
+    return max(level, floor)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y")
+
+
+def setup(level=logging.INFO, log_file=None, program="protonet"):
     """Send protonet's log lines to stderr in glog's format (idempotent).
 
-    ``log_file``: also append them to this file (as glog's ``-log_dir`` does).
+    ``log_file``: also write them to this file (one at a time: a new call
+    replaces it; :func:`close_log_file` ends it). As with Caffe's glog, the
+    environment can ask for less (``GLOG_minloglevel=1`` warnings and up,
+    ``=2`` errors) and for a log file (``GLOG_log_dir=DIR``: see
+    :func:`log_dir_file`; ``GLOG_logtostderr=1`` keeps to stderr).
     """
     if not _has_glog_handler(logger):
         handler = StderrHandler()
         handler.setFormatter(GlogFormatter())
         logger.addHandler(handler)
+    if log_file is None and os.environ.get("GLOG_log_dir") and not _env_flag("GLOG_logtostderr"):
+        log_file = log_dir_file(os.environ["GLOG_log_dir"], program)
+    close_log_file()
     if log_file:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(GlogFormatter())
-        logger.addHandler(handler)
-    logger.setLevel(level)
+        global _file_handler
+        _file_handler = logging.FileHandler(log_file)
+        _file_handler.setFormatter(GlogFormatter())
+        logger.addHandler(_file_handler)
+    logger.setLevel(_env_level(level))
     return logger
+
+
+_file_handler = None
+
+
+def close_log_file():
+    """Stop writing to the file :func:`setup` opened, if any."""
+    global _file_handler
+    if _file_handler is not None:
+        logger.removeHandler(_file_handler)
+        _file_handler.close()
+        _file_handler = None
+
+
+def log_dir_file(folder, program="protonet"):
+    """A new glog-style log file in ``folder``, and the ``<program>.INFO`` link to it.
+
+    Named as glog names it (``<program>.<host>.<user>.log.INFO.<date>-<time>.<pid>``)
+    and opened with glog's three header lines, so scripts that look for
+    Caffe's log there find ours. Returns the path.
+    """
+    import getpass
+    import socket
+    os.makedirs(folder, exist_ok=True)
+    now = time.localtime()
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in a bare container
+        user = "invalid-user"
+    name = "%s.%s.%s.log.INFO.%s.%d" % (program, socket.gethostname(), user,
+                                         time.strftime("%Y%m%d-%H%M%S", now), os.getpid())
+    path = os.path.join(folder, name)
+    with open(path, "a") as f:
+        f.write("Log file created at: %s\nRunning on machine: %s\n"
+                "Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n"
+                % (time.strftime("%Y/%m/%d %H:%M:%S", now), socket.gethostname()))
+    link = os.path.join(folder, program + ".INFO")
+    try:
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(name, link)
+    except OSError:
+        pass  # links are a convenience (glog ignores this failure too)
+    return path
 
 
 def ensure_handler():
@@ -111,8 +184,25 @@ def ensure_handler():
     return setup()
 
 
-def get_logger():
-    return logger
+def get_logger(part=None):
+    """The ``protonet`` logger, or its child ``protonet.<part>`` (same handlers)."""
+    return logging.getLogger(LOGGER_NAME + "." + part) if part else logger
+
+
+@contextlib.contextmanager
+def quiet_net_setup():
+    """Hide the lines of net construction ("Creating Layer ...", "Top shape: ...") meanwhile.
+
+    Caffe logs them for every net; a command whose output is for people
+    (the tutorial, infer) keeps its own lines readable this way.
+    """
+    net_log = get_logger("net")
+    level = net_log.level
+    net_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        net_log.setLevel(level)
 
 
 def _is_terminal(stream):

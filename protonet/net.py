@@ -6,19 +6,25 @@ in place), ``setup`` + ``reshape``, loss weights, parameters (sharing by
 ``param { name }``), then which layers and blobs need backward.
 """
 import collections
+import logging
 import os
 import re
 
 import numpy as np
+from google.protobuf import text_format
 
 from . import backend
 from .blob import Blob
 from .io import (FormatError, blob_shape, blobproto_to_array, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
 from .layer import TRAIN, TEST, LayerError, create_layer
+from .log import fmt, get_logger
 from .netstate import filter_net
 from .proto import caffe_pb2
 from .splits import insert_splits
+
+
+log = get_logger("net")
 
 
 class NetError(ValueError):
@@ -34,12 +40,13 @@ def _phase(value):
     return _PHASES[value]
 
 
-_TOKEN = re.compile(r'#[^\n]*|name\s*:?\s*"((?:[^"\\]|\\.)*)"|"(?:[^"\\]|\\.)*"|[{}]')
+_TOKEN = re.compile(r'#[^\n]*|name\s*:?\s*(?:"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\')'
+                    r'|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}]')
 
 
 def layer_lines(text):
-    """Map layer name -> line of its ``name:`` field inside a top-level layer block."""
-    lines = {}
+    """[(name, line)] of the ``name:`` field of each top-level layer block, in file order."""
+    out = []
     depth = 0
     for m in _TOKEN.finditer(text):
         tok = m.group(0)
@@ -47,9 +54,27 @@ def layer_lines(text):
             depth += 1
         elif tok == "}":
             depth -= 1
-        elif m.group(1) is not None and depth == 1 and m.group(1) not in lines:
-            lines[m.group(1)] = text.count("\n", 0, m.start()) + 1
-    return lines
+        elif depth == 1 and (m.group(1) is not None or m.group(2) is not None):
+            name = m.group(1) if m.group(1) is not None else m.group(2)
+            out.append((name, text.count("\n", 0, m.start()) + 1))
+    return out
+
+
+def _layer_line_list(layers, name_lines):
+    """The file line of each of ``layers`` (None where unknown), matched in file order.
+
+    Names repeat across phases (a TRAIN and a TEST "data" layer), so lines are
+    matched by position; layers the file does not spell out (an Input layer
+    made from legacy ``input:`` fields) get None.
+    """
+    out, k = [], 0
+    for lp in layers:
+        if k < len(name_lines) and name_lines[k][0] == lp.name:
+            out.append(name_lines[k][1])
+            k += 1
+        else:
+            out.append(None)
+    return out
 
 
 class Net:
@@ -80,6 +105,7 @@ class Net:
             param.CopyFrom(network)
             self.source = "<NetParameter %s>" % (param.name or "unnamed")
             self._lines = {}
+            self._name_lines = []
             self._search_dirs = ()
             from .upgrade import upgrade_net
             upgrade_net(param, source=self.source)
@@ -89,9 +115,12 @@ class Net:
             self._search_dirs = (os.path.dirname(os.path.abspath(self.source)),)
             try:
                 with open(self.source) as f:
-                    self._lines = layer_lines(f.read())
+                    self._name_lines = layer_lines(f.read())
             except OSError:
-                self._lines = {}
+                self._name_lines = []
+            self._lines = {}
+            for name, line in reversed(self._name_lines):   # first occurrence, until filtered
+                self._lines[name] = line
         if phase is not None:
             param.state.phase = _phase(phase)
         elif not isinstance(network, caffe_pb2.NetParameter):
@@ -103,6 +132,9 @@ class Net:
             param.state.level = int(level or 0)
         self.dtype = np.dtype(dtype)
         self.xp = backend.xp()
+        # callables run with the layer index around each layer's pass (Caffe's Net::Callback)
+        self.before_forward_hooks, self.after_forward_hooks = [], []
+        self.before_backward_hooks, self.after_backward_hooks = [], []
         self._init(param)
         if weights is not None:
             self.copy_from(weights)
@@ -117,11 +149,19 @@ class Net:
         self.name = in_param.name
         self.force_backward = in_param.force_backward
         try:
-            filtered = filter_net(in_param)
+            kept = []
+            filtered = filter_net(in_param, kept)
+            # from here on a name is one layer's: point at that one
+            lines = _layer_line_list(in_param.layer, self._name_lines)
+            self._lines.update((in_param.layer[i].name, lines[i]) for i in kept if lines[i])
+            if log.isEnabledFor(logging.INFO):      # the dump is not free for a big net
+                log.info("Initializing net from parameters: \n%s",
+                         text_format.MessageToString(filtered))
             param = insert_splits(filtered, locate=self._where)
         except ValueError as exc:
             raise NetError(str(exc)) from None
         self.param = param
+        memory = 0                          # bytes of top data, as Caffe reports it
         self._layers = []           # the engine's; ``layers`` names the same list (see _blob_dict)
         self.layers = self._layers
         self.layer_names = []
@@ -160,6 +200,7 @@ class Net:
             li = len(self._layers)
             self._layers.append(layer)
             self.layer_names.append(lp.name)
+            log.info("Creating Layer %s", lp.name)
             bottoms, bnames, bneed = [], [], []
             need_backward = False
             for j, bname in enumerate(lp.bottom):
@@ -170,6 +211,7 @@ class Net:
                     raise NetError("Unknown bottom blob '%s' (layer '%s', bottom %d)%s: %s"
                                    % (bname, lp.name, j, where, hint))
                 blob = available.pop(bname)
+                log.info("%s <- %s", lp.name, bname)
                 bottoms.append(blob)
                 bnames.append(bname)
                 nb = blob_need_backward[bname]
@@ -181,9 +223,12 @@ class Net:
             for j, tname in enumerate(lp.top):
                 if j < len(lp.bottom) and tname == lp.bottom[j]:
                     blob = bottoms[j]         # in place: the same blob
+                    log.info("%s -> %s (in-place)", lp.name, tname)
                 elif tname in lp.bottom:
                     blob = bottoms[list(lp.bottom).index(tname)]
+                    log.info("%s -> %s (in-place)", lp.name, tname)
                 else:
+                    log.info("%s -> %s", lp.name, tname)
                     if tname in self._blob_dict:
                         raise NetError("Top blob '%s' produced by multiple sources (layer '%s')%s"
                                        % (tname, lp.name, where))
@@ -210,6 +255,13 @@ class Net:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "setup", exc) from exc
                 raise
+            log.info("Setting up %s", lp.name)
+            for top, weight in zip(tops, layer.loss_weights):
+                log.info("Top shape: %s", _shape_string(top.shape))
+                if weight:
+                    log.info("    with loss weight %s", fmt(weight))
+                memory += top.count * self.dtype.itemsize
+            log.info("Memory required for data: %d", memory)
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_names.append(bnames)
@@ -236,6 +288,9 @@ class Net:
         self._prune_backward(blob_need_backward)
         self.blob_need_backward = blob_need_backward
         self.outputs = sorted(available)
+        for name in self.outputs:
+            log.info("This network produces output %s", name)
+        log.info("Network initialization done.")
         self._param_dict = collections.OrderedDict(
             (name, layer.blobs) for name, layer in zip(self.layer_names, self._layers) if layer.blobs)
         self.params = self._param_dict
@@ -275,6 +330,7 @@ class Net:
         self._param_owner.append(owner)
         oli, opi, oblob = self._all_params[owner]
         owner_name = self.layer_names[oli]
+        log.info("Sharing parameters '%s' owned by layer '%s', param index %d", pname, owner_name, opi)
         if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
             if oblob.count != blob.count:
                 raise NetError("Cannot share param '%s' owned by layer '%s' with layer '%s'%s; count "
@@ -317,6 +373,8 @@ class Net:
                 self.bottom_need_backward[li] = [False] * len(self.bottom_need_backward[li])
             if not contributes:
                 self.layer_need_backward[li] = False
+            log.info("%s %s backward computation.", self.layer_names[li],
+                     "needs" if self.layer_need_backward[li] else "does not need")
             for j, bname in enumerate(self.bottom_names[li]):
                 if contributes:
                     under_loss.add(bname)
@@ -347,6 +405,8 @@ class Net:
         loss = 0.0
         for li in range(start, end + 1):
             layer, bottom, top = self._layers[li], self.bottom_vecs[li], self.top_vecs[li]
+            for hook in self.before_forward_hooks:
+                hook(li)
             try:
                 layer.reshape(bottom, top)
                 layer.forward(bottom, top)
@@ -359,11 +419,15 @@ class Net:
             for w, t in zip(layer.loss_weights, top):
                 if w:
                     loss += float((t.data * t.diff).sum())
+            for hook in self.after_forward_hooks:
+                hook(li)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self._layers) - 1 if start is None else start
         for li in range(start, end - 1, -1):
+            for hook in self.before_backward_hooks:
+                hook(li)
             if self.layer_need_backward[li]:
                 layer = self._layers[li]
                 try:
@@ -373,6 +437,8 @@ class Net:
                     if getattr(layer, "plugin_name", None):
                         raise self._plugin_error(layer, "backward", exc) from exc
                     raise
+            for hook in self.after_backward_hooks:
+                hook(li)
 
     def _plugin_error(self, layer, stage, exc):
         from .python_layer import PythonLayerError
@@ -385,22 +451,30 @@ class Net:
 
         Returns {output name: array} for the net outputs (plus ``blobs``).
         """
-        for name, value in kwargs.items():
-            if name not in self._blob_dict:
-                raise KeyError("'%s' is not a blob of this net (inputs: %s)" % (name, self.inputs))
-            blob = self._blob_dict[name]
-            if tuple(np.shape(value)) != blob.shape:
-                blob.reshape(np.shape(value))
-            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
+        self._check_blob_names(list(kwargs) + list(blobs or []), "forward")
         si = self._layer_index(start, 0)
         ei = self._layer_index(end, len(self._layers) - 1)
-        self.last_loss = self.forward_from_to(si, ei)
+        old_shapes = {}
+        for name, value in kwargs.items():
+            blob = self._blob_dict[name]
+            if tuple(np.shape(value)) != blob.shape:
+                old_shapes[name] = blob.shape
+                blob.reshape(np.shape(value))
+            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
+        try:
+            self.last_loss = self.forward_from_to(si, ei)
+        except Exception:
+            # an input the net cannot take must not stay behind to fail the next run too
+            for name, shape in old_shapes.items():
+                self._blob_dict[name].reshape(shape)
+            raise
         names = list(self.outputs) if end is None else list(self.top_names[ei])
         names += [b for b in (blobs or []) if b not in names]
         return {n: self._blob_dict[n].data for n in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
+        self._check_blob_names(list(kwargs) + list(diffs or []), "backward")
         for name, value in kwargs.items():
             # a host array goes to a device blob as a copy (CuPy fills only from scalars)
             self._blob_dict[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
@@ -409,6 +483,13 @@ class Net:
         self.backward_from_to(si, ei)
         names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
         return {n: self._blob_dict[n].diff for n in names}
+
+    def _check_blob_names(self, names, what):
+        for name in names:
+            if name not in self._blob_dict:
+                raise KeyError("%s: '%s' is not a blob of net %s (inputs: %s; blobs: %s)"
+                               % (what, name, self.name, ", ".join(self.inputs) or "none",
+                                  ", ".join(self._blob_dict)))
 
     def set_input_arrays(self, data, labels):
         """Feed the net's first MemoryData layer (pycaffe's Net.set_input_arrays)."""
@@ -450,7 +531,7 @@ class Net:
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
 
     def copy_from(self, source):
-        """Copy parameters by layer name from a .caffemodel path or a NetParameter.
+        """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
 
         Layers absent from this net are ignored (as Caffe does, for fine-tuning).
         """
@@ -458,8 +539,9 @@ class Net:
             param, origin = source, "the given NetParameter"
         else:
             path = os.fspath(source)
-            if path.endswith(".h5"):
-                raise FormatError("%s: HDF5 weights are not supported; use a .caffemodel" % path)
+            if _is_hdf5(path):           # as Caffe's CopyTrainedLayersFrom, by content
+                from .solver import load_hdf5_weights
+                return load_hdf5_weights(self, path)
             param, origin = read_net_binary(path), path
         index = {name: i for i, name in enumerate(self.layer_names)}
         for lp in param.layer:
@@ -505,6 +587,21 @@ class Net:
     def save(self, path, write_diff=False):
         """Write a .caffemodel (binary NetParameter) that Caffe can load."""
         write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _shape_string(shape):
+    """Caffe's Blob::shape_string: "10 3 227 227 (1545870)"; a scalar is "(1)"."""
+    return "".join("%d " % d for d in shape) + "(%d)" % int(np.prod(shape, dtype=np.int64))
+
+
+def _is_hdf5(path):
+    if path.endswith(".h5"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False       # read_net_binary names the missing file
 
 
 def _channel_hint(source, target):

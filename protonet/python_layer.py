@@ -80,10 +80,17 @@ def load_class(module_name, class_name, layer_name="?", search_dirs=()):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and module_name.split(".")[0] != exc.name.split(".")[0]:
-                raise   # the plugin itself imports something missing: keep that error
+                # found, but the plugin itself imports something missing
+                raise PythonLayerError(
+                    "layer '%s' (type Python): module '%s' was found but importing it failed: "
+                    "it imports '%s', which is not installed" % (layer_name, module_name, exc.name)
+                ) from exc
             raise PythonLayerError(
                 "layer '%s' (type Python): cannot import module '%s'; searched sys.path and %s"
                 % (layer_name, module_name, ", ".join(dirs))) from None
+        except Exception as exc:          # a SyntaxError or anything raised at import time
+            raise PythonLayerError("layer '%s' (type Python): importing module '%s' failed: %s: %s"
+                                   % (layer_name, module_name, type(exc).__name__, exc)) from exc
     finally:
         for d in added:
             try:

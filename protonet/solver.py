@@ -294,10 +294,18 @@ def _param_display_names(net):
     return names
 
 
+def _asum(array):
+    return float(backend.xp_of(array).abs(array).sum(dtype=np.float64))
+
+
+def _sumsq(array):
+    flat = array.reshape(-1)
+    return float(flat.astype(np.float64) @ flat.astype(np.float64)) if flat.size else 0.0
+
+
 def _asum_mean(array):
-    xp = backend.xp_of(array)
     n = array.size
-    return float(xp.abs(array).sum(dtype=np.float64)) / n if n else 0.0
+    return _asum(array) / n if n else 0.0
 
 
 def _open_h5py(purpose):
@@ -374,12 +382,9 @@ def load_hdf5_weights(net, path):
 def copy_weights(net, path):
     """Copy a .caffemodel or .caffemodel.h5 into ``net`` by layer name."""
     path = os.fspath(path)
-    if path.endswith(".h5"):
-        load_hdf5_weights(net, path)
-    else:
-        if not os.path.exists(path):
-            raise FormatError("%s: no such file (working directory %s)" % (path, os.getcwd()))
-        net.copy_from(path)
+    if not os.path.exists(path):
+        raise FormatError("%s: no such file (working directory %s)" % (path, os.getcwd()))
+    net.copy_from(path)
 
 
 # ---------------------------------------------------------------- the solver
@@ -392,8 +397,9 @@ class Solver:
     Attributes: ``net`` (train net), ``test_nets`` (their params are the
     train net's), ``iter``, ``current_step``, ``param``, ``history`` (the
     arrays a solverstate stores), ``smoothed_loss``, ``curve``
-    (:class:`TrainingCurve`), ``curve_path`` (PNG written at each test and
-    snapshot; None to disable), ``progress`` (terminal progress bar,
+    (:class:`TrainingCurve`), ``curve_path`` (a PNG of it written at each
+    test and snapshot; None, the default, writes none: see
+    :meth:`draw_curve_beside_snapshots`), ``progress`` (terminal progress bar,
     default on when stderr is a terminal), ``action_request_function``
     (a callable returning "none"/"stop"/"snapshot"; see :class:`SignalHandler`).
     """
@@ -437,7 +443,7 @@ class Solver:
         self._callbacks = []
         self.test_results = [[] for _ in self.test_nets]
         self.curve = TrainingCurve(title=self.net.name)
-        self.curve_path = (p.snapshot_prefix + "_curve.png") if p.snapshot_prefix else None
+        self.curve_path = None      # Caffe writes no picture; the command line asks for one
         self.progress = True
         self._display_names = _param_display_names(self.net)
         self._pre_solve()
@@ -462,11 +468,13 @@ class Solver:
 
     def _check_snapshot_prefix(self):
         p = self.param
-        if not p.snapshot:
-            return
-        if not p.HasField("snapshot_prefix"):
+        if p.snapshot and not p.HasField("snapshot_prefix"):
             raise SolverError("%s: snapshot is set (every %d iterations) but snapshot_prefix is not"
                               % (self.source, p.snapshot))
+        if not (p.snapshot or p.snapshot_after_train):
+            return
+        # Caffe checks only with `snapshot`; the snapshot after training writes there too, and
+        # finding out then would lose the whole run
         folder = os.path.dirname(p.snapshot_prefix) or "."
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise SolverError("%s: cannot write to snapshot_prefix '%s'. Make sure that the directory "
@@ -698,6 +706,13 @@ class Solver:
             if net.layer_need_backward[li]:
                 net.backward_from_to(li, li)
                 self._backward_debug(net, li)
+        # Caffe's Net::Backward ends a debug pass with the norms of all parameters, as an error
+        # line so that it shows even when info lines are hidden
+        sums = [sum((_F32(float(f(getattr(b, part)))) for b in net.learnable_params), _F32(0))
+                for part in ("data", "diff") for f in (_asum, _sumsq)]
+        log.error("    [Backward] All net params (data, diff): L1 norm = (%s, %s); "
+                  "L2 norm = (%s, %s)", fmt(sums[0]), fmt(sums[2]),
+                  fmt(np.sqrt(sums[1])), fmt(np.sqrt(sums[3])))
         return loss
 
     def _forward_debug(self, net, li, names):
@@ -886,6 +901,11 @@ class Solver:
                                   "%d" % (state_file, i, values.size, target.size))
             values = values.reshape(target.shape).astype(np.float32)
             target[...] = self.net.xp.asarray(values) if self.net.xp is not np else values
+
+    def draw_curve_beside_snapshots(self):
+        """Draw the training curve to ``<snapshot_prefix>_curve.png`` at each test and snapshot."""
+        p = self.param
+        self.curve_path = (p.snapshot_prefix + "_curve.png") if p.snapshot_prefix else None
 
     def _draw_curve(self):
         if self.curve_path:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import backend
-from .log import get_logger
+from .log import get_logger, quiet_net_setup
 
 log = get_logger()
 
@@ -76,6 +76,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
                               solver_type=solver_type, random_seed=seed)
     set_random_seed(seed)
     solver = get_solver(solver_path)
+    solver.draw_curve_beside_snapshots()
     if weights:
         for path in weights.split(","):
             copy_weights(solver.net, path)
@@ -161,10 +162,11 @@ def run(args):
     try:
         if args.gpu is not None:
             _use_devices(_gpu_ids(args.gpu))      # a bad or missing GPU: main's clear error
-        run_tutorial(args.out, images=args.images, contours=args.contours, net=args.net,
-                     epochs=args.epochs, base_lr=args.base_lr, solver_type=args.solver_type,
-                     cases=args.cases, images_per_case=args.images_per_case,
-                     channels=args.channels, seed=args.seed, weights=args.weights)
+        with quiet_net_setup():
+            run_tutorial(args.out, images=args.images, contours=args.contours, net=args.net,
+                         epochs=args.epochs, base_lr=args.base_lr, solver_type=args.solver_type,
+                         cases=args.cases, images_per_case=args.images_per_case,
+                         channels=args.channels, seed=args.seed, weights=args.weights)
     except TutorialError as exc:
         print("protonet tutorial: error: %s" % exc, file=sys.stderr)
         return 2

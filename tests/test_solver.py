@@ -555,12 +555,13 @@ def test_progress_bar_only_on_a_terminal():
 
 
 def test_training_curve_png():
-    pytest.importorskip("matplotlib")
     p = solver_param("SGD", max_iter=4, test_iter=[1], test_interval=2, snapshot_prefix="cv")
     p.ClearField("train_net_param")
     text_format.Parse(net_text(), p.net_param)
     solver = get_solver(p)
     solver.progress = False
+    assert solver.curve_path is None           # a library solver writes no picture, as Caffe's
+    solver.draw_curve_beside_snapshots()
     assert solver.curve_path == "cv_curve.png"
     solver.solve()
     with open("cv_curve.png", "rb") as f:
