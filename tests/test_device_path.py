@@ -362,6 +362,23 @@ def test_time_command_on_device(device, tmp_path, monkeypatch, capsys):
     assert "GPU %d requested but only %d GPU(s) are usable" % (count, count) in capsys.readouterr().err
 
 
+def test_train_command_on_device(device, tmp_path, monkeypatch, capsys):
+    from test_cli import NET, SOLVER
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(NET)
+    # solver_mode: GPU in the file picks device_id's GPU, as `caffe train` does without -gpu
+    (tmp_path / "solver.prototxt").write_text((SOLVER % 5).replace("solver_mode: CPU",
+                                                                   "solver_mode: GPU"))
+    backend.set_mode_cpu()
+    with captured_log() as stream:
+        assert main(["train", "--solver", "solver.prototxt", "--no-curve"]) == 0
+    log = stream.getvalue()
+    assert "Using GPUs 0" in log and "GPU 0: %s" % device.device_name in log
+    assert "Use GPU with device ID" not in log          # test's and time's words, not train's
+    assert backend.mode() == "gpu"
+    assert (tmp_path / "snap_iter_5.caffemodel").exists()
+
+
 def test_nets_of_different_modes_cannot_share_weights(device):
     from protonet.net import NetError
     text = ('name: "n" input: "x" input_shape { dim: 1 dim: 3 } '
