@@ -5,7 +5,9 @@ Python interface run unchanged: ``caffe.Net``, ``caffe.SGDSolver`` and the
 other solvers, ``caffe.get_solver``, ``caffe.TRAIN``/``TEST``,
 ``caffe.set_mode_cpu``/``set_mode_gpu``/``set_device``/``set_random_seed``,
 ``caffe.io``, ``caffe.proto.caffe_pb2``, ``caffe.NetSpec``/``layers``/
-``params``/``to_proto``, ``caffe.coord_map``, ``caffe.draw``.
+``params``/``to_proto``, ``caffe.Classifier``, ``caffe.Detector``,
+``caffe.Timer``, ``caffe.coord_map``, ``caffe.draw``. ``caffe.NCCL`` exists
+but raises: protonet has no multi-GPU training.
 
 ``caffe.__version__`` is the Caffe version whose interface this follows
 (1.0.0); ``caffe.protonet_version`` is the engine's.
@@ -16,8 +18,10 @@ import protonet as _protonet
 from protonet import Layer, TRAIN, TEST, set_mode_cpu, set_mode_gpu, set_device, set_random_seed
 
 from .pycaffe import (Net, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: F401
-                      AdaDeltaSolver, AdamSolver, get_solver, layer_type_list)
+                      AdaDeltaSolver, AdamSolver, get_solver, layer_type_list, Timer, NCCL)
 from . import io  # noqa: F401
+from .classifier import Classifier  # noqa: F401
+from .detector import Detector  # noqa: F401
 from . import proto  # noqa: F401
 from .net_spec import layers, params, NetSpec, to_proto  # noqa: F401
 
@@ -73,4 +77,4 @@ __all__ = ["Layer", "TRAIN", "TEST", "Net", "SGDSolver", "NesterovSolver", "AdaG
            "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed", "init_log", "log",
            "solver_count", "set_solver_count", "solver_rank", "set_solver_rank",
            "set_multiprocess", "has_nccl", "io", "proto", "layers", "params", "NetSpec",
-           "to_proto", "__version__"]
+           "to_proto", "Classifier", "Detector", "Timer", "NCCL", "__version__"]

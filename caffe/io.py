@@ -3,7 +3,7 @@
 Same names and results as Caffe 1.0's ``python/caffe/io.py``, without its
 scikit-image dependency: images are decoded with Pillow (``.npy`` files with
 NumPy), resized with SciPy's ``ndimage`` in scikit-image's pixel-centre
-geometry.
+geometry and border handling.
 """
 import io
 
@@ -225,31 +225,44 @@ def load_image(filename, color=True):
 def resize_image(im, new_dims, interp_order=1):
     """Resize an H x W x K image to ``new_dims`` (height, width) with spline order ``interp_order``.
 
-    As pycaffe: 1- and 3-channel images are resized on pixel centres with
-    edge values repeated (scikit-image's ``resize`` geometry, without its
-    anti-aliasing blur when shrinking), other channel counts with
-    ``scipy.ndimage.zoom``; a constant image stays constant. Returns float32.
+    As Caffe 1.0: a 1- or 3-channel image is scaled to [0, 1], resampled as
+    scikit-image's ``resize(..., mode='constant')`` does (pixel-centre
+    geometry, 0 beyond the border, so enlarging darkens the outermost pixels
+    towards the minimum; no anti-aliasing, which Caffe-era scikit-image did
+    not do), then scaled back to [min, max]; a constant image stays constant.
+    Other channel counts go through ``scipy.ndimage.zoom``. Returns float32.
     """
     from scipy import ndimage
     im = np.asarray(im)
-    new_dims = tuple(int(d) for d in new_dims)
+    if im.ndim != 3:
+        raise ValueError("resize_image needs an H x W x K array; got shape %s" % (im.shape,))
+    try:
+        new_dims = tuple(int(d) for d in new_dims)
+    except TypeError:
+        raise TypeError("new_dims must be (height, width); got %r" % (new_dims,)) from None
+    if len(new_dims) != 2 or min(new_dims) < 1 or min(im.shape[:2]) < 1:
+        raise ValueError("cannot resize a %dx%d image to %s: both sizes must be positive"
+                         % (im.shape[0], im.shape[1], "x".join(map(str, new_dims))))
     if im.shape[-1] in (1, 3):
         im_min, im_max = im.min(), im.max()
         if im_max <= im_min:
             out = np.empty((new_dims[0], new_dims[1], im.shape[-1]), dtype=np.float32)
             out.fill(im_min)
             return out
+        std = (im.astype(np.float64) - im_min) / (float(im_max) - float(im_min))
         h, w = im.shape[:2]
         # Output pixel centre i maps to input coordinate (i + 0.5) * in / out - 0.5.
         rows = (np.arange(new_dims[0]) + 0.5) * (h / new_dims[0]) - 0.5
         cols = (np.arange(new_dims[1]) + 0.5) * (w / new_dims[1]) - 0.5
         grid = np.meshgrid(rows, cols, indexing="ij")
-        src = im.astype(np.float64)
-        resized = np.stack([ndimage.map_coordinates(src[:, :, k], grid, order=interp_order,
-                                                    mode="nearest")
+        # 'grid-constant' is scikit-image's 'constant': taps beyond the border read 0 and
+        # still interpolate (scipy's 'constant' gives 0 for any point beyond the edge centres).
+        resized = np.stack([ndimage.map_coordinates(std[:, :, k], grid, order=interp_order,
+                                                    mode="grid-constant", cval=0.0)
                             for k in range(im.shape[-1])], axis=-1)
-        # Splines above order 1 overshoot; skimage clips to the input's range.
-        resized = np.clip(resized, im_min, im_max)
+        # Splines above order 1 overshoot; scikit-image clips to the input's range.
+        np.clip(resized, 0.0, 1.0, out=resized)
+        resized = resized * (float(im_max) - float(im_min)) + float(im_min)
     else:
         scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
         resized = ndimage.zoom(im, scale + (1,), order=interp_order)

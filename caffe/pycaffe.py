@@ -2,14 +2,18 @@
 
 :class:`Net` is :class:`protonet.Net` plus the pycaffe names it lacks
 (``_layer_names``, ``_blob_names``, ``blob_loss_weights``, ``layer_dict``,
-``top_names``/``bottom_names`` by layer name, ``forward_all``,
-``forward_backward_all``, ``set_input_arrays``...). Nets a solver builds are
+``top_names``/``bottom_names`` by layer name, ``_top_ids``/``_bottom_ids``,
+``forward_all``, ``forward_backward_all``, ``set_input_arrays``, the
+``before_forward``... callbacks, ``save_hdf5``/``load_hdf5``...). Nets a solver builds are
 given this class too (see :func:`as_pycaffe_net`), as pycaffe patches its one
-Net class so that ``solver.net`` has the same interface.
+Net class so that ``solver.net`` has the same interface. Also here: the
+solvers, :class:`Timer` and :class:`NCCL` (what ``_caffe`` exports besides).
 """
 import collections
 import functools
 import itertools
+import logging
+import time
 import weakref
 
 import numpy as np
@@ -19,60 +23,48 @@ from protonet import solver as _solver
 from protonet.layer import known_types, layer_class
 
 
-class _NamesByLayer(collections.abc.Sequence):
-    """pycaffe's ``{layer name: [blob names]}`` over protonet's per-layer lists.
+class _NamesByLayer(collections.abc.Mapping):
+    """pycaffe's ``OrderedDict`` {layer name: [blob names]} over protonet's per-layer lists.
 
-    ``names['conv1']``, ``keys()``, ``values()``, ``items()``, ``get()`` and
-    ``'conv1' in names`` read like pycaffe's OrderedDict. Integer indexing,
-    ``append`` and plain iteration keep the engine's list of per-layer lists
-    (protonet and its solver iterate ``net.top_names`` that way), so
-    ``for x in net.top_names`` gives lists: use ``.keys()`` for the names.
+    Iteration, ``keys()``/``values()``/``items()``, ``len``, ``in``,
+    ``reversed`` and ``names['conv1']`` behave as pycaffe's OrderedDict (a
+    repeated layer name keeps its first place and its last list, as building
+    that dict does). The engine also indexes it by layer position
+    (``names[3]``) and appends to it while building the net: those two stay.
     """
 
     def __init__(self, net, lists):
         self._net = net
         self._lists = lists
 
+    def _index(self):
+        # {layer name: position}: the last layer of a name wins, in first-seen order
+        return dict(zip(self._net.layer_names, range(len(self._lists))))
+
     def __getitem__(self, key):
         if isinstance(key, str):
             try:
-                return self._lists[self._net.layer_names.index(key)]
-            except ValueError:
+                return self._lists[self._index()[key]]
+            except KeyError:
                 raise KeyError(key) from None
-        return self._lists[key]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self._lists[key]          # the engine's positional access
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(self._index())
+
+    def __reversed__(self):
+        return reversed(list(self._index()))
 
     def __len__(self):
-        return len(self._lists)
+        return len(self._index())
 
-    def __contains__(self, item):
-        if isinstance(item, str):
-            return item in self._net.layer_names[:len(self._lists)]
-        return item in self._lists
+    def __contains__(self, key):
+        return isinstance(key, str) and key in self._index()
 
     def append(self, names):
         self._lists.append(names)
-
-    def keys(self):
-        return list(self._net.layer_names[:len(self._lists)])
-
-    def values(self):
-        return list(self._lists)
-
-    def items(self):
-        return list(zip(self.keys(), self._lists))
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __eq__(self, other):
-        if isinstance(other, _NamesByLayer):
-            other = other._lists
-        if isinstance(other, collections.abc.Mapping):
-            return collections.OrderedDict(self.items()) == other
-        return self._lists == other
 
     def __repr__(self):
         return repr(collections.OrderedDict(self.items()))
@@ -92,6 +84,7 @@ class _NamesByLayer(collections.abc.Sequence):
 
 _STALE, _TOUCHED = 0, 1
 _mirrors = weakref.WeakKeyDictionary()     # owning Blob -> {"data"/"diff": [host array, state]}
+_touches = [0]                             # mirrors handed out so far (lets callbacks skip a sync)
 
 
 def _owner(blob, field):
@@ -114,6 +107,7 @@ def _host_mirror(blob, field):
     if entry[1] == _STALE:
         entry[0][...] = protonet.backend.to_host(device)
     entry[1] = _TOUCHED     # the script may write it: the device gets it back before the next run
+    _touches[0] += 1
     return entry[0] if owner is blob else entry[0].reshape(blob.shape)
 
 
@@ -265,19 +259,79 @@ class Net(protonet.Net):
 
     @_syncs_first
     def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's forward: {output (and ``blobs``) name: NumPy array}."""
-        outs = protonet.Net.forward(self, blobs=blobs, start=start, end=end, **kwargs)
-        if self.xp is np:
-            return outs
-        return {n: _host_mirror(self._blob_dict[n], "data") for n in outs}
+        """pycaffe's forward: {name: NumPy array} for the outputs, or for ``end``, and ``blobs``.
+
+        As pycaffe, ``end`` is also read as a blob name (a layer's usual top);
+        when no blob has that name, the end layer's tops are returned.
+        """
+        names = self._returned(end, self.outputs, blobs)
+        protonet.Net.forward(self, blobs=blobs, start=start, end=end, **kwargs)
+        return {n: self._field(n, "data") for n in names}
 
     @_syncs_first
     def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's backward: {input (and ``diffs``) name: NumPy array}."""
-        outs = protonet.Net.backward(self, diffs=diffs, start=start, end=end, **kwargs)
+        """pycaffe's backward: {name: NumPy diff} for the inputs, or for ``end``, and ``diffs``.
+
+        ``end`` is read as a blob name as in :meth:`forward`, with the same fallback.
+        """
+        names = self._returned(end, self.inputs, diffs)
+        protonet.Net.backward(self, diffs=diffs, start=start, end=end, **kwargs)
+        return {n: self._field(n, "diff") for n in names}
+
+    def _returned(self, end, default, extra):
+        """The names pycaffe returns: ``default`` (or ``end``), then ``extra``; checked before the pass."""
+        if end is None:
+            names = list(default)
+        elif end in self._blob_dict:
+            names = [end]
+        else:
+            names = list(self.__dict__["top_names"][self._layer_index(end, None)])
+        for name in extra or []:
+            if name not in self._blob_dict:
+                raise KeyError("'%s' is not a blob of net %s" % (name, self.name))
+            if name not in names:
+                names.append(name)
+        return names
+
+    def _field(self, name, field):
+        blob = self._blob_dict[name]
+        return getattr(blob, field) if self.xp is np else _host_mirror(blob, field)
+
+    # -- Caffe's Net callbacks: func(layer index) around each layer's pass ----------------
+    def before_forward(self, func):
+        """Call ``func(i)`` before layer ``i`` runs forward (pycaffe 1.0's ``Net.before_forward``)."""
+        self.before_forward_hooks.append(self._callback(func, "before_forward"))
+
+    def after_forward(self, func):
+        """Call ``func(i)`` after layer ``i`` ran forward."""
+        self.after_forward_hooks.append(self._callback(func, "after_forward"))
+
+    def before_backward(self, func):
+        """Call ``func(i)`` before layer ``i``'s backward (also for layers that need none, as Caffe)."""
+        self.before_backward_hooks.append(self._callback(func, "before_backward"))
+
+    def after_backward(self, func):
+        """Call ``func(i)`` after layer ``i``'s backward."""
+        self.after_backward_hooks.append(self._callback(func, "after_backward"))
+
+    def _callback(self, func, what):
+        if not callable(func):
+            raise TypeError("Net.%s needs a callable taking the layer index, not %r" % (what, func))
         if self.xp is np:
-            return outs
-        return {n: _host_mirror(self._blob_dict[n], "diff") for n in outs}
+            return func
+        net_ref = weakref.ref(self)        # the engine's hook list must not keep the net alive
+
+        def run(layer_index):
+            # Between layers the host mirrors are stale (sync_to_device ran before the pass or
+            # after the last callback that touched one), so a read here fetches the current
+            # device values; what the callback read or wrote goes back before the next layer,
+            # as Caffe's SyncedMemory does for a callback touching cpu_data.
+            touches = _touches[0]
+            func(layer_index)
+            net = net_ref()
+            if net is not None and _touches[0] != touches:
+                sync_to_device(net)
+        return run
 
     top_names = _names_property("top_names")
     bottom_names = _names_property("bottom_names")
@@ -305,6 +359,21 @@ class Net(protonet.Net):
         names = self._blob_names
         return [names.index(n) for n in self.outputs]
 
+    def _bottom_ids(self, i):
+        """Indices into ``_blob_names`` of layer ``i``'s bottoms."""
+        return self._blob_ids(self.__dict__["bottom_names"], i)
+
+    def _top_ids(self, i):
+        """Indices into ``_blob_names`` of layer ``i``'s tops."""
+        return self._blob_ids(self.__dict__["top_names"], i)
+
+    def _blob_ids(self, lists, i):
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i < len(lists):
+            raise IndexError("layer index %r out of range: net %s has %d layers"
+                             % (i, self.name, len(lists)))
+        index = {name: k for k, name in enumerate(self._blob_dict)}
+        return [index[name] for name in lists[i]]
+
     @property
     def _blob_loss_weights(self):
         """Loss weight of each blob in ``blobs`` order (0 for blobs that are no loss)."""
@@ -323,6 +392,16 @@ class Net(protonet.Net):
     def layer_dict(self):
         """{layer name: layer}, in layer order."""
         return collections.OrderedDict(zip(self.layer_names, self.layers))
+
+    def save_hdf5(self, filename):
+        """Write the weights as a ``.caffemodel.h5`` (Caffe's ``Net::ToHDF5``, no diffs)."""
+        sync_to_device(self)
+        _solver.save_hdf5_weights(self, filename)
+
+    def load_hdf5(self, filename):
+        """Copy weights by layer name from a ``.caffemodel.h5`` (Caffe's CopyTrainedLayersFromHDF5)."""
+        sync_to_device(self)
+        _solver.load_hdf5_weights(self, filename)
 
     def _forward(self, start, end):
         return self.forward_from_to(start, end)
@@ -485,3 +564,77 @@ def get_solver(filename):
         solver.__class__ = cls          # only adds share_weights; same state
     _adopt_nets(solver)
     return solver
+
+
+# -- Timer and NCCL (from _caffe in pycaffe) ------------------------------------
+
+class Timer:
+    """pycaffe's ``caffe.Timer``: ``start()``, ``stop()``, elapsed ``ms`` (and ``seconds``).
+
+    In GPU mode (at ``start``) it times with CUDA events on the current stream
+    and ``stop`` waits for the device, as Caffe's Timer, so queued kernels
+    count; on the CPU it reads a wall clock. Caffe's CPU timer gives whole
+    milliseconds; this one keeps the fraction. Reading ``ms`` while running
+    stops the timer, as in Caffe.
+    """
+
+    def __init__(self):
+        self._running = False
+        self._has_run = False
+        self._xp = None              # the device module the running period is timed on, or None
+        self._start = self._stop = None
+
+    def start(self):
+        if self._running:
+            return
+        xp = protonet.backend.xp()
+        if xp is np:
+            self._xp, self._start = None, time.perf_counter()
+        else:
+            self._xp, self._start = xp, xp.cuda.Event()
+            self._start.record()
+        self._running = self._has_run = True
+
+    def stop(self):
+        if not self._running:
+            return
+        if self._xp is None:
+            self._stop = time.perf_counter()
+        else:
+            self._stop = self._xp.cuda.Event()
+            self._stop.record()
+            self._stop.synchronize()
+        self._running = False
+
+    @property
+    def ms(self):
+        """Milliseconds between the last ``start`` and ``stop`` (0, with a warning, if never started)."""
+        if not self._has_run:
+            logging.getLogger(protonet.log.LOGGER_NAME).warning(
+                "Timer has never been run before reading time.")
+            return 0.0
+        if self._running:
+            self.stop()
+        if self._xp is None:
+            return (self._stop - self._start) * 1e3
+        return float(self._xp.cuda.get_elapsed_time(self._start, self._stop))
+
+    @property
+    def seconds(self):
+        return self.ms / 1e3
+
+
+_NO_NCCL = ("caffe.NCCL: multi-GPU training with NCCL is not available in protonet "
+            "(caffe.has_nccl() is False); train with one solver on one device "
+            "(caffe.set_device(id); caffe.set_mode_gpu()) instead")
+
+
+class NCCL:
+    """pycaffe's ``caffe.NCCL(solver, uid)``: protonet has no NCCL, so it raises a RuntimeError."""
+
+    def __init__(self, solver=None, uid=None):
+        raise RuntimeError(_NO_NCCL)
+
+    @staticmethod
+    def new_uid():
+        raise RuntimeError(_NO_NCCL)

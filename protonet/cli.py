@@ -134,8 +134,8 @@ def _net_phase(name):
 
 def _outputs(net):
     weights = {}
-    for layer, names in zip(net.layers, net.top_names):
-        for w, name in zip(layer.loss_weights, names):
+    for li, layer in enumerate(net.layers):
+        for w, name in zip(layer.loss_weights, net.top_names[li]):
             weights[name] = float(w)
     return [(name, np.asarray(backend.to_host(net.blobs[name].data), np.float32).ravel(),
              weights.get(name, 0.0)) for name in net.outputs]

@@ -340,8 +340,8 @@ def output_blob_name(net, requested=None):
             raise InferError("--output-blob %s: no such blob (the net's outputs: %s)"
                              % (requested, ", ".join(net.outputs)))
         return requested
-    for tops in reversed(net.top_names):
-        for name in reversed(tops):
+    for li in range(len(net.layers) - 1, -1, -1):
+        for name in reversed(net.top_names[li]):
             if name in net.outputs:
                 return name
     raise InferError("the net has no outputs")

@@ -273,8 +273,9 @@ def _host_f32(array):
 def _blob_loss_weights(net):
     """Blob name -> loss weight of the top that wrote it last (Caffe's blob_loss_weights)."""
     weights = {}
-    for layer, names in zip(net._layers, net.top_names):
-        for w, name in zip(layer.loss_weights, names):
+    # by index: a caffe.Net's top_names is keyed by layer name, as pycaffe's
+    for li, layer in enumerate(net._layers):
+        for w, name in zip(layer.loss_weights, net.top_names[li]):
             weights[name] = float(w)
     return weights
 

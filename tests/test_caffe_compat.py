@@ -935,8 +935,11 @@ def test_io_resize_and_oversample():
     np.testing.assert_allclose(caffe.io.resize_image(im, (6, 8)), im, rtol=1e-6)
     up = caffe.io.resize_image(im, (12, 16))
     assert up.shape == (12, 16, 3) and up.dtype == np.float32
-    # Doubling with pixel-centre geometry: output 1 sits a quarter pixel right of input 0.
-    np.testing.assert_allclose(up[0, 1], 0.75 * im[0, 0] + 0.25 * im[0, 1], rtol=1e-5)
+    # Doubling with pixel-centre geometry: output 1 sits a quarter pixel right of and below
+    # input 0 (the border rows, which also read outside the image, are tested in
+    # test_pycaffe_api.py).
+    np.testing.assert_allclose(up[1, 1], 0.5625 * im[0, 0] + 0.1875 * (im[0, 1] + im[1, 0])
+                               + 0.0625 * im[1, 1], rtol=1e-5)
     assert up.min() >= im.min() - 1e-6 and up.max() <= im.max() + 1e-6
     const = np.full((4, 4, 1), 0.3, np.float32)
     np.testing.assert_array_equal(caffe.io.resize_image(const, (3, 5)), np.full((3, 5, 1), 0.3,
