@@ -202,18 +202,24 @@ def test_benchmark_trains_fcn_alexnet_on_the_device_path(cp, monkeypatch):
     assert cp.launch_counts["pn_lrn_scale"] == 2 and cp.launch_counts["pn_lrn_backward"] == 2
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs CUDA's nvcc (this project's machines have it)")
-def test_kernel_sources_compile_for_a_gpu(tmp_path):
-    # the host emulation above is g++; this is CUDA's own front end on the same sources
+def test_kernel_sources_compile(tmp_path):
+    # CUDA's own front end where nvcc is installed (this project's GPU machines); elsewhere
+    # g++ after fakecupy's prelude, the compile every host run of the kernels goes through
+    kernels = [(name, dtype, np.int16 if "max_pool" in name else None)
+               for name in cuda_kernels._SOURCES for dtype in (np.float32, np.float64)]
+    if shutil.which("nvcc") is None:
+        import fakecupy
+        for name, dtype, ctype in kernels:
+            kernel = fakecupy.RawKernel(cuda_kernels.source(name, dtype, ctype), name)
+            assert callable(kernel.kernel), name      # raises with g++'s errors if it fails
+        return
     jobs = []
-    for name in cuda_kernels._SOURCES:
-        for dtype in (np.float32, np.float64):
-            ctype = np.int16 if "max_pool" in name else None
-            src = tmp_path / ("%s_%s.cu" % (name, np.dtype(dtype).name))
-            src.write_text(cuda_kernels.source(name, dtype, ctype))
-            jobs.append((src, subprocess.Popen(["nvcc", "-ptx", "-arch=compute_75", str(src),
-                                                "-o", str(src.with_suffix(".ptx"))],
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+    for name, dtype, ctype in kernels:
+        src = tmp_path / ("%s_%s.cu" % (name, np.dtype(dtype).name))
+        src.write_text(cuda_kernels.source(name, dtype, ctype))
+        jobs.append((src, subprocess.Popen(["nvcc", "-ptx", "-arch=compute_75", str(src),
+                                            "-o", str(src.with_suffix(".ptx"))],
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
     for src, proc in jobs:
         out = proc.communicate()[0].decode()
         assert proc.returncode == 0, "%s: %s" % (src.name, out)

@@ -10,8 +10,11 @@ import shutil
 import sys
 import threading
 
+import cv2
+import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 import protonet
 from parity import build_net, cases, check, cwd, load_case
@@ -23,12 +26,6 @@ from protonet.io import write_blobproto
 from protonet.layer import LayerError, TEST, TRAIN
 from protonet.net import NetError
 from protonet.proto import caffe_pb2
-
-try:
-    import cv2
-except ImportError:  # the OpenCV cross-checks are optional
-    cv2 = None
-from PIL import Image
 
 
 def with_timeout(fn, seconds=20):
@@ -156,9 +153,8 @@ def test_encoded_png_channel_order():
     np.testing.assert_array_equal(datum_to_array(d), bgr)
     gray = uint8_images(1, (1, 5, 7), seed=3)[0]
     np.testing.assert_array_equal(datum_to_array(array_to_datum(gray, encoding="png")), gray)
-    if cv2 is not None:
-        native = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(datum_to_array(d), native.transpose(2, 0, 1))
+    native = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(datum_to_array(d), native.transpose(2, 0, 1))
 
 
 def test_force_color_and_force_gray():
@@ -196,11 +192,10 @@ def test_encoded_jpeg():
     pil = np.asarray(Image.open(io.BytesIO(d.data)).convert("RGB")).transpose(2, 0, 1)[::-1]
     np.testing.assert_array_equal(got, pil)
     assert np.abs(got.astype(int) - bgr).mean() < 4
-    if cv2 is not None:
-        ocv = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_COLOR).transpose(2, 0, 1)
-        assert np.abs(got.astype(int) - ocv).max() <= 2
-        ogray = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        assert np.abs(datum_to_array(d, force_gray=True)[0].astype(int) - ogray).max() <= 2
+    ocv = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+    assert np.abs(got.astype(int) - ocv).max() <= 2
+    ogray = cv2.imdecode(np.frombuffer(d.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert np.abs(datum_to_array(d, force_gray=True)[0].astype(int) - ogray).max() <= 2
 
 
 def test_sixteen_bit_png_is_rejected_natively():
@@ -601,9 +596,8 @@ def test_image_data_resize_shuffle_skip(tmp_path):
     got = forwards(net, 1)["data"][0][0]
     hwc = imgs[0].transpose(1, 2, 0)
     np.testing.assert_array_equal(got, resize_bilinear(hwc, 7, 5).transpose(2, 0, 1))
-    if cv2 is not None:
-        ref = cv2.resize(hwc, (5, 7), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-        assert np.abs(got - ref).max() <= 1
+    ref = cv2.resize(hwc, (5, 7), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    assert np.abs(got - ref).max() <= 1
     rng.set_random_seed(3)
     labels = forwards(make_net(tmp_path, image_layer(tmp_path, 2, "shuffle: true")), 4)["label"]
     epochs = np.concatenate(labels).reshape(2, 4)
@@ -635,7 +629,6 @@ def test_image_data_errors(tmp_path):
 # -- HDF5Data -------------------------------------------------------------------
 
 def test_hdf5_data(tmp_path):
-    h5py = pytest.importorskip("h5py")
     rows = []
     for f in range(2):
         data = np.arange(3 * 2 * 2, dtype=np.float64).reshape(3, 2, 2) + 100 * f
@@ -676,8 +669,43 @@ def test_hdf5_without_h5py(tmp_path, monkeypatch):
 
 # -- resize -----------------------------------------------------------------------
 
-@pytest.mark.skipif(cv2 is None, reason="OpenCV not installed")
-@pytest.mark.parametrize("size", [(7, 5), (20, 31), (5, 6), (3, 3)])
+def bilinear_reference(img, new_h, new_w):
+    """The unrounded bilinear resize straight from its formula, separably with np.interp:
+    source coordinate (dst + 0.5) * in / out - 0.5, clamped to the edge pixels."""
+    a = np.asarray(img, np.float64)
+    h, w = a.shape[:2]
+    ys = (np.arange(new_h) + 0.5) * (h / new_h) - 0.5
+    xs = (np.arange(new_w) + 0.5) * (w / new_w) - 0.5
+    cols = np.apply_along_axis(lambda v: np.interp(xs, np.arange(w), v), 1, a)
+    return np.apply_along_axis(lambda v: np.interp(ys, np.arange(h), v), 0, cols)
+
+
+RESIZE_SIZES = [(7, 5), (20, 31), (5, 6), (3, 3), (1, 1), (1, 12), (10, 1), (33, 8)]
+
+
+@pytest.mark.parametrize("size", RESIZE_SIZES)
+def test_resize_is_the_bilinear_formula_rounded(size):
+    img = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    for a in (img, img[:, :, 0], img[:, :, :1]):
+        got = resize_bilinear(a, *size)
+        assert got.shape == size + a.shape[2:] and got.dtype == np.uint8
+        ref = bilinear_reference(a, *size)
+        # rounded to nearest; an exact .5 may go either way in float arithmetic
+        assert np.abs(got - ref).max() <= 0.5 + 1e-9
+
+
+def test_resize_values_by_hand():
+    img = np.array([[0, 100], [200, 40]], np.uint8)
+    # doubling: output 1 reads a quarter of the way from input 0 to 1; outputs 0 and 3 clamp
+    np.testing.assert_array_equal(resize_bilinear(img[:1], 1, 4), [[0, 25, 75, 100]])
+    np.testing.assert_array_equal(resize_bilinear(img, 1, 1), [[85]])       # the mean, 340 / 4
+    np.testing.assert_array_equal(resize_bilinear(img[:, :1], 3, 1), [[0], [100], [200]])
+    same = resize_bilinear(img, 2, 2)
+    np.testing.assert_array_equal(same, img)
+    assert same is not img
+
+
+@pytest.mark.parametrize("size", RESIZE_SIZES)
 def test_resize_matches_opencv_within_one_level(size):
     img = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     for a in (img, img[:, :, 0]):

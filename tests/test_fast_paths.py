@@ -117,11 +117,27 @@ def test_chunked_run_equals_one_pass(monkeypatch):
     np.testing.assert_array_equal(y, expect)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_blas_programs_match_numpy(dtype, monkeypatch):
+def bundled_openblas(dtype):
+    """protonet.blas's binding for ``dtype``, or None where NumPy bundles no OpenBLAS.
+
+    pip's NumPy wheels for Linux and Windows ship one (numpy.libs/); builds on Accelerate
+    or MKL and distributions' packages do not, and protonet then keeps to NumPy's own
+    paths. A bundled library that does not bind is an error: the fast paths would be
+    lost without a word.
+    """
     blas = blas_module.get(dtype)
     if blas is None:
-        pytest.skip("NumPy's BLAS is not a bundled OpenBLAS")
+        found = blas_module._numpy_openblas()
+        assert not found, ("NumPy bundles OpenBLAS (%s) but protonet.blas could not bind "
+                           "its cblas_%sgemm/axpy/axpby/scal" % (found[0], "sd"[dtype == np.float64]))
+    return blas
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_programs_match_numpy(dtype, monkeypatch):
+    blas = bundled_openblas(dtype)
+    if blas is None:
+        return              # NumPy bundles no OpenBLAS (checked): its callers keep to NumPy
     monkeypatch.setattr(blas_module, "CHUNK", 1000)
     r = np.random.default_rng(3)
     w, g, h = (r.standard_normal(2500).astype(dtype) for _ in range(3))
@@ -392,8 +408,8 @@ ROWS_CASES = [
 @pytest.mark.parametrize("phase", [TRAIN, TEST])
 @pytest.mark.parametrize("params,shape", ROWS_CASES)
 def test_kernel_row_convolution_matches_im2col(params, shape, phase, monkeypatch):
-    if blas_module.get(np.float64) is None:
-        pytest.skip("needs NumPy's bundled OpenBLAS")
+    # without NumPy's OpenBLAS both layers take im2col: the fallback must agree too
+    bound = bundled_openblas(np.float64) is not None
     monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)      # small cases take the path too
     monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
     text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { %s '
@@ -402,7 +418,7 @@ def test_kernel_row_convolution_matches_im2col(params, shape, phase, monkeypatch
     x1, x2 = r.standard_normal(shape), r.standard_normal(shape)
     rows = make_layer(text, phase=phase)
     bottom, top = build(rows, [x1, x2])
-    assert rows._rows is not None
+    assert (rows._rows is not None) == bound
     monkeypatch.setattr(conv_module._KernelRows, "MIN_ROWS", 99)
     ref = make_layer(text, phase=phase)
     rbottom, rtop = build(ref, [x1, x2])
@@ -430,8 +446,7 @@ def test_kernel_row_convolution_matches_im2col(params, shape, phase, monkeypatch
 
 
 def test_kernel_row_convolution_gradient(monkeypatch):
-    if blas_module.get(np.float64) is None:
-        pytest.skip("needs NumPy's bundled OpenBLAS")
+    bound = bundled_openblas(np.float64) is not None
     monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)
     monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
     text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: 5 '
@@ -439,18 +454,19 @@ def test_kernel_row_convolution_gradient(monkeypatch):
     lay = make_layer(text)
     x = np.random.default_rng(11).standard_normal((2, 2, 6, 7))
     build(lay, [x])
-    assert lay._rows is not None
+    assert (lay._rows is not None) == bound
     assert check_gradient(make_layer(text), [x]) > 0
 
 
-def test_kernel_rows_only_for_wide_outputs():
+def test_kernel_rows_only_for_wide_outputs(monkeypatch):
     # FCN's fc6 (6x6 kernel on 9x9 outputs) keeps im2col; AlexNet's conv2 takes the rows
     def chosen(params, shape):
         lay = make_layer('name: "c" type: "Convolution" top: "y" convolution_param { %s }' % params)
         build(lay, [np.zeros(shape)])
         return lay._rows is not None
-    if blas_module.get(np.float64) is None:
-        pytest.skip("needs NumPy's bundled OpenBLAS")
-    assert chosen("num_output: 8 group: 2 kernel_size: 5 pad: 2", (1, 96, 56, 56))
+    bound = bundled_openblas(np.float64) is not None
+    assert chosen("num_output: 8 group: 2 kernel_size: 5 pad: 2", (1, 96, 56, 56)) == bound
     assert not chosen("num_output: 8 kernel_size: 6", (1, 256, 14, 14))
     assert not chosen("num_output: 8 kernel_size: 3 pad: 1", (1, 96, 56, 56))
+    monkeypatch.setattr(blas_module, "USE_BLAS", False)        # no OpenBLAS: im2col
+    assert not chosen("num_output: 8 group: 2 kernel_size: 5 pad: 2", (1, 96, 56, 56))

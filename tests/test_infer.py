@@ -111,6 +111,25 @@ def test_mask_boundary_is_mask_minus_its_erosion():
     assert viz.mask_boundary(m, thickness=2).sum() == 25 - 1
 
 
+@pytest.mark.parametrize("thickness", [1, 2, 3])
+def test_mask_boundary_is_within_thickness_steps_of_the_background(thickness):
+    # straight from the definition: a mask pixel is boundary when some pixel at
+    # 4-neighbour (city-block) distance <= thickness is background, outside the image included
+    y, x = np.mgrid[:20, :24]
+    disc = (y - 9) ** 2 + (x - 10) ** 2 <= 49
+    hole = (y - 9) ** 2 + (x - 10) ** 2 <= 2
+    m = (disc & ~hole) | ((y >= 14) & (x >= 15))            # a ring and a block on the border
+    t = thickness
+    p = np.pad(m, t, constant_values=False)
+    all_in = np.ones_like(m)
+    for dy in range(-t, t + 1):
+        for dx in range(-t + abs(dy), t - abs(dy) + 1):
+            all_in &= p[t + dy:t + dy + m.shape[0], t + dx:t + dx + m.shape[1]]
+    expected = m & ~all_in
+    assert 0 < expected.sum() < m.sum()
+    np.testing.assert_array_equal(viz.mask_boundary(m.astype(np.uint8), thickness=t), expected)
+
+
 def test_window_image_is_robust_to_hot_pixels():
     img = np.tile(np.linspace(0, 1000, 100), (100, 1))
     img[0, 0] = 1e6
@@ -366,10 +385,12 @@ def test_help_has_an_example(capsys):
     assert "example:" in text and "--labels" in text
 
 
-def test_gpu_flag_without_a_gpu_is_a_clear_error(tmp_path, gray_net, capsys):
+def test_gpu_flag_without_a_gpu_is_a_clear_error(tmp_path, gray_net, capsys, monkeypatch):
     from protonet import backend
-    if backend.cupy_available():
-        pytest.skip("a GPU is usable here")
+    # a machine without CuPy, on any machine: the backend remembers why `import cupy` failed
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", ImportError("No module named 'cupy'"))
+    assert not backend.cupy_available()
     model, weights = gray_net
     Image.fromarray(_image()).save(tmp_path / "a.png")
     status = _run(["--model", model, "--weights", weights, str(tmp_path / "a.png"),

@@ -7,12 +7,11 @@ matching case in ../shared/parity against real Caffe (float32).
 """
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
-from parity import run_layer_case_direct
+from parity import PARITY, cases, run_layer_case_direct
 from gradcheck import build, check_gradient, make_layer
 from protonet import rng
 from protonet.blob import Blob
@@ -481,7 +480,6 @@ def test_prelu_channel_change_is_an_error():
 # ----------------------------------------------------------------------------
 # Parity with Caffe 1.0 (../shared/parity), float32, layers driven directly
 
-PARITY_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "parity")
 PARITY_CASES = [
     "relu", "relu_leaky", "sigmoid", "tanh", "elu", "elu_alpha", "absval", "bnll", "exp",
     "exp_base2", "log", "log_base10", "threshold", "clip", "swish", "swish_beta",
@@ -493,17 +491,10 @@ MY_TYPES = {"ReLU", "Sigmoid", "TanH", "ELU", "PReLU", "AbsVal", "BNLL", "Exp", 
             "Threshold", "Clip", "Swish", "Dropout", "Bias", "Scale"}
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 
-needs_parity = pytest.mark.skipif(not os.path.isdir(PARITY_ROOT),
-                                  reason="parity fixtures not found at %s" % PARITY_ROOT)
-
-
-@needs_parity
 def test_parity_case_list_is_complete():
-    with open(os.path.join(PARITY_ROOT, "cases.json")) as f:
-        cases = json.load(f)["layers"]
     mine = []
-    for case in cases:
-        with open(os.path.join(PARITY_ROOT, "layers", case, "meta.json")) as f:
+    for case in cases("layers"):
+        with open(PARITY / "layers" / case / "meta.json") as f:
             if set(json.load(f)["layer_types"]) <= MY_TYPES:
                 mine.append(case)
     # That one is about the Split the Net inserts; tests/test_parity_layers.py covers it.
@@ -511,8 +502,7 @@ def test_parity_case_list_is_complete():
     assert sorted(mine) == sorted(PARITY_CASES)
 
 
-@needs_parity
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_parity(case, monkeypatch):
-    monkeypatch.chdir(os.path.join(PARITY_ROOT, "layers", case))
+    monkeypatch.chdir(PARITY / "layers" / case)
     run_layer_case_direct(case)

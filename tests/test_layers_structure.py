@@ -9,19 +9,18 @@ directly through the layers (no Net), in float32.
 """
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
 from gradcheck import build, check_gradient, forward, make_layer
+from parity import PARITY, cases
 from protonet import rng
 from protonet.blob import Blob
 from protonet.layer import TEST, TRAIN, LayerError, create_layer
 from protonet.proto import caffe_pb2
 
-PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
 
 
 def F32(v):
@@ -741,10 +740,8 @@ MY_CASES = ("silence", "parameter", "dummydata_constant", "batch_reindex", "filt
 
 
 def my_cases():
-    if not (PARITY / "cases.json").exists():
-        return []
-    with open(PARITY / "cases.json") as f:
-        names = json.load(f)["layers"]
+    # without the fixtures cases() raises at collection, as in test_parity_layers.py
+    names = cases("layers")
     return [n for n in names if n.startswith(MY_TYPES) or n in MY_CASES]
 
 
@@ -853,7 +850,6 @@ def run_parity(name):
         os.chdir(old)
 
 
-@pytest.mark.skipif(not PARITY.exists(), reason="no ../shared/parity reference data")
 @pytest.mark.parametrize("name", my_cases())
 def test_parity(name):
     run_parity(name)

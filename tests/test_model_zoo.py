@@ -5,6 +5,7 @@ split and in-place blob names, published parameter totals. Then random-weight de
 nets saved by protonet and read back by OpenCV's Caffe importer, blob by blob."""
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -622,7 +623,6 @@ OPENCV_NETS = {
 def _opencv_case(tmp_path, name, text):
     """Save a random-weight net with non-trivial BatchNorm statistics, run it on a
     random input; return it and OpenCV's import of it, given the same input."""
-    cv2 = pytest.importorskip("cv2")
     proto = tmp_path / (name + ".prototxt")
     proto.write_text(text)
     protonet.set_random_seed(21)

@@ -1,5 +1,6 @@
 """The net graph: NetState filtering, splits, in-place, sharing, loss weights, backward
 flags, weights in and out (incl. OpenCV's Caffe importer as an independent reader), errors."""
+import cv2
 import numpy as np
 import pytest
 
@@ -70,7 +71,6 @@ def test_digits_deploy_runs_unchanged_and_reshapes(deploy_net):
 
 
 def test_deploy_matches_opencv_importer(deploy_net, tmp_path):
-    cv2 = pytest.importorskip("cv2")
     net = _fill_random(deploy_net, seed=3, scale=0.02)
     model = str(tmp_path / "fcn.caffemodel")
     net.save(model)
@@ -111,7 +111,6 @@ layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
 
 
 def test_core_layers_match_opencv(tmp_path):
-    cv2 = pytest.importorskip("cv2")
     proto = write(tmp_path, SMALL_CORE)
     protonet.set_random_seed(5)
     net = Net(proto, protonet.TEST)

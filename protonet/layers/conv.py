@@ -420,6 +420,9 @@ class _KernelRows:
     three smaller GEMMs cost what the smaller copy saves) whose column
     buffer would outgrow the cache (8 MB) and whose GEMMs stay wide (1024
     output positions: FCN's fc6, 6x6 on 9x9 outputs, would crawl).
+    The loop over images is deliberate: each step is already a large GEMM,
+    and one batched im2col GEMM needs a column buffer kernel-rows times
+    larger (a conv2-like layer, N = 8: 101 ms this way, 135 ms batched).
     """
 
     MIN_ROWS = 5
