@@ -21,7 +21,6 @@ SHARED = REPO_ROOT.parent / "shared"
 PARITY = SHARED / "parity"
 DIGITS = SHARED / "models" / "digits"
 
-needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no fixtures at {PARITY}")
 
 
 def _files(root, pattern):
@@ -50,7 +49,6 @@ def _embedded_descriptor():
 
 
 def test_generated_module_matches_schema():
-    pytest.importorskip("grpc_tools", reason="compiling the schema needs grpcio-tools")
     from protonet.proto.generate import descriptor_bytes
 
     compiled = descriptor_pb2.FileDescriptorProto.FromString(descriptor_bytes(PROTO_PATH))
@@ -233,8 +231,8 @@ def _check_binary(path, message_class):
     return message
 
 
-@needs_parity
 def test_fixture_sets_are_present():
+    assert PARITY.is_dir(), f"no Caffe reference fixtures at {PARITY} (../shared/parity)"
     assert len(PROTOTXTS) > 100 and CAFFEMODELS and SOLVERSTATES and BINARYPROTOS
     assert any(path.name.startswith("solver") for path in PROTOTXTS)
 

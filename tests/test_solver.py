@@ -302,7 +302,7 @@ def test_resume_is_bit_exact(rule):
 
 
 def test_snapshot_files_parse_and_load_in_opencv():
-    cv2 = pytest.importorskip("cv2")
+    import cv2
     p = solver_param("SGD", snapshot=4, snapshot_prefix="snaps/lsq", max_iter=4)
     os.mkdir("snaps")
     solver = make_solver(p)
@@ -340,7 +340,7 @@ def test_snapshot_after_train_and_prefix_naming():
 
 
 def test_hdf5_snapshot_roundtrip():
-    h5py = pytest.importorskip("h5py")
+    import h5py
     fields = dict(snapshot_prefix="h5", snapshot_format=caffe_pb2.SolverParameter.HDF5)
     straight = make_solver(solver_param("Adam", **fields))
     straight.step(6)

@@ -13,7 +13,7 @@ from protonet.data import sunnybrook, synth
 from protonet.io import read_blobproto
 from protonet.proto import caffe_pb2
 
-cv2 = pytest.importorskip("cv2")
+import cv2
 
 
 def _cv2_fill(points, shape):
@@ -66,7 +66,7 @@ def test_normalize_case():
 # -- DICOM ------------------------------------------------------------------------
 
 def test_read_dicom_mr_small_gives_stored_pixels():
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     from pydicom.data import get_testdata_file
     path = get_testdata_file("MR_small.dcm")
     ds = pydicom.dcmread(path)
@@ -93,7 +93,7 @@ def _read_split(dataset, split):
 
 
 def test_synth_layout_and_dicom_headers(synth_dir):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
     cases = sorted(os.listdir(os.path.join(synth_dir, "images", "challenge_training")))
     assert cases == sorted(synth.case_names(4))

@@ -578,8 +578,7 @@ def test_v1_type_name_covers_every_enum_value():
 
 def _shared(*parts):
     path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip("%s is not available" % path)
+    assert path.exists(), "%s is missing (../shared beside the checkout)" % path
     return path
 
 
