@@ -12,6 +12,31 @@ from .pycaffe import Net
 from protonet import TEST
 
 
+def input_transformer(net, kind, model_file, mean, input_scale, raw_scale, channel_swap):
+    """Set ``net.transformer`` up for the net's first input (H x W x K images -> K x H x W).
+
+    Shared by Classifier and Detector; returns that input's shape.
+    """
+    if not net.inputs:
+        raise ValueError("%s needs a net with an input blob; %s has none" % (kind, model_file))
+    in_ = net.inputs[0]
+    shape = net.blobs[in_].data.shape
+    if len(shape) != 4:
+        raise ValueError("%s needs a 4-d (N x K x H x W) input; '%s' of %s is %s"
+                         % (kind, in_, model_file, "x".join(map(str, shape))))
+    net.transformer = caffe_io.Transformer({in_: shape})
+    net.transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        net.transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        net.transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        net.transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        net.transformer.set_channel_swap(in_, channel_swap)
+    return shape
+
+
 class Classifier(Net):
     """Image classification by scaling, centre cropping or oversampling.
 
@@ -27,24 +52,8 @@ class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None,
                  input_scale=None, raw_scale=None, channel_swap=None):
         Net.__init__(self, model_file, TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise ValueError("Classifier needs a net with an input blob; %s has none" % model_file)
-        in_ = self.inputs[0]
-        shape = self.blobs[in_].data.shape
-        if len(shape) != 4:
-            raise ValueError("Classifier needs a 4-d (N x K x H x W) input; '%s' of %s is %s"
-                             % (in_, model_file, "x".join(map(str, shape))))
-        self.transformer = caffe_io.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
-
+        shape = input_transformer(self, "Classifier", model_file, mean, input_scale, raw_scale,
+                                  channel_swap)
         self.crop_dims = np.array(shape[2:])
         if image_dims is None or not len(image_dims):
             image_dims = self.crop_dims

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from . import io as caffe_io
+from .classifier import input_transformer
 from .pycaffe import Net
 from protonet import TEST
 
@@ -37,23 +38,7 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None, context_pad=None):
         Net.__init__(self, model_file, TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise ValueError("Detector needs a net with an input blob; %s has none" % model_file)
-        in_ = self.inputs[0]
-        shape = self.blobs[in_].data.shape
-        if len(shape) != 4:
-            raise ValueError("Detector needs a 4-d (N x K x H x W) input; '%s' of %s is %s"
-                             % (in_, model_file, "x".join(map(str, shape))))
-        self.transformer = caffe_io.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        input_transformer(self, "Detector", model_file, mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
