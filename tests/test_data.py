@@ -658,6 +658,45 @@ def test_hdf5_data(tmp_path):
                  % (tmp_path / "list.txt"))
 
 
+def test_hdf5_output_writes_one_batch_that_hdf5_data_reads_back(tmp_path):
+    out_file = tmp_path / "features.h5"
+    net_text = """name: "w"
+layer { name: "in" type: "Input" top: "feat" top: "label"
+  input_param { shape { dim: 3 dim: 4 } shape { dim: 3 } } }
+layer { name: "out" type: "HDF5Output" bottom: "feat" bottom: "label"
+  hdf5_output_param { file_name: "%s" } }
+""" % out_file
+    (tmp_path / "w.prototxt").write_text(net_text)
+    net = protonet.Net(str(tmp_path / "w.prototxt"), phase=TEST)
+    feat = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    label = np.array([2, 0, 1], np.float32)
+    net.forward(feat=feat, label=label)
+    with h5py.File(out_file, "r") as f:
+        # Caffe writes the legacy 4-d shape: (3, 4) -> (3, 4, 1, 1), (3,) -> (3, 1, 1, 1)
+        assert f["data"].shape == (3, 4, 1, 1) and f["label"].shape == (3, 1, 1, 1)
+        assert f["data"].dtype == np.float32
+        np.testing.assert_array_equal(f["data"][...].reshape(3, 4), feat)
+        np.testing.assert_array_equal(f["label"][...].ravel(), label)
+    with pytest.raises(NetError, match="already holds this net's data and label"):
+        net.forward(feat=feat, label=label)
+    # what HDF5Output wrote, HDF5Data reads (the usual way features travel between nets)
+    (tmp_path / "list.txt").write_text("%s\n" % out_file)
+    reader = make_net(tmp_path, 'layer { name: "h" type: "HDF5Data" top: "data" top: "label" '
+                                'hdf5_data_param { source: "%s" batch_size: 3 } }'
+                      % (tmp_path / "list.txt"))
+    back = reader.forward()
+    np.testing.assert_array_equal(back["data"].reshape(3, 4), feat)
+    np.testing.assert_array_equal(back["label"].ravel(), label)
+    # a new net empties the file, as Caffe's H5F_ACC_TRUNC
+    protonet.Net(str(tmp_path / "w.prototxt"), phase=TEST)
+    with h5py.File(out_file, "r") as f:
+        assert list(f) == []
+    (tmp_path / "bad.prototxt").write_text(net_text.replace(
+        'hdf5_output_param { file_name: "%s" }' % out_file, ""))
+    with pytest.raises(NetError, match="hdf5_output_param.file_name is required"):
+        protonet.Net(str(tmp_path / "bad.prototxt"), phase=TEST)
+
+
 def test_hdf5_without_h5py(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     (tmp_path / "list.txt").write_text("x.h5\n")

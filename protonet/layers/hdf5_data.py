@@ -1,7 +1,7 @@
 """HDF5Data: rows of datasets in .h5 files listed in a text file (needs h5py)."""
 import numpy as np
 
-from .. import rng as _rng
+from .. import backend, rng as _rng
 from ..layer import Layer, register
 
 
@@ -128,3 +128,58 @@ class HDF5DataLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+@register("HDF5Output", "HDF5_OUTPUT")
+class HDF5OutputLayer(Layer):
+    """Writes bottom 0 as dataset "data" and bottom 1 as "label" of hdf5_output_param.file_name.
+
+    As Caffe: the file is created (emptied) at setup; a forward writes both
+    blobs with their legacy 4-d shape (num, channels, height, width) as
+    float32. Caffe can write them once per net (a second forward fails to
+    make the datasets again); here a second forward is that error too, in
+    words, rather than a silent overwrite of the first batch.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 0
+
+    def setup(self, bottom, top):
+        self.file_name = self.layer_param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise self.error("hdf5_output_param.file_name is required")
+        try:
+            self._h5 = _h5py()
+        except ImportError as exc:
+            raise self.error(str(exc).replace("HDF5Data", "HDF5Output")) from None
+        try:
+            self._h5.File(self.file_name, "w").close()
+        except OSError as exc:
+            raise self.error("Failed to open HDF5 file %s (%s)" % (self.file_name, exc)) from None
+        self.written = False
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        data, label = bottom
+        if data.num != label.num:
+            raise self.error("data blob and label blob must have the same batch size (%d vs %d)"
+                             % (data.num, label.num))
+        if self.written:
+            raise self.error("%s already holds this net's data and label: Caffe's HDF5Output "
+                             "writes one batch per net (run one iteration, or give the batch "
+                             "all the rows)" % self.file_name)
+        from ..log import get_logger
+        log = get_logger()
+        log.info("Saving HDF5 file %s", self.file_name)
+        with self._h5.File(self.file_name, "a") as f:
+            for name, blob in (("data", data), ("label", label)):
+                values = np.asarray(backend.to_host(blob.data), dtype=np.float32)
+                legacy = (blob.num, blob.channels, blob.height, blob.width)
+                f.create_dataset(name, data=values.reshape(legacy))
+        self.written = True
+        log.info("Successfully saved %d rows", data.num)
+
+    def backward(self, top, propagate_down, bottom):
+        pass          # a sink: nothing flows back, even under force_backward (as in Caffe)
