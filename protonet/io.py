@@ -68,7 +68,12 @@ def _umask():
     return mask
 
 
-def write_bytes_atomic(path, payload):
+def stage_bytes(path, payload):
+    """Write ``payload`` to a new hidden file beside ``path``, synced to disk; return its name.
+
+    ``os.replace(staged, path)`` then puts it in place in one step, and
+    :func:`discard_staged` drops it: a reader of ``path`` never sees half a file.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -82,12 +87,25 @@ def write_bytes_atomic(path, payload):
             os.fsync(f.fileno())
         # mkstemp makes the file owner-only; give it the mode open() would have
         os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        discard_staged(tmp)
+        raise
+    return tmp
+
+
+def discard_staged(tmp):
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass                      # already renamed into place, or never made
+
+
+def write_bytes_atomic(path, payload):
+    tmp = stage_bytes(path, payload)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard_staged(tmp)
         raise
 
 

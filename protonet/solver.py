@@ -36,7 +36,7 @@ from google.protobuf import text_format
 
 from . import backend, cuda_kernels, blas as _blas, elementwise, rng
 from .io import FormatError, blobproto_to_array, blobproto_bytes, read_binary, read_net, read_solver, \
-    wire_field, write_bytes_atomic
+    discard_staged, stage_bytes, wire_field, write_bytes_atomic
 from .log import ProgressBar, ensure_handler, fmt, get_logger
 from .net import Net
 from .proto import caffe_pb2
@@ -318,32 +318,52 @@ def _open_h5py(purpose):
     return h5py
 
 
-def save_hdf5_weights(net, path, write_diff=False):
-    """A ``.caffemodel.h5`` in Caffe's layout: ``/data/<layer>/<i>`` (+ ``/diff``)."""
-    h5py = _open_h5py("HDF5 snapshots")
+def _stage_hdf5(path, fill, purpose="HDF5 snapshots"):
+    """Write an HDF5 file beside ``path`` with ``fill(h5file)``; return its hidden name
+    (``os.replace`` puts it in place, as :func:`protonet.io.stage_bytes`)."""
+    h5py = _open_h5py(purpose)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
     try:
         with h5py.File(tmp, "w") as f:
-            groups = [f.create_group("data")] + ([f.create_group("diff")] if write_diff else [])
-            seen = set()
-            for name, layer in zip(net.layer_names, net._layers):
-                lgroups = [g.create_group(name) for g in groups]
-                specs = layer.layer_param.param
-                for j, blob in enumerate(layer.blobs):
-                    pname = specs[j].name if j < len(specs) else ""
-                    if pname and pname in seen:
-                        continue          # Caffe saves only params that own themselves
-                    if pname:
-                        seen.add(pname)
-                    lgroups[0].create_dataset(str(j), data=_host_f32(blob.data))
-                    if write_diff:
-                        lgroups[1].create_dataset(str(j), data=_host_f32(blob.diff))
-        os.replace(tmp, path)
+            fill(f)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard_staged(tmp)
         raise
+    return tmp
+
+
+def _commit(staged):
+    """Put staged files in place: [(staged name, path)]. Each rename is atomic."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            discard_staged(tmp)
+        raise
+
+
+def _fill_hdf5_weights(f, net, write_diff):
+    groups = [f.create_group("data")] + ([f.create_group("diff")] if write_diff else [])
+    seen = set()
+    for name, layer in zip(net.layer_names, net._layers):
+        lgroups = [g.create_group(name) for g in groups]
+        specs = layer.layer_param.param
+        for j, blob in enumerate(layer.blobs):
+            pname = specs[j].name if j < len(specs) else ""
+            if pname and pname in seen:
+                continue          # Caffe saves only params that own themselves
+            if pname:
+                seen.add(pname)
+            lgroups[0].create_dataset(str(j), data=_host_f32(blob.data))
+            if write_diff:
+                lgroups[1].create_dataset(str(j), data=_host_f32(blob.diff))
+
+
+def save_hdf5_weights(net, path, write_diff=False):
+    """A ``.caffemodel.h5`` in Caffe's layout: ``/data/<layer>/<i>`` (+ ``/diff``)."""
+    _commit([(_stage_hdf5(path, lambda f: _fill_hdf5_weights(f, net, write_diff)), path)])
 
 
 def load_hdf5_weights(net, path):
@@ -797,30 +817,47 @@ class Solver:
         return "%s_iter_%d%s" % (self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write the weights and the solver state; returns (model path, state path)."""
+        """Write the weights and the solver state; returns (model path, state path).
+
+        Both files are written in full before either replaces an older one, so
+        the weights and the state on disk stay a pair unless the process dies
+        between two renames.
+        """
         p = self.param
-        if p.snapshot_format == _SP.HDF5:
-            model = self._snapshot_filename(".caffemodel.h5")
-            log.info("Snapshotting to HDF5 file %s", model)
-            save_hdf5_weights(self.net, model, write_diff=p.snapshot_diff)
-        else:
-            model = self._snapshot_filename(".caffemodel")
-            log.info("Snapshotting to binary proto file %s", model)
-            self.net.save(model, write_diff=p.snapshot_diff)
-        state = self.snapshot_solver_state(model)
+        hdf5 = p.snapshot_format == _SP.HDF5
+        model = self._snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
+        staged = []
+        try:
+            if hdf5:
+                log.info("Snapshotting to HDF5 file %s", model)
+                staged.append((_stage_hdf5(model, lambda f: _fill_hdf5_weights(
+                    f, self.net, p.snapshot_diff)), model))
+            else:
+                log.info("Snapshotting to binary proto file %s", model)
+                staged.append((stage_bytes(model, self.net.to_proto_bytes(p.snapshot_diff)), model))
+            staged.append(self._stage_solver_state(model))
+        except BaseException:
+            for tmp, _ in staged:
+                discard_staged(tmp)
+            raise
+        _commit(staged)
         self._draw_curve()
-        return model, state
+        return model, staged[1][1]
 
     def snapshot_solver_state(self, model_filename):
+        """Write the solver state (naming ``model_filename`` as its weights); returns its path."""
+        staged = self._stage_solver_state(model_filename)
+        _commit([staged])
+        return staged[1]
+
+    def _stage_solver_state(self, model_filename):
         if self.param.snapshot_format == _SP.HDF5:
             path = self._snapshot_filename(".solverstate.h5")
             log.info("Snapshotting solver state to HDF5 file %s", path)
-            self._write_state_hdf5(path, model_filename)
-        else:
-            path = self._snapshot_filename(".solverstate")
-            log.info("Snapshotting solver state to binary proto file %s", path)
-            write_bytes_atomic(path, self.solver_state_bytes(model_filename))
-        return path
+            return _stage_hdf5(path, lambda f: self._fill_state_hdf5(f, model_filename)), path
+        path = self._snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", path)
+        return stage_bytes(path, self.solver_state_bytes(model_filename)), path
 
     def solver_state_bytes(self, model_filename):
         """A serialized SolverState, fields in Caffe's order (iter, learned_net, history, current_step)."""
@@ -833,24 +870,14 @@ class Solver:
                 + b"".join(wire_field(3, blobproto_bytes(h)) for h in self.history)
                 + tail.SerializeToString())
 
-    def _write_state_hdf5(self, path, model_filename):
-        h5py = _open_h5py("HDF5 snapshots")
-        folder = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(folder, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("iter", data=np.array([self.iter], np.int32))
-                raw = model_filename.encode() + b"\0"   # NUL-terminated, as H5LTmake_dataset_string
-                f.create_dataset("learned_net", data=np.array(raw, dtype="S%d" % len(raw)))
-                f.create_dataset("current_step", data=np.array([self.current_step], np.int32))
-                group = f.create_group("history")
-                for i, h in enumerate(self.history):
-                    group.create_dataset(str(i), data=_host_f32(h))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    def _fill_state_hdf5(self, f, model_filename):
+        f.create_dataset("iter", data=np.array([self.iter], np.int32))
+        raw = model_filename.encode() + b"\0"   # NUL-terminated, as H5LTmake_dataset_string
+        f.create_dataset("learned_net", data=np.array(raw, dtype="S%d" % len(raw)))
+        f.create_dataset("current_step", data=np.array([self.current_step], np.int32))
+        group = f.create_group("history")
+        for i, h in enumerate(self.history):
+            group.create_dataset(str(i), data=_host_f32(h))
 
     def _learned_net_path(self, learned_net, state_file):
         # Caffe opens learned_net relative to the working directory; when it is not there,
