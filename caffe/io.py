@@ -329,8 +329,9 @@ def _decode(payload, what):
                       % (what, type(exc).__name__, exc)) from None
     if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-    elif img.mode == "I" and img.format == "PPM":
-        # 16-bit PGM: Pillow widens it to int32, already scaled to 0..65535
+    elif img.mode == "I" and img.format in ("PPM", "PNG"):
+        # 16-bit gray (a PGM, or a PNG before Pillow kept them as I;16): Pillow widens it
+        # to int32, already scaled to 0..65535
         return np.asarray(img).astype(np.uint16)
     arr = np.asarray(img)
     if arr.dtype.byteorder == ">":

@@ -259,33 +259,27 @@ class Net(protonet.Net):
 
     @_syncs_first
     def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's forward: {name: NumPy array} for the outputs, or for ``end``, and ``blobs``.
-
-        As pycaffe, ``end`` is also read as a blob name (a layer's usual top);
-        when no blob has that name, the end layer's tops are returned.
-        """
-        names = self._returned(end, self.outputs, blobs)
+        """pycaffe's forward: {name: NumPy array} for the outputs (or the ``end`` layer's tops)
+        and ``blobs``."""
+        names = self._returned(end, self.outputs, "top_names", blobs)
         protonet.Net.forward(self, blobs=blobs, start=start, end=end, **kwargs)
         return {n: self._field(n, "data") for n in names}
 
     @_syncs_first
     def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's backward: {name: NumPy diff} for the inputs, or for ``end``, and ``diffs``.
-
-        ``end`` is read as a blob name as in :meth:`forward`, with the same fallback.
-        """
-        names = self._returned(end, self.inputs, diffs)
+        """pycaffe's backward: {name: NumPy diff} for the inputs (or the ``end`` layer's
+        bottoms) and ``diffs``."""
+        names = self._returned(end, self.inputs, "bottom_names", diffs)
         protonet.Net.backward(self, diffs=diffs, start=start, end=end, **kwargs)
         return {n: self._field(n, "diff") for n in names}
 
-    def _returned(self, end, default, extra):
-        """The names pycaffe returns: ``default`` (or ``end``), then ``extra``; checked before the pass."""
+    def _returned(self, end, default, by_layer, extra):
+        """The names pycaffe returns: ``default``, or the ``end`` layer's tops/bottoms, then
+        ``extra``; checked before the pass runs."""
         if end is None:
             names = list(default)
-        elif end in self._blob_dict:
-            names = [end]
         else:
-            names = list(self.__dict__["top_names"][self._layer_index(end, None)])
+            names = list(self.__dict__[by_layer][self._layer_index(end, None)])
         for name in extra or []:
             if name not in self._blob_dict:
                 raise KeyError("'%s' is not a blob of net %s" % (name, self.name))

@@ -121,15 +121,19 @@ def setup(level=logging.INFO, log_file=None, program="protonet"):
         handler = StderrHandler()
         handler.setFormatter(GlogFormatter())
         logger.addHandler(handler)
-    if log_file is None and os.environ.get("GLOG_log_dir") and not _env_flag("GLOG_logtostderr"):
-        log_file = log_dir_file(os.environ["GLOG_log_dir"], program)
-    close_log_file()
-    if log_file:
-        global _file_handler
-        _file_handler = logging.FileHandler(log_file)
-        _file_handler.setFormatter(GlogFormatter())
-        logger.addHandler(_file_handler)
     logger.setLevel(_env_level(level))
+    close_log_file()
+    try:
+        if log_file is None and os.environ.get("GLOG_log_dir") and not _env_flag("GLOG_logtostderr"):
+            log_file = log_dir_file(os.environ["GLOG_log_dir"], program)
+        if log_file:
+            global _file_handler
+            _file_handler = logging.FileHandler(log_file)
+            _file_handler.setFormatter(GlogFormatter())
+            logger.addHandler(_file_handler)
+    except OSError as exc:
+        # as glog: say so and go on logging to stderr
+        logger.warning("Could not create logging file: %s", exc)
     return logger
 
 

@@ -489,13 +489,15 @@ class Solver:
 
     def _check_snapshot_prefix(self):
         p = self.param
-        if p.snapshot and not p.HasField("snapshot_prefix"):
+        if not p.snapshot:
+            return          # as Caffe: a script that only calls step() may never write one
+        if not p.HasField("snapshot_prefix"):
             raise SolverError("%s: snapshot is set (every %d iterations) but snapshot_prefix is not"
                               % (self.source, p.snapshot))
-        if not (p.snapshot or p.snapshot_after_train):
-            return
-        # Caffe checks only with `snapshot`; the snapshot after training writes there too, and
-        # finding out then would lose the whole run
+        self._check_snapshot_folder()
+
+    def _check_snapshot_folder(self):
+        p = self.param
         folder = os.path.dirname(p.snapshot_prefix) or "."
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise SolverError("%s: cannot write to snapshot_prefix '%s'. Make sure that the directory "
@@ -669,6 +671,9 @@ class Solver:
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
+        if p.snapshot_after_train:
+            # solve() ends with a snapshot: find a missing folder now, not after the run
+            self._check_snapshot_folder()
         start_iter = self.iter
         stop = p.max_iter if max_iter is None else int(max_iter)
         self.step(stop - self.iter, _total=stop)

@@ -78,11 +78,17 @@ def test_a_missing_snapshot_folder_is_found_before_training(tmp_path, monkeypatc
     (tmp_path / "solver.prototxt").write_text(
         'net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 2\n'
         'snapshot_prefix: "nodir/s"\nsolver_mode: CPU\n')      # no `snapshot:`, but after train
+    # as Caffe, building the solver does not check (a script may only call step())...
+    solver = get_solver("solver.prototxt")
+    solver.step(1)
+    # ...but solve(), which ends with a snapshot, checks before it trains
+    with pytest.raises(SolverError, match="cannot write to snapshot_prefix 'nodir/s'"):
+        solver.solve()
+    assert solver.iter == 1
+    with open("solver.prototxt", "a") as f:
+        f.write("snapshot: 1\n")                      # with `snapshot:`, at once (as Caffe)
     with pytest.raises(SolverError, match="cannot write to snapshot_prefix 'nodir/s'"):
         get_solver("solver.prototxt")
-    with open("solver.prototxt", "a") as f:
-        f.write("snapshot_after_train: false\n")
-    assert get_solver("solver.prototxt").param.max_iter == 2      # nothing to write: fine
 
 
 def test_an_unwritable_target_is_named_not_its_temporary_file(tmp_path):

@@ -929,6 +929,23 @@ def test_io_images(tmp_path):
         caffe.io.load_image(str(tmp_path / "cut.png"))
 
 
+def test_io_16_bit_png_as_older_pillow_opens_it(tmp_path, monkeypatch):
+    # Pillow before 10.x opened 16-bit gray PNGs as mode "I" (int32): still scaled by 65535
+    deep = np.random.default_rng(4).integers(0, 65536, (5, 6)).astype(np.uint16)
+    Image.fromarray(deep).save(str(tmp_path / "d.png"))
+    real_open = Image.open
+
+    def open_as_int32(*args, **kwargs):
+        img = real_open(*args, **kwargs)
+        img.load()
+        wide = img.convert("I")
+        wide.format = img.format
+        return wide
+    monkeypatch.setattr(Image, "open", open_as_int32)
+    got = caffe.io.load_image(str(tmp_path / "d.png"), color=False)[:, :, 0]
+    np.testing.assert_allclose(got, deep / 65535.0, rtol=1e-6)
+
+
 def test_io_resize_and_oversample():
     r = np.random.default_rng(3)
     im = r.random((6, 8, 3)).astype(np.float32)

@@ -256,6 +256,12 @@ def test_glog_log_dir_gets_a_glog_named_file(work, capsys, monkeypatch):
     size = (work / "logs" / name).stat().st_size
     assert main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 0
     assert (work / "logs" / name).stat().st_size == size
+    capsys.readouterr()
+    (work / "a_file").write_text("")               # a log dir that cannot be made: stderr only
+    monkeypatch.setenv("GLOG_log_dir", str(work / "a_file"))
+    assert main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "Could not create logging file:" in err and "*** Benchmark ends ***" in err
     monkeypatch.setenv("GLOG_log_dir", str(work / "logs2"))
     monkeypatch.setenv("GLOG_logtostderr", "1")
     assert main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 0

@@ -334,9 +334,9 @@ def test_forward_and_backward_return_pycaffe_keys(tmp_path):
     h = np.maximum(X @ W1.T, 0)
     np.testing.assert_allclose(out["prob"], softmax(h @ W2.T + B2), rtol=1e-6)
     np.testing.assert_allclose(out["aux"][:, 0], X.sum(1), rtol=1e-6)
-    # end names a blob too: pycaffe returns that blob
+    # with end, the end layer's tops (pycaffe 1.0: top_names[end] + blobs)
+    assert set(net.forward(end="data")) == {"data"}
     assert set(net.forward(end="ip1")) == {"ip1"}
-    # no blob "relu" or "fc": their tops instead
     part = net.forward(end="relu")
     assert set(part) == {"ip1"}
     np.testing.assert_allclose(part["ip1"], h, rtol=1e-6)
@@ -348,13 +348,15 @@ def test_forward_and_backward_return_pycaffe_keys(tmp_path):
 
     net.forward()
     g = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    # with end, the end layer's bottoms (pycaffe 1.0: bottom_names[end] + diffs)
     diffs = net.backward(start="fc", end="fc", score=g)
-    assert set(diffs) == {"score"} and diffs["score"] is net.blobs["score"].diff
-    np.testing.assert_allclose(net.blobs["ip1"].diff, g @ W2, rtol=1e-6)
-    back = net.backward(start="fc", end="relu", score=g)         # no blob "relu": its top
+    assert set(diffs) == {"ip1"} and diffs["ip1"] is net.blobs["ip1"].diff
+    np.testing.assert_allclose(diffs["ip1"], g @ W2, rtol=1e-6)
+    back = net.backward(start="fc", end="relu", score=g)         # relu works in place on ip1
     assert set(back) == {"ip1"}
     np.testing.assert_allclose(back["ip1"], (g @ W2) * (X @ W1.T > 0), rtol=1e-6)
-    assert set(net.backward(start="fc", end="ip1", diffs=["score"])) == {"ip1", "score"}
+    assert set(net.backward(start="fc", end="ip1", diffs=["score"])) == \
+        {"data_data_0_split_0", "score"}
     assert set(net.backward()) == {"data"}
     with pytest.raises(KeyError, match="'nope' is not a blob"):
         net.backward(diffs=["nope"])

