@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import protonet
+from logcapture import captured_log
 from parity import build_net, cases, check, cwd, load_case
 from protonet import rng
 from protonet.data import (DataError, DataTransformer, LMDBReader, array_to_datum,
@@ -167,9 +168,25 @@ def test_force_color_and_force_gray():
     bgr = uint8_images(1, (3, 6, 4), seed=2)[0]
     dc = array_to_datum(bgr, encoding="png")
     g = datum_to_array(dc, force_gray=True)
-    b, gch, r = bgr.astype(float)
-    expected = 0.299 * r + 0.587 * gch + 0.114 * b
-    assert g.shape == (1, 6, 4) and np.abs(g[0] - expected).max() <= 1.0
+    # OpenCV reads a colour PNG as gray through libpng: 0.299/0.587 as 15-bit integers,
+    # truncated (9797, 19234; blue the rest, 3737), and the weighted sum truncated
+    b, gch, r = bgr.astype(np.int64)
+    expected = (9797 * r + 19234 * gch + 3737 * b) >> 15
+    assert g.shape == (1, 6, 4)
+    np.testing.assert_array_equal(g[0], expected)
+    big = uint8_images(1, (3, 40, 50), seed=7)[0]
+    payload = array_to_datum(big, encoding="png").data
+    np.testing.assert_array_equal(
+        decode_image(payload, color=False),
+        cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE))
+    # an RGB PNG with a transparent colour (tRNS) has an alpha channel natively, as in OpenCV
+    buf = io.BytesIO()
+    rgb = big.transpose(1, 2, 0)[:, :, ::-1]
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "PNG", transparency=tuple(int(v) for v in rgb[0, 0]))
+    native = decode_image(buf.getvalue())
+    assert native.shape == (40, 50, 4) and native[0, 0, 3] == 0
+    np.testing.assert_array_equal(
+        native, cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED))
     with pytest.raises(DataError, match="both force_color and force_gray"):
         datum_to_array(dc, force_color=True, force_gray=True)
     # A 4-channel PNG keeps its alpha natively (BGRA), as OpenCV's unchanged read.
@@ -447,18 +464,16 @@ def test_mirror_crop_with_mean_file_follows_source_pixels():
         assert len(hits) == 1
 
 
-def test_rand_skip(tmp_path):
+def test_rand_skip_is_ignored_as_in_caffe_1_0(tmp_path):
+    # Caffe 1.0's Data layer never reads rand_skip (deprecated in caffe.proto): every seed
+    # starts at the first record
     src = lmdb_of(tmp_path, uint8_images(6, (1, 2, 2)), labels=range(6))
-    firsts = set()
-    for seed in range(12):
+    for seed in range(4):
         rng.set_random_seed(seed)
-        net = make_net(tmp_path, data_layer(src, 2, extra="rand_skip: 4"))
-        first = forwards(net, 2)["label"]
-        start = int(first[0][0])
-        assert 0 <= start < 4
-        np.testing.assert_array_equal(np.concatenate(first), [(start + i) % 6 for i in range(4)])
-        firsts.add(start)
-    assert len(firsts) > 1
+        with captured_log() as stream:
+            net = make_net(tmp_path, data_layer(src, 2, extra="rand_skip: 4"))
+        np.testing.assert_array_equal(np.concatenate(forwards(net, 2)["label"]), [0, 1, 2, 3])
+        assert "rand_skip is deprecated and ignored" in stream.getvalue()
 
 
 # -- errors, threads ----------------------------------------------------------

@@ -61,16 +61,34 @@ def decode_image(payload, color=None, what="image"):
             else arr.clip(0, 255).astype(np.uint8)
         return gray if color is False else np.repeat(gray[:, :, None], 3, axis=2)
     if color is False:
-        return np.asarray(img if mode == "L" else img.convert("L"))
+        if mode == "L":
+            return np.asarray(img)
+        if img.format == "PNG":
+            return _png_gray(img)
+        return np.asarray(img.convert("L"))
     if color is True:
         return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
     # Native: gray stays one channel, alpha is kept (BGRA), palettes expand.
     if mode in ("L", "1"):
         return np.asarray(img.convert("L"))
-    if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in img.info):
+    if mode in ("LA", "RGBA", "PA") or (mode in ("P", "RGB") and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"))
         return np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]])
     return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+
+
+def _png_gray(img):
+    """A colour PNG as one gray channel, as OpenCV reads it: libpng's rgb_to_gray.
+
+    libpng turns the weights 0.299/0.587 into 15-bit integers by truncation
+    (9797, 19234, and 3737 for blue) and truncates the weighted sum; Pillow's
+    own conversion rounds, which differs by one level in about half the pixels.
+    """
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1"):
+        return np.asarray(img.convert("L"))
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint32)     # alpha dropped, palette expanded
+    gray = (rgb[:, :, 0] * 9797 + rgb[:, :, 1] * 19234 + rgb[:, :, 2] * 3737) >> 15
+    return gray.astype(np.uint8)
 
 
 def image_to_chw(img):

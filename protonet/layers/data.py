@@ -14,6 +14,9 @@ from ..data.datum import DataError, datum_to_array, parse_datum
 from ..data.db import open_db
 from ..data.transform import DataTransformer
 from ..layer import Layer, register
+from ..log import get_logger
+
+log = get_logger()
 
 
 class Prefetcher:
@@ -200,9 +203,9 @@ class DataLayer(PrefetchingDataLayer):
     """Records from a database, transformed per ``transform_param``.
 
     Reads data_param.source (a DB folder, relative to the working
-    directory), batch_size, rand_skip (skip a random 0..rand_skip-1 records
-    at the start), backend (LMDB; LEVELDB needs plyvel), prefetch (batches
-    read ahead). Tops: data N x C x h x w and, optionally, label (N,).
+    directory), batch_size, backend (LMDB; LEVELDB needs plyvel), prefetch
+    (batches read ahead). rand_skip is ignored, as in Caffe 1.0 (deprecated
+    there; ImageData still honours its own). Tops: data N x C x h x w and, optionally, label (N,).
     Records are read in key order, wrapping to the first after the last.
     A batch takes its shape from its first record.
     """
@@ -224,8 +227,8 @@ class DataLayer(PrefetchingDataLayer):
             db = open_db(dp.source, dp.backend)
             cursor = db.cursor()
             if dp.rand_skip:
-                for _ in range(int(_rng.get_rng().integers(dp.rand_skip))):
-                    cursor.next()
+                log.info("layer '%s': data_param.rand_skip is deprecated and ignored, as in "
+                         "Caffe 1.0: reading starts at the first record", self.name)
             # The thread gets its own generator, seeded from the engine's, so a
             # seed repeats a run whatever the threads' timing (Caffe does the same).
             thread_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
