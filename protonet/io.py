@@ -20,12 +20,23 @@ class FormatError(ValueError):
 
 def _read(path, mode):
     try:
-        with open(path, mode) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise FormatError("%s: no such file" % path) from None
     except IsADirectoryError:
         raise FormatError("%s: is a directory, expected a file" % path) from None
+    return data if mode == "rb" else decode_text(data)
+
+
+def decode_text(data):
+    """A prototxt's bytes as text. Caffe's parser takes bytes as they are, so a file that is
+    not UTF-8 (a comment saved as GBK or Latin-1, say) must still load: such bytes are read
+    one character each (Latin-1), which keeps every line and column where it was."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def parse_text(text, message, source="<string>"):

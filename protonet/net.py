@@ -15,7 +15,7 @@ from google.protobuf import text_format
 
 from . import backend
 from .blob import Blob
-from .io import (FormatError, blob_shape, blobproto_to_array, read_net,
+from .io import (FormatError, blob_shape, blobproto_to_array, decode_text, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
 from .layer import TRAIN, TEST, LayerError, create_layer
 from .log import fmt, get_logger
@@ -114,8 +114,8 @@ class Net:
             param = read_net(self.source)
             self._search_dirs = (os.path.dirname(os.path.abspath(self.source)),)
             try:
-                with open(self.source) as f:
-                    self._name_lines = layer_lines(f.read())
+                with open(self.source, "rb") as f:
+                    self._name_lines = layer_lines(decode_text(f.read()))
             except OSError:
                 self._name_lines = []
             self._lines = {}
@@ -189,6 +189,8 @@ class Net:
 
         for lp in param.layer:
             where = self._where(lp.name)
+            if not lp.HasField("phase"):
+                lp.phase = self.phase       # as Caffe: a layer inherits the net's (and saves it)
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise NetError("layer '%s'%s: propagate_down must be given once per bottom (%d), "
                                "got %d" % (lp.name, where, len(lp.bottom), len(lp.propagate_down)))
@@ -529,6 +531,9 @@ class Net:
                        "x".join(map(str, blob.shape)) or "(scalar)", _channel_hint(shape, blob.shape)))
             values = blobproto_to_array(proto).reshape(blob.shape)
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
+            if len(proto.double_diff) or len(proto.diff):     # a snapshot_diff model, as Caffe
+                diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
+                blob.diff[...] = self.xp.asarray(diff) if self.xp is not np else diff
 
     def copy_from(self, source):
         """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
@@ -543,7 +548,9 @@ class Net:
                 from .solver import load_hdf5_weights
                 return load_hdf5_weights(self, path)
             param, origin = read_net_binary(path), path
-        index = {name: i for i, name in enumerate(self.layer_names)}
+        index = {}
+        for i, name in enumerate(self.layer_names):
+            index.setdefault(name, i)       # as Caffe: the first layer of a name gets the weights
         for lp in param.layer:
             li = index.get(lp.name)
             if li is None or not len(lp.blobs) and not self._layers[li].blobs:

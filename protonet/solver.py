@@ -346,19 +346,19 @@ def _commit(staged):
 
 def _fill_hdf5_weights(f, net, write_diff):
     groups = [f.create_group("data")] + ([f.create_group("diff")] if write_diff else [])
-    seen = set()
+    owners = iter(net._param_owner)
     for name, layer in zip(net.layer_names, net._layers):
         lgroups = [g.create_group(name) for g in groups]
-        specs = layer.layer_param.param
         for j, blob in enumerate(layer.blobs):
-            pname = specs[j].name if j < len(specs) else ""
-            if pname and pname in seen:
-                continue          # Caffe saves only params that own themselves
-            if pname:
-                seen.add(pname)
-            lgroups[0].create_dataset(str(j), data=_host_f32(blob.data))
-            if write_diff:
+            if next(owners) < 0:      # Caffe saves the values of params that own themselves...
+                lgroups[0].create_dataset(str(j), data=_host_f32(blob.data))
+            if write_diff:            # ...and every diff, shared or not
                 lgroups[1].create_dataset(str(j), data=_host_f32(blob.diff))
+
+
+def _first_param_index(net, li):
+    """Where layer ``li``'s params start in the net's list of all params (_param_owner's)."""
+    return sum(len(layer.blobs) for layer in net._layers[:li])
 
 
 def save_hdf5_weights(net, path, write_diff=False):
@@ -386,10 +386,10 @@ def load_hdf5_weights(net, path):
             if len(group) > len(layer.blobs):
                 raise FormatError("%s: Incompatible number of blobs for layer %s (%d in the file, "
                                   "%d in the net)" % (path, lname, len(group), len(layer.blobs)))
-            specs = layer.layer_param.param
+            first = _first_param_index(net, li)
             for j, blob in enumerate(layer.blobs):
                 if str(j) not in group:
-                    if j < len(specs) and specs[j].name:
+                    if net._param_owner[first + j] >= 0:
                         continue        # a shared param: its owner carries the values
                     raise FormatError("%s: Incompatible number of blobs for layer %s" % (path, lname))
                 values = np.asarray(group[str(j)], dtype=np.float32)

@@ -295,3 +295,66 @@ layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y" inner_product_param
     np.testing.assert_allclose(net.params["conv"][1].data, b_conv, rtol=1e-6)
     np.testing.assert_allclose(net.params["ip"][0].data, w_ip, rtol=1e-6)
     np.testing.assert_allclose(net.params["ip"][1].data, b_ip, rtol=1e-6)
+
+
+SAVE_NET = """name: "s"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+  inner_product_param { num_output: 2 bias_term: false weight_filler { type: "constant" value: 1 } } }
+layer { name: "fc2" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" }
+  inner_product_param { num_output: 2 bias_term: false } }
+"""
+
+
+def test_a_prototxt_that_is_not_utf8_still_loads(tmp_path):
+    # Caffe's parser takes the bytes as they are; comments saved as GBK are common
+    text = SAVE_NET.replace('name: "s"', '# \u8fd9\u662f\u4e00\u4e2a\u7f51\u7edc\nname: "s"')
+    path = tmp_path / "gbk.prototxt"
+    path.write_bytes(text.encode("gbk"))
+    net = Net(str(path), phase=caffe_pb2.TEST)
+    assert net.layer_names == ["data", "data_data_0_split", "fc", "fc2"]
+    # and its errors still name the line
+    path.write_bytes(text.replace('top: "b"', 'top: "b" bogus: 1').encode("gbk"))
+    with pytest.raises(FormatError, match=r"gbk\.prototxt:6:"):
+        Net(str(path), phase=caffe_pb2.TEST)
+
+
+def test_saved_layers_carry_the_net_phase(tmp_path):
+    net = Net(write(tmp_path, SAVE_NET), phase=caffe_pb2.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    saved = read_binary(str(tmp_path / "w.caffemodel"), caffe_pb2.NetParameter())
+    assert [l.phase for l in saved.layer] == [caffe_pb2.TEST] * 4
+    assert all(l.HasField("phase") for l in saved.layer)
+
+
+def test_weights_and_diffs_load_into_the_first_layer_of_a_name(tmp_path):
+    # two layers named "fc" (as Caffe allows): Caffe copies into the first one
+    twice = SAVE_NET.replace('name: "fc2"', 'name: "fc"').replace('param { name: "w" }', "")
+    net = Net(write(tmp_path, twice), phase=caffe_pb2.TEST)
+    model = caffe_pb2.NetParameter()
+    layer = model.layer.add(name="fc", type="InnerProduct")
+    blob = layer.blobs.add()
+    blob.shape.dim.extend([2, 3])
+    blob.data.extend(range(6))
+    blob.diff.extend([0.5] * 6)                  # a snapshot_diff model carries diffs too
+    net.copy_from(model)
+    first, second = [net._layers[i].blobs[0] for i, n in enumerate(net.layer_names) if n == "fc"]
+    np.testing.assert_array_equal(first.data, np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(first.diff, np.full((2, 3), 0.5))
+    assert not second.data.any()
+
+
+def test_hdf5_snapshot_diffs_include_shared_params(tmp_path):
+    import h5py
+    from protonet.solver import load_hdf5_weights, save_hdf5_weights
+    net = Net(write(tmp_path, SAVE_NET), phase=caffe_pb2.TEST)
+    net.params["fc"][0].diff[...] = 2.0
+    save_hdf5_weights(net, str(tmp_path / "w.h5"), write_diff=True)
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        # values once (fc owns "w"), diffs for every layer's params, shared or not (as Caffe)
+        assert list(f["data"]["fc"]) == ["0"] and list(f["data"]["fc2"]) == []
+        assert list(f["diff"]["fc"]) == ["0"] and list(f["diff"]["fc2"]) == ["0"]
+    other = Net(write(tmp_path, SAVE_NET.replace("value: 1", "value: 0"), "o.prototxt"),
+                phase=caffe_pb2.TEST)
+    load_hdf5_weights(other, str(tmp_path / "w.h5"))
+    np.testing.assert_array_equal(other.params["fc2"][0].data, np.ones((2, 3)))
