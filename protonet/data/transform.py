@@ -129,14 +129,17 @@ class DataTransformer:
 
 
 def resize_bilinear(img, new_h, new_w):
-    """Resize an H x W (x C) uint8 image like OpenCV's ``cv::resize`` with INTER_LINEAR.
+    """Resize an H x W (x C) uint8 image as OpenCV's ``cv::resize`` with INTER_LINEAR.
 
     Pixel centres are aligned (src = (dst + 0.5) * in / out - 0.5), edges are
-    clamped and there is no antialiasing; OpenCV's fixed-point arithmetic
-    can differ from this float version by one grey level. Written out rather
-    than scipy's ``ndimage.zoom`` (same values): zoom interpolates over the
-    channel axis too and took 2.3x as long per image (8.9 vs 3.9 ms for
-    256x256x3 -> 227x227), and this runs for every image of every batch.
+    clamped and there is no antialiasing. The arithmetic is OpenCV's 8-bit
+    fixed point, which Caffe's images went through: weights in 1/2048ths,
+    rows summed horizontally as integers, then the vertical blend with its
+    shifts (``((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2) >> 2``).
+    Rounding the exact float value instead differs from OpenCV by one level
+    in about one pixel in eight; this matches all but a few in a thousand.
+    Written out: no allowed library has OpenCV's arithmetic, and scipy's zoom
+    (float) was also 2.3x slower per image.
     """
     img = np.asarray(img)
     h, w = img.shape[:2]
@@ -150,16 +153,15 @@ def resize_bilinear(img, new_h, new_w):
         frac[i0 < 0] = 0.0
         i0 = np.clip(i0, 0, n_in - 1)
         frac[i0 >= n_in - 1] = 0.0
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, frac
+        w0 = np.rint((1.0 - frac) * 2048).astype(np.int64)
+        return i0, np.minimum(i0 + 1, n_in - 1), w0, 2048 - w0
 
-    y0, y1, fy = axis(new_h, h)
-    x0, x1, fx = axis(new_w, w)
-    src = img.astype(np.float64)
+    y0, y1, b0, b1 = axis(new_h, h)
+    x0, x1, a0, a1 = axis(new_w, w)
     extra = (None,) * (img.ndim - 2)
-    fx = fx[(None, slice(None)) + extra]
-    fy = fy[(slice(None), None) + extra]
-    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx
-    bot = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
-    out = top * (1 - fy) + bot * fy
-    return np.floor(out + 0.5).clip(0, 255).astype(np.uint8)
+    src = img.astype(np.int64)
+    rows = src[:, x0] * a0[(slice(None),) + extra] + src[:, x1] * a1[(slice(None),) + extra]
+    b0 = b0[(slice(None), None) + extra]
+    b1 = b1[(slice(None), None) + extra]
+    out = (((b0 * (rows[y0] >> 4)) >> 16) + ((b1 * (rows[y1] >> 4)) >> 16) + 2) >> 2
+    return out.clip(0, 255).astype(np.uint8)
