@@ -432,6 +432,11 @@ class Net:
                 hook(li)
             if self.layer_need_backward[li]:
                 layer = self._layers[li]
+                if getattr(layer, "plugin_name", None):
+                    # a plugin may add into a diff array it kept (Caffe's memory is always
+                    # current): carry out the solver's deferred zeroing first
+                    for blob in layer.blobs:
+                        blob.diff      # noqa: B018  (the property settles it)
                 try:
                     layer.backward(self.top_vecs[li], self.bottom_need_backward[li],
                                    self.bottom_vecs[li])

@@ -24,6 +24,7 @@ Snapshots are ``<snapshot_prefix>_iter_<N>.caffemodel`` and ``.solverstate``
 (SolverState: iter, learned_net, history, current_step), written atomically;
 Caffe resumes from ours and we from Caffe's.
 """
+import contextlib
 import io as _io
 import math
 import os
@@ -103,6 +104,25 @@ def get_solver(source, source_name=None):
 
 
 # ---------------------------------------------------------------- signals
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C that arrives inside the block until its end: an update is applied to
+    every parameter or to none (Python's default handler would raise between any two)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield               # a SignalHandler (the command line) already defers it
+        return
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
+
 class SignalHandler:
     """Caffe's ``-sigint_effect`` / ``-sighup_effect``.
 
@@ -159,10 +179,11 @@ class SignalHandler:
         self._pending[signum] = True
 
     def __call__(self):
-        if self._pending.pop(signal.SIGINT, False):
-            return self.sigint_effect
+        # SIGHUP first, as Caffe's CheckForSignals: with both pending, snapshot then stop
         if hasattr(signal, "SIGHUP") and self._pending.pop(signal.SIGHUP, False):
             return self.sighup_effect
+        if self._pending.pop(signal.SIGINT, False):
+            return self.sigint_effect
         return NONE
 
 
@@ -293,6 +314,13 @@ def _param_display_names(net):
         names.append(list(net.param_display_names[k:k + n]))
         k += n
     return names
+
+
+def _c_pow(base, exponent):
+    """C's pow: inf on overflow and NaN for a negative base to a fractional power, where
+    math.pow raises."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.power(np.float64(base), np.float64(exponent)))
 
 
 def _asum(array):
@@ -465,6 +493,7 @@ class Solver:
         self.test_results = [[] for _ in self.test_nets]
         self.curve = TrainingCurve(title=self.net.name)
         self.curve_path = None      # Caffe writes no picture; the command line asks for one
+        self._warned_poly = False
         self.progress = True
         self._display_names = _param_display_names(self.net)
         self._pre_solve()
@@ -622,6 +651,8 @@ class Solver:
                     self.test_all()
                     if self.requested_early_exit:
                         break
+                if self._callbacks:
+                    self._settle_diffs()    # a callback may hold diff arrays from earlier
                 for on_start, _ in self._callbacks:
                     if on_start is not None:
                         on_start()
@@ -641,12 +672,15 @@ class Solver:
                     timer = time.perf_counter()
                     iterations_last = self.iter
                     self._log_outputs(self.net, _output_values(self.net), "Train")
+                if self._callbacks:
+                    self._settle_diffs()
                 for _, on_ready in self._callbacks:
                     if on_ready is not None:
                         on_ready()
-                self.apply_update()
-                # iter counts the updates done so far.
-                self.iter += 1
+                with _sigint_held():
+                    self.apply_update()
+                    # iter counts the updates done so far.
+                    self.iter += 1
                 self.curve.add_train(self.iter - 1, self.last_loss, self.smoothed_loss, self.last_lr)
                 bar.update(self.iter, self.smoothed_loss, self.last_lr)
                 request = self._requested_action()
@@ -657,6 +691,16 @@ class Solver:
                     break
         finally:
             bar.close()
+
+    def _settle_diffs(self):
+        """Carry out the diffs' deferred zeroing and products now.
+
+        Reading ``.diff`` does that, so scripts that read it see Caffe's
+        values; a pycaffe callback may instead keep the arrays from before
+        and read or change them in place, as it could in Caffe's memory.
+        """
+        for blob in self.net.learnable_params:
+            blob.diff      # noqa: B018  (the property settles it)
 
     def solve(self, resume_file=None, max_iter=None):
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming first.
@@ -960,27 +1004,39 @@ class SGDSolver(Solver):
 
     # ------------------------------------------------------------ lr policy
     def get_learning_rate(self):
-        """Caffe's GetLearningRate (float32); step/multistep update ``current_step``."""
+        """Caffe's GetLearningRate (float32); step/multistep update ``current_step``.
+
+        Out of range it gives what Caffe's C math gives, never an exception: an
+        overflowing power is inf, a sigmoid far before its step is 0, and poly
+        past max_iter is pow(negative, power), NaN for a fractional power.
+        """
         p = self.param
         base, it, policy = p.base_lr, self.iter, p.lr_policy
         if policy == "fixed":
             rate = base
         elif policy == "step":
             self.current_step = it // p.stepsize
-            rate = base * math.pow(p.gamma, self.current_step)
+            rate = base * _c_pow(p.gamma, self.current_step)
         elif policy == "exp":
-            rate = base * math.pow(p.gamma, it)
+            rate = base * _c_pow(p.gamma, it)
         elif policy == "inv":
-            rate = base * math.pow(float(_F32(1) + _F32(p.gamma) * _F32(it)), -p.power)
+            rate = base * _c_pow(float(_F32(1) + _F32(p.gamma) * _F32(it)), -p.power)
         elif policy == "multistep":
             if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
                 self.current_step += 1
                 log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            rate = base * math.pow(p.gamma, self.current_step)
+            rate = base * _c_pow(p.gamma, self.current_step)
         elif policy == "poly":
-            rate = base * math.pow(float(_F32(1) - _F32(it) / _F32(p.max_iter)), p.power)
+            if it > p.max_iter and not self._warned_poly:
+                self._warned_poly = True
+                log.warning("lr_policy poly past max_iter (%d > %d): the rate is Caffe's "
+                            "base_lr * (1 - iter/max_iter) ^ power, NaN or negative from here",
+                            it, p.max_iter)
+            rate = base * _c_pow(float(_F32(1) - _F32(it) / _F32(p.max_iter)), p.power)
         elif policy == "sigmoid":
-            rate = base * (1.0 / (1.0 + math.exp(float(-_F32(p.gamma) * (_F32(it) - _F32(p.stepsize))))))
+            x = float(-_F32(p.gamma) * (_F32(it) - _F32(p.stepsize)))
+            # Caffe's float exp overflows to inf there, and 1 / (1 + inf) is 0
+            rate = base * (1.0 / (1.0 + math.exp(x))) if x < 88.7 else 0.0
         else:
             raise SolverError("Unknown learning rate policy: %s" % policy)
         return _F32(rate)

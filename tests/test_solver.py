@@ -581,3 +581,129 @@ def test_without_matplotlib_the_curve_is_skipped_with_one_line(monkeypatch):
     text = _logged(lambda: (solver.step(2), solver.snapshot(), solver.snapshot()))
     assert text.count("matplotlib is not installed") == 1
     assert not os.path.exists("nm_curve.png")
+
+
+# -- arrays kept across iterations, signals, out-of-range lr: as Caffe ---------------------
+HELD_PLUGIN = '''
+import caffe
+import numpy as np
+
+
+class Held(caffe.Layer):
+    """y = w * x with one weight; keeps its diff array from setup, as Caffe's memory allows."""
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[...] = 1.0
+        self.held = self.blobs[0].diff
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.held[...] += (top[0].diff * bottom[0].data).sum()
+'''
+
+
+def test_a_plugin_that_keeps_its_diff_array_trains_as_in_caffe(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "held_plugin.py").write_text(HELD_PLUGIN)
+    p = caffe_pb2.SolverParameter()
+    text_format.Parse('''
+      layer { name: "x" type: "DummyData" top: "x" top: "t"
+        dummy_data_param { shape { dim: 1 } shape { dim: 1 }
+          data_filler { type: "constant" value: 2 } data_filler { type: "constant" value: 0 } } }
+      layer { name: "w" type: "Python" bottom: "x" top: "y"
+        python_param { module: "held_plugin" layer: "Held" } }
+      layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }''',
+                      p.train_net_param)
+    p.base_lr, p.lr_policy, p.max_iter, p.solver_mode = 0.01, "fixed", 3, p.CPU
+    solver = get_solver(p)
+    solver.progress = False
+    # loss = (2w)^2 / 2, dL/dw = 4w; plain SGD: w <- w - 0.01 * 4w = 0.96 w, each iteration
+    for k in range(1, 4):
+        solver.step(1)
+        np.testing.assert_allclose(solver.net.params["w"][0].data, [0.96 ** k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("deferred_products", [False, True])
+def test_callbacks_may_keep_diff_arrays(monkeypatch, deferred_products):
+    if deferred_products:          # big InnerProduct gradients are promised, not written
+        monkeypatch.setattr("protonet.layer.DEFER_PRODUCT_MIN", 1)
+    solver = make_solver(solver_param("SGD"))
+    reference = make_solver(solver_param("SGD"))
+    held = [b.diff for b in solver.net.learnable_params]
+    seen = []
+
+    def on_start():
+        seen.append(("start", [h.copy() for h in held]))
+
+    def on_gradients_ready():
+        seen.append(("ready", [h.copy() for h in held]))
+        if solver.iter == 1:
+            for h in held:
+                h[...] = 0                     # a write through a kept array counts
+    solver.add_callback(on_start, on_gradients_ready)
+    reference.step(1)
+    grads = [np.array(b.diff) for b in reference.net.learnable_params]    # the update value
+    solver.step(2)
+    kinds = [k for k, _ in seen]
+    assert kinds == ["start", "ready", "start", "ready"]
+    for h in seen[0][1] + seen[2][1]:
+        assert not h.any()                     # cleared at the start, as Caffe's ClearParamDiffs
+    assert all(h.any() for h in seen[1][1])    # the gradients are in the kept arrays
+    # iteration 2's gradients were zeroed through the kept arrays: with momentum, the second
+    # step repeats the first update value (history 0.9 * v1 + 0): w2 = w1 - 0.9 * v1
+    for got, ref, v in zip(params_of(solver), params_of(reference), grads):
+        np.testing.assert_allclose(got, ref - 0.9 * v, rtol=1e-5, atol=1e-7)
+
+
+def test_lr_policies_out_of_range_give_caffes_values_not_exceptions():
+    # sigmoid long before its step: Caffe's float exp overflows and the rate is 0
+    s = make_solver(solver_param("SGD", lr_policy="sigmoid", gamma=0.1, stepsize=10000))
+    assert s.get_learning_rate() == 0.0
+    s.iter = 10000
+    assert s.get_learning_rate() == pytest.approx(0.05 / 2)
+    # exp with gamma > 1 overflows to inf, as pow does
+    s = make_solver(solver_param("SGD", lr_policy="exp", gamma=10.0))
+    s.iter = 400
+    assert s.get_learning_rate() == np.inf
+    # poly past max_iter: pow(negative, 0.5) is NaN, with a warning
+    s = make_solver(solver_param("SGD", lr_policy="poly", power=0.5, max_iter=5))
+    s.iter = 4
+    assert s.get_learning_rate() == pytest.approx(0.05 * np.sqrt(0.2))
+    s.iter = 6
+    with captured_log() as stream:
+        assert np.isnan(s.get_learning_rate())
+        s.get_learning_rate()
+    assert stream.getvalue().count("lr_policy poly past max_iter (6 > 5)") == 1
+
+
+def test_sighup_is_read_before_sigint_as_in_caffe():
+    handler = SignalHandler(STOP, SNAPSHOT)
+    handler._handle(signal.SIGHUP, None)
+    handler._handle(signal.SIGINT, None)
+    assert [handler(), handler(), handler()] == [SNAPSHOT, STOP, NONE]
+
+
+def test_ctrl_c_in_a_script_lands_between_updates():
+    # without the command line's handler, Python raises KeyboardInterrupt wherever Ctrl-C
+    # lands; inside an update that would leave some parameters stepped and others not
+    solver = make_solver(solver_param("SGD"))
+    reference = make_solver(solver_param("SGD"))
+    real = solver.apply_update
+
+    def update_hit_by_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        real()
+    solver.apply_update = update_hit_by_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        solver.step(5)
+    reference.step(1)
+    assert solver.iter == 1
+    for got, want in zip(params_of(solver), params_of(reference)):
+        np.testing.assert_array_equal(got, want)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
