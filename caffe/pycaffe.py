@@ -172,20 +172,36 @@ class HostBlob:
 class HostLayer:
     """A device net's layer as pycaffe shows it: ``blobs`` are :class:`HostBlob`.
 
-    Other attributes are the layer's (a Python layer's are its plugin's).
+    Other attributes are the layer's; a Python layer's are its plugin's, read and set
+    (``net.layers[0].set_roidb(...)``, ``net.layers[0].mode = ...``), and it passes
+    ``isinstance`` for the plugin's class, as the plugin object itself does in Caffe.
+    What the net keeps on the layer (loss weights, the backward flags) is read from the net's.
     """
 
     __slots__ = ("layer",)
+    _NET_KEEPS = frozenset(("loss_weights", "param_propagate_down"))
 
     def __init__(self, layer):
-        self.layer = layer
+        object.__setattr__(self, "layer", layer)
+
+    def _target(self, name=None):
+        if name in self._NET_KEEPS:
+            return self.layer
+        return getattr(self.layer, "plugin", self.layer)
 
     @property
     def blobs(self):
         return [HostBlob(b) for b in self.layer.blobs]
 
+    @property
+    def __class__(self):
+        return type(self._target())
+
     def __getattr__(self, name):
-        return getattr(getattr(self.layer, "plugin", self.layer), name)
+        return getattr(self._target(name), name)
+
+    def __setattr__(self, name, value):
+        setattr(self._target(name), name, value)
 
     def __repr__(self):
         return "<HostLayer of %r>" % (self.layer,)

@@ -195,9 +195,13 @@ class Net:
                 raise NetError("layer '%s'%s: propagate_down must be given once per bottom (%d), "
                                "got %d" % (lp.name, where, len(lp.bottom), len(lp.propagate_down)))
             try:
-                layer = create_layer(lp, phase=self.phase, dtype=self.dtype, xp=self.xp,
+                layer = create_layer(lp, phase=lp.phase, dtype=self.dtype, xp=self.xp,
                                      search_dirs=self._search_dirs)
             except LayerError as exc:
+                if getattr(exc, "from_plugin", False) and exc.__cause__ is not None:
+                    # a plugin's own exception (its __init__): keep its type, add the place
+                    from .python_layer import plugin_failure
+                    raise plugin_failure("%s%s" % (exc, where), exc.__cause__) from exc.__cause__
                 raise NetError("%s%s" % (exc, where)) from None
             li = len(self._layers)
             self._layers.append(layer)
@@ -344,11 +348,10 @@ class Net:
                            % (pname, owner_name, layer.name, where, oblob.shape, blob.shape))
         lidx = self._learnable_index[owner]
         self._learnable_index.append(lidx)
-        if oblob.shape == blob.shape:
-            layer.blobs[pi] = oblob          # one blob object: data and diff shared
-        else:
-            blob.share_data(oblob)
-            blob.share_diff(oblob)
+        # The layer keeps its own Blob, made to view the owner's memory (Caffe's ShareData /
+        # ShareDiff): a plugin that kept self.blobs[i] from setup sees the shared values.
+        blob.share_data(oblob)
+        blob.share_diff(oblob)
         for has, values, field in ((self._has_lr, self.params_lr, "lr_mult"),
                                    (self._has_decay, self.params_weight_decay, "decay_mult")):
             if spec.HasField(field):
@@ -448,10 +451,10 @@ class Net:
                 hook(li)
 
     def _plugin_error(self, layer, stage, exc):
-        from .python_layer import PythonLayerError
-        return PythonLayerError("Python layer '%s' (%s) failed in %s%s: %s: %s"
-                                % (layer.name, layer.plugin_name, stage, self._where(layer.name),
-                                   type(exc).__name__, exc))
+        from .python_layer import plugin_failure
+        return plugin_failure("Python layer '%s' (%s) failed in %s%s: %s: %s"
+                              % (layer.name, layer.plugin_name, stage, self._where(layer.name),
+                                 type(exc).__name__, exc), exc)
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set inputs from ``kwargs`` (reshaping them if needed), run forward.

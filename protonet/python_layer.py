@@ -57,7 +57,31 @@ def register_module_file(path, alias=None):
 
 
 class PythonLayerError(LayerError):
-    pass
+    from_plugin = False          # True: raised by the plugin's own code (see plugin_failure)
+
+
+_failure_types = {}
+
+
+def plugin_failure(message, exc):
+    """The error for a plugin that raised ``exc``: a PythonLayerError (with the layer, its
+    line and the stage in ``message``) that is also an instance of ``exc``'s own type, so
+    ``except RuntimeError`` around ``caffe.Net(...)`` catches a plugin's RuntimeError as it
+    does in Caffe, where the plugin's exception comes through unchanged."""
+    kind = type(exc)
+    cls = _failure_types.get(kind)
+    if cls is None:
+        try:
+            # the message as given (KeyError, say, would print its repr)
+            cls = type("PythonLayerError[%s]" % kind.__name__, (PythonLayerError, kind),
+                       {"from_plugin": True, "__str__": Exception.__str__})
+        except TypeError:          # a type that cannot be mixed in (its own instance layout)
+            cls = PythonLayerError
+        _failure_types[kind] = cls
+    try:
+        return cls(message)
+    except Exception:              # a type whose constructor wants other arguments
+        return PythonLayerError(message)
 
 
 def _search_dirs(extra):
@@ -127,7 +151,18 @@ def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_di
     if host_copies is None:
         host_copies = xp is not None and xp is not np and not getattr(cls, "device_arrays", False)
     obj = cls.__new__(cls)
-    Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=np if host_copies else xp)
+    xp_used = np if host_copies else xp
+    Layer.__init__(obj, layer_param, phase=phase, dtype=dtype, xp=xp_used)
+    if cls.__init__ is not Layer.__init__:
+        # Caffe constructs the plugin with its LayerParameter, so its own __init__ runs; a
+        # super().__init__(param) in it must not undo the phase, dtype and arrays set here
+        try:
+            cls.__init__(obj, layer_param)
+        except Exception as exc:
+            raise plugin_failure("Python layer '%s' (%s.%s) failed in __init__: %s: %s"
+                                 % (layer_param.name, pp.module, pp.layer, type(exc).__name__,
+                                    exc), exc) from exc
+        obj.phase, obj.dtype, obj.xp = phase, np.dtype(dtype), xp_used
     obj.param_str = pp.param_str
     obj.plugin_name = "%s.%s" % (pp.module, pp.layer)
     obj.type = "Python"          # pycaffe's net.layers[i].type for a plugin
@@ -174,6 +209,22 @@ class HostCopyLayer(Layer):
             host.data[...] = to_host(blob.data)
         return hosts
 
+    def _top_hosts(self, bottom, top, bottom_hosts, fill=None):
+        """The plugin's tops: an in-place top is its bottom's host blob, as in Caffe (one
+        Blob); the others are mirrors holding the device top's current ``fill`` ("data"
+        or "diff"), since a plugin may read a top before it writes it."""
+        mirrors = self._mirror(top, self._top, self.dtype)
+        hosts = []
+        for blob, mirror in zip(top, mirrors):
+            same = [h for b, h in zip(bottom, bottom_hosts) if b is blob]
+            if same:
+                hosts.append(same[0])
+                continue
+            if fill is not None:
+                getattr(mirror, fill)[...] = to_host(getattr(blob, fill))
+            hosts.append(mirror)
+        return hosts
+
     def _tops_out(self, top, hosts, what="data"):
         for blob, host in zip(top, hosts):
             if blob.shape != host.shape:
@@ -182,14 +233,21 @@ class HostCopyLayer(Layer):
 
     def setup(self, bottom, top):
         hosts = self._bottoms_in(bottom)
-        tops = self._mirror(top, self._top, self.dtype)
+        tops = self._top_hosts(bottom, top, hosts)
         self.plugin.setup(hosts, tops)
+        self._tops_out(top, tops)           # what setup wrote is there before any forward
         if self.xp is not np:
             # the solver's history and every other parameter live on the device
-            params = BlobList(self)
-            for host in self.plugin.blobs:
-                params.add_blob(*host.shape).data[...] = self.xp.asarray(host.data)
-            self.blobs = params
+            self.blobs = BlobList(self)
+            self._add_param_mirrors()
+
+    def _add_param_mirrors(self):
+        """Device blobs for plugin parameters that have none yet (added in setup or, as
+        Caffe allows, in the first reshape, before the net reads the layer's blobs)."""
+        if self.blobs is self.plugin.blobs:
+            return
+        for host in self.plugin.blobs[len(self.blobs):]:
+            self.blobs.add_blob(*host.shape).data[...] = self.xp.asarray(host.data)
 
     def _params_in(self, diffs=False):
         if self.blobs is not self.plugin.blobs:
@@ -205,24 +263,28 @@ class HostCopyLayer(Layer):
 
     def reshape(self, bottom, top):
         hosts = self._bottoms_in(bottom)
-        tops = self._top[:len(top)]
+        tops = self._top_hosts(bottom, top, hosts)
         self.plugin.reshape(hosts, tops)
+        self._add_param_mirrors()
         for blob, host in zip(top, tops):
             blob.reshape(host.shape)
 
     def forward(self, bottom, top):
         hosts = self._bottoms_in(bottom)
-        tops = self._top[:len(top)]
+        tops = self._top_hosts(bottom, top, hosts, fill="data")
         self._params_in()
         self.plugin.forward(hosts, tops)
         self._params_out()              # a plugin may update its blobs (running statistics)
         self._tops_out(top, tops)
 
     def backward(self, top, propagate_down, bottom):
-        tops = self._top[:len(top)]
-        for blob, host in zip(top, tops):
-            host.diff[...] = to_host(blob.diff)
         hosts = self._bottoms_in(bottom)
+        for blob, host in zip(bottom, hosts):
+            host.diff[...] = to_host(blob.diff)      # an in-place top's diff is this one
+        tops = self._top_hosts(bottom, top, hosts, fill="diff")
+        for blob, host in zip(top, tops):
+            if host.shape != blob.shape:
+                host.reshape(blob.shape)
         self.plugin.param_propagate_down = self.param_propagate_down
         self._params_in(diffs=True)
         self.plugin.backward(tops, propagate_down, hosts)

@@ -394,3 +394,10 @@ def text_format_net(text):
     from google.protobuf import text_format
     from protonet.proto import caffe_pb2
     return text_format.Merge(text, caffe_pb2.NetParameter())
+
+
+def test_plugins_run_as_caffe_runs_them_on_device(device, tmp_path, monkeypatch):
+    """Plugins on a device net see host arrays; in-place tops, late blobs, their own
+    exceptions and attributes set through net.layers behave as on the CPU."""
+    from test_plugins import check_caffe_way_plugins
+    check_caffe_way_plugins(tmp_path, monkeypatch)

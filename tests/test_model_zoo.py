@@ -392,7 +392,8 @@ def test_mnist_siamese_shared_towers(tmp_path):
     towers = ["conv1", "conv2", "ip1", "ip2", "feat"]
     for name in towers:
         for i in range(2):
-            assert net.params[name][i] is net.params[name + "_p"][i]
+            a, b = net.params[name][i], net.params[name + "_p"][i]
+            assert np.shares_memory(a.data, b.data) and np.shares_memory(a.diff, b.diff)
     assert len(net.learnable_params) == 10
     r = np.random.default_rng(13)
     pair = r.uniform(0, 1, (n, 2, 28, 28))

@@ -182,7 +182,8 @@ def test_splits_sharing_inplace_and_loss_weight(tmp_path):
     net = Net(write(tmp_path, SPLIT_NET), protonet.TRAIN)
     assert net.layer_names == ["in", "x_in_0_split", "a", "b", "relu", "sum", "loss"]
     assert list(net.blobs) == ["x", "t", "x_in_0_split_0", "x_in_0_split_1", "a", "b", "sum", "loss"]
-    assert net.params["a"][0] is net.params["b"][0]
+    shared, sharer = net.params["a"][0], net.params["b"][0]
+    assert np.shares_memory(shared.data, sharer.data) and np.shares_memory(shared.diff, sharer.diff)
     assert len(net.learnable_params) == 2
     r = np.random.default_rng(0)
     x, t = r.normal(size=(3, 4)), r.normal(size=(3, 2))

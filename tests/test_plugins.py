@@ -482,3 +482,174 @@ def test_digits_dice_layer_in_fcn_alexnet_train_val(tmp_path, plugin_path):
     fg = scores[:, 1] > scores[:, 0]
     assert 0 < fg.sum() < fg.size                # a prediction with both classes
     np.testing.assert_allclose(out["dice"][0], dice_by_counting(scores, labels), rtol=1e-6)
+
+
+# -- plugins as Caffe runs them: their own exceptions, __init__, in-place, late blobs ------
+CAFFE_WAY_PLUGINS = '''
+import caffe
+import numpy as np
+
+
+class SetupFails(caffe.Layer):
+    def setup(self, bottom, top):
+        raise RuntimeError("no licence")
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+
+class WithInit(caffe.Layer):
+    """Sets state in its own __init__, as Caffe runs it (the class is called with the param)."""
+
+    def __init__(self, param):
+        super().__init__(param)
+        self.factor = 3.0
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.factor * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = self.factor * top[0].diff
+
+
+class DoubleInPlace(caffe.Layer):
+    """bottom: x top: x — reads its top before writing it: the same blob, as in Caffe."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] *= 2
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] *= 2
+
+
+class LateBlob(caffe.Layer):
+    """Adds its weight in the first reshape (Caffe reads a layer's blobs after it)."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        if not len(self.blobs):
+            self.blobs.add_blob(1)
+            self.blobs[0].data[...] = 0.5
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[0] += (top[0].diff * bottom[0].data).sum()
+        bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
+
+
+class Phase(caffe.Layer):
+    def setup(self, bottom, top):
+        self.seen_phase = self.phase
+
+    def reshape(self, bottom, top):
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.phase
+'''
+
+CAFFE_WAY_NET = """name: "w"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "p" type: "Python" bottom: "x" top: "%s"
+  python_param { module: "caffe_way_plugins" layer: "%s" } %s }
+"""
+
+
+def caffe_way_net(tmp_path, monkeypatch, layer, top="y", extra="", phase=caffe.TEST):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "caffe_way_plugins", raising=False)
+    write(tmp_path, "caffe_way_plugins.py", CAFFE_WAY_PLUGINS)
+    return caffe.Net(write(tmp_path, "net.prototxt", CAFFE_WAY_NET % (top, layer, extra)), phase)
+
+
+def check_caffe_way_plugins(tmp_path, monkeypatch):
+    """The checks below, for the CPU here and for the device path in test_device_path.py."""
+    # the plugin's own exception comes through as its own type (Caffe's test_exception)
+    with pytest.raises(RuntimeError, match="no licence") as info:
+        caffe_way_net(tmp_path, monkeypatch, "SetupFails")
+    assert "Python layer 'p'" in str(info.value) and "net.prototxt:3" in str(info.value)
+    # __init__ runs
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net = caffe_way_net(tmp_path, monkeypatch, "WithInit", extra="loss_weight: 1")
+    np.testing.assert_array_equal(net.forward(x=x)["y"], 3 * x)
+    assert net.blob_loss_weights["y"] == 1.0
+    layer = net.layers[list(net._layer_names).index("p")]
+    assert layer.factor == 3.0 and type(layer).__name__ in ("WithInit", "HostLayer")
+    layer.factor = 5.0                      # scripts set plugin attributes through net.layers
+    np.testing.assert_array_equal(net.forward(x=x)["y"], 5 * x)
+    assert isinstance(layer, caffe.Layer) and layer.__class__.__name__ == "WithInit"
+    # in place: the top is the bottom
+    net = caffe_way_net(tmp_path, monkeypatch, "DoubleInPlace", top="x")
+    np.testing.assert_array_equal(net.forward(x=x)["x"], 2 * x)
+    # a blob added in the first reshape is a parameter of the net
+    net = caffe_way_net(tmp_path, monkeypatch, "LateBlob")
+    assert list(net.params) == ["p"] and net.params["p"][0].data[0] == 0.5
+    np.testing.assert_array_equal(net.forward(x=x)["y"], 0.5 * x)
+    # a layer's own phase field wins over the net's (Caffe sets the net's only when unset)
+    net = caffe_way_net(tmp_path, monkeypatch, "Phase", extra="phase: TEST", phase=caffe.TRAIN)
+    assert net.forward()["y"][0] == caffe.TEST
+    net = caffe_way_net(tmp_path, monkeypatch, "Phase", phase=caffe.TRAIN)
+    assert net.forward()["y"][0] == caffe.TRAIN
+
+
+def test_plugins_run_as_caffe_runs_them(tmp_path, monkeypatch):
+    check_caffe_way_plugins(tmp_path, monkeypatch)
+
+
+KEEP_PLUGIN = """
+import caffe
+
+
+class KeepScale(caffe.Layer):
+    \"\"\"top = w * bottom; keeps its weight Blob from setup, as plugins often do.\"\"\"
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[...] = 0.5
+        self.kept = self.blobs[0]
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.kept.data[0] * bottom[0].data
+"""
+
+SHARED_SCALES = """name: "s"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "s1" type: "Python" bottom: "x" top: "a" param { name: "w" }
+  python_param { module: "keep_plugin" layer: "KeepScale" } }
+layer { name: "s2" type: "Python" bottom: "a" top: "b" param { name: "w" }
+  python_param { module: "keep_plugin" layer: "KeepScale" } }
+"""
+
+
+def test_shared_weights_reach_a_blob_the_plugin_kept(tmp_path, monkeypatch):
+    # Caffe shares a named param by making each layer's own Blob view the owner's memory,
+    # so a Blob kept in setup (self.kept = self.blobs[0]) sees the shared values
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write(tmp_path, "keep_plugin.py", KEEP_PLUGIN)
+    net = caffe.Net(write(tmp_path, "net.prototxt", SHARED_SCALES), caffe.TEST)
+    net.params["s1"][0].data[...] = 1.25
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(net.forward(x=x)["b"], 1.25 * 1.25 * x)
