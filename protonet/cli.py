@@ -183,10 +183,14 @@ def train_arguments(p):
     d.add_argument("--dataset", help="a DIGITS dataset folder (train_db/, val_db/ with features "
                                      "and labels LMDBs)")
     d.add_argument("--epochs", type=float, default=30, help="training epochs (default 30)")
-    d.add_argument("--base-lr", type=float, default=0.01, help="base learning rate (default 0.01)")
-    d.add_argument("--solver-type", default="SGD",
-                   choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"))
-    d.add_argument("--lr-policy", default="fixed", choices=("fixed", "step", "exp", "inv", "poly"))
+    d.add_argument("--base-lr", type=float, default=None,
+                   help="base learning rate (default: the --solver template's, else 0.01)")
+    d.add_argument("--solver-type", default=None,
+                   choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"),
+                   help="default: the --solver template's, else SGD")
+    d.add_argument("--lr-policy", default=None, choices=("fixed", "step", "exp", "inv", "poly"),
+                   help="with DIGITS' defaults for its gamma/power/step (default: the --solver "
+                        "template's, else fixed)")
     d.add_argument("--batch-size", type=int, default=None,
                    help="override the Data layers' batch_size")
     d.add_argument("--snapshot-epochs", type=float, default=1.0,
@@ -215,6 +219,8 @@ def train_command(args):
         if not (args.network and args.dataset):
             raise CommandError("the DIGITS-style quick start needs both --network and --dataset")
         from .digits import prepare_run
+        # the network's own folder holds its Python layers, as for a net given by --model
+        add_search_path(os.path.dirname(os.path.abspath(args.network)))
         template = read_solver(args.solver) if args.solver else None
         args.solver = prepare_run(args.network, args.dataset, args.out, epochs=args.epochs,
                                   base_lr=args.base_lr, solver_type=args.solver_type,

@@ -108,15 +108,22 @@ def derive_deploy(net_param, input_shape):
     return deploy
 
 
+# DIGITS' model form: each policy's own defaults (step sizes in % of the run)
+LR_POLICY_DEFAULTS = {"step": dict(stepsize_pct=33.0, gamma=0.1), "exp": dict(gamma=0.95),
+                      "inv": dict(gamma=0.1, power=0.5), "poly": dict(power=3.0)}
+
+
 def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD", batch_size=1,
                  val_batch_size=None, snapshot_epochs=1.0, val_epochs=1.0, lr_policy="fixed",
-                 gamma=0.1, stepsize_pct=33.0, power=1.0, random_seed=None,
-                 snapshot_prefix="snapshot", momentum=0.9, weight_decay=0.0005):
-    """The SolverParameter DIGITS would write for this dataset and schedule.
+                 gamma=None, stepsize_pct=None, power=None, random_seed=None,
+                 snapshot_prefix="snapshot", rms_decay=0.99):
+    """The SolverParameter DIGITS' caffe_train.py would write for this dataset and schedule.
 
     Epochs become iterations from the number of training records; snapshot and
-    validation intervals are given in epochs; policies' step parameters are
-    percentages of the run as in DIGITS' form.
+    validation intervals are given in epochs; a policy's step size is a
+    percentage of the run and its gamma is scaled to the run's length, with the
+    form's defaults for what is not given; momentum 0.9 (not for AdaGrad and
+    RMSProp, which refuse it) and weight_decay base_lr / 100, as DIGITS sets them.
     """
     train_n = db_entries(os.path.join(dataset_dir, "train_db", "features"))
     if train_n == 0:
@@ -139,27 +146,29 @@ def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD"
         s.test_interval = 1 if 0 < interval <= 1 else (int(interval) if interval < s.max_iter
                                                         else s.max_iter)
         s.test_state.add().stage.append("val")
-        s.test_initialization = False
     s.lr_policy = lr_policy
-    scale = s.max_iter / 100.0
-    if lr_policy == "step":
-        s.stepsize = max(1, int(math.ceil(stepsize_pct * scale)))
-        s.gamma = gamma
-    elif lr_policy == "exp":
-        s.gamma = math.pow(gamma, 1.0 / scale)
-    elif lr_policy == "inv":
-        s.gamma = gamma / scale
-        s.power = power
-    elif lr_policy == "poly":
-        s.power = power
-    elif lr_policy != "fixed":
+    if lr_policy != "fixed" and lr_policy not in LR_POLICY_DEFAULTS:
         raise DatasetError("lr policy '%s' is not one DIGITS offers here (fixed, step, exp, inv, "
                            "poly)" % lr_policy)
-    if solver_type not in ("AdaGrad",):
-        s.momentum = momentum
-    if solver_type == "Adam":
-        s.momentum2 = 0.999
-    s.weight_decay = weight_decay
+    given = {k: v for k, v in dict(gamma=gamma, stepsize_pct=stepsize_pct, power=power).items()
+             if v is not None}
+    opts = dict(LR_POLICY_DEFAULTS.get(lr_policy, {}), **given)
+    scale = s.max_iter / 100.0
+    if lr_policy == "step":
+        s.stepsize = max(1, int(math.ceil(opts["stepsize_pct"] * scale)))
+        s.gamma = opts["gamma"]
+    elif lr_policy == "exp":
+        s.gamma = math.pow(opts["gamma"], 1.0 / scale)
+    elif lr_policy == "inv":
+        s.gamma = opts["gamma"] / scale
+        s.power = opts["power"]
+    elif lr_policy == "poly":
+        s.power = opts["power"]
+    if solver_type not in ("AdaGrad", "RMSProp"):
+        s.momentum = 0.9
+    if solver_type == "RMSProp":
+        s.rms_decay = rms_decay
+    s.weight_decay = base_lr / 100.0
     s.display = max(1, min(int(math.floor(s.max_iter / (epochs * 8.0))) or 1,
                            int(math.ceil(5000.0 / batch_size))))
     if random_seed is not None:
@@ -174,14 +183,16 @@ DATASET_FIELDS = {"net", "net_param", "train_net", "test_net", "train_net_param"
                   "snapshot_prefix", "solver_type"}
 
 
-def prepare_run(network, dataset_dir, out_dir, epochs, base_lr, solver_type="SGD",
-                lr_policy="fixed", batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
+def prepare_run(network, dataset_dir, out_dir, epochs, base_lr=None, solver_type=None,
+                lr_policy=None, batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
                 mean_file=None, random_seed=None, template=None):
     """Write ``out_dir``/train_val.prototxt (bound to the dataset) and solver.prototxt.
 
     ``template`` (a SolverParameter, e.g. examples/sunnybrook/solver_*.prototxt)
     supplies the hyperparameters (type, base_lr, lr_policy, momentum, ...); the
     iteration counts and intervals still come from the dataset and ``epochs``.
+    ``base_lr``, ``solver_type`` and ``lr_policy`` given here win over the
+    template (None: the template's, else DIGITS' default: 0.01, SGD, fixed).
     Returns the solver path; the run can be repeated with ``--solver`` alone.
     """
     from google.protobuf import text_format
@@ -195,28 +206,45 @@ def prepare_run(network, dataset_dir, out_dir, epochs, base_lr, solver_type="SGD
     train_val = os.path.abspath(os.path.join(out_dir, "train_val.prototxt"))
     with open(train_val, "w") as f:
         f.write(text_format.MessageToString(bound))
-    solver = build_solver(train_val, dataset_dir, epochs, base_lr, solver_type=solver_type,
+    template_type = None
+    if template is not None:
+        template_type = template.type if template.HasField("type") else None
+        if template.HasField("solver_type") and template_type is None:
+            from .upgrade import upgrade_solver
+            t = caffe_pb2.SolverParameter()
+            t.solver_type = template.solver_type
+            upgrade_solver(t)
+            template_type = t.type
+
+    def pick(explicit, field, default):
+        if explicit is not None:
+            return explicit
+        if template is not None and template.HasField(field):
+            return getattr(template, field)
+        return default
+    solver = build_solver(train_val, dataset_dir, epochs, pick(base_lr, "base_lr", 0.01),
+                          solver_type=solver_type or template_type or "SGD",
                           batch_size=train_batch, snapshot_epochs=snapshot_epochs,
-                          val_epochs=val_epochs, lr_policy=lr_policy, random_seed=random_seed,
+                          val_epochs=val_epochs, lr_policy=pick(lr_policy, "lr_policy", "fixed"),
+                          random_seed=random_seed,
                           snapshot_prefix=os.path.abspath(os.path.join(out_dir, "snapshot")))
     if template is not None:
+        # what the command line said stands; so do the policy's own fields for its policy
+        keep = set(DATASET_FIELDS) | {"type", "solver_type"}
+        if base_lr is not None:
+            keep |= {"base_lr"}
+        if lr_policy is not None:
+            keep |= {"lr_policy", "gamma", "stepsize", "stepvalue", "power"}
         for field, value in template.ListFields():
-            if field.name in DATASET_FIELDS:
+            if field.name in keep:
                 continue
             solver.ClearField(field.name)
-            if field.type == field.TYPE_MESSAGE and not isinstance(value, (list, tuple)) \
-                    and not hasattr(value, "extend"):
+            if field.type == field.TYPE_MESSAGE and not hasattr(value, "extend"):
                 getattr(solver, field.name).CopyFrom(value)
             elif hasattr(value, "extend"):
                 getattr(solver, field.name).extend(value)
             else:
                 setattr(solver, field.name, value)
-        if template.HasField("solver_type") and not template.HasField("type"):
-            from .upgrade import upgrade_solver
-            t = caffe_pb2.SolverParameter()
-            t.solver_type = template.solver_type
-            upgrade_solver(t)
-            solver.type = t.type
     path = os.path.join(out_dir, "solver.prototxt")
     write_text(path, solver)
     return path

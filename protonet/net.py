@@ -622,7 +622,7 @@ def _is_hdf5(path):
 def _channel_hint(source, target):
     """Extra advice when only the input channels of a conv weight differ (RGB vs gray)."""
     if len(source) == 4 and len(target) == 4 and source[0] == target[0] \
-            and source[2:] == tuple(target[2:]) and source[1] != target[1]:
+            and source[2:] == tuple(target[2:]) and {source[1], target[1]} == {1, 3}:
         return (" The weights expect %d input channels but the net gets %d: for ImageNet-style "
                 "3-channel weights, build the dataset with 3 channels (e.g. `protonet data "
                 "sunnybrook --channels rgb`)." % (source[1], target[1]))

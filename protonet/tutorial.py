@@ -84,8 +84,9 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     solver.solve()
     train_seconds = time.time() - t0
     final = "%s_iter_%d.caffemodel" % (solver.param.snapshot_prefix, solver.iter)
+    # per epoch: the test before training (iteration 0, as DIGITS runs it) is not an epoch's
     dice_curve = [(it, v) for (net_id, name), (its, vals, _) in solver.curve.tests.items()
-                  if name == "dice" for it, v in zip(its, vals)]
+                  if name == "dice" for it, v in zip(its, vals) if it > 0]
 
     echo("[4/4] segmenting the validation set")
     val = os.path.join(dataset, "val_db")

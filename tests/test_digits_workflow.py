@@ -98,3 +98,59 @@ def test_finetune_weights_carry_over_and_rgb_into_gray_is_clear(tmp_path, datase
     assert status == 1
     assert "conv1_1" in err and "16x3x3x3" in err and "16x1x3x3" in err
     assert "--channels rgb" in err
+
+
+def _solver_for(tmp_path, datasets, name, *flags):
+    gray, _ = datasets
+    out = tmp_path / name
+    from protonet.digits import prepare_run
+    kwargs = dict(flags)
+    template = kwargs.pop("template", None)
+    path = prepare_run(tutorial_copy(tmp_path), gray, str(out), 1, template=template, **kwargs)
+    return read_solver(path)
+
+
+def test_solver_settings_are_digits_caffe_train(tmp_path, datasets):
+    # caffe_train.py: momentum 0.9 (not for AdaGrad/RMSProp), weight_decay = base_lr / 100,
+    # test_initialization left at Caffe's default (a test at iteration 0); policies take the
+    # model form's defaults, their gamma scaled to the run (scale = max_iter / 100)
+    s = _solver_for(tmp_path, datasets, "a", ("base_lr", 1e-4))
+    assert s.momentum == pytest.approx(0.9) and s.weight_decay == pytest.approx(1e-6)
+    assert not s.HasField("test_initialization") and s.test_initialization
+    scale = s.max_iter / 100.0
+    s = _solver_for(tmp_path, datasets, "b", ("base_lr", 0.01), ("lr_policy", "exp"))
+    assert s.gamma == pytest.approx(0.95 ** (1 / scale))
+    s = _solver_for(tmp_path, datasets, "c", ("base_lr", 0.01), ("lr_policy", "inv"))
+    assert s.gamma == pytest.approx(0.1 / scale) and s.power == pytest.approx(0.5)
+    s = _solver_for(tmp_path, datasets, "d", ("base_lr", 0.01), ("lr_policy", "poly"))
+    assert s.power == pytest.approx(3.0)
+    s = _solver_for(tmp_path, datasets, "e", ("base_lr", 0.01), ("solver_type", "RMSProp"))
+    assert not s.HasField("momentum") and s.rms_decay == pytest.approx(0.99)
+
+
+def test_command_line_settings_win_over_the_template(tmp_path, datasets):
+    template = read_solver(str(Path(__file__).resolve().parents[1] / "examples" / "sunnybrook"
+                               / "solver_scratch.prototxt"))
+    s = _solver_for(tmp_path, datasets, "t", ("template", template))
+    assert s.type == "SGD" and s.base_lr == pytest.approx(1e-4) and s.lr_policy == "fixed"
+    s = _solver_for(tmp_path, datasets, "u", ("template", template), ("base_lr", 0.01),
+                    ("lr_policy", "step"), ("solver_type", "Adam"))
+    assert s.type == "Adam" and s.base_lr == pytest.approx(0.01) and s.lr_policy == "step"
+    assert s.gamma == pytest.approx(0.1) and s.stepsize >= 1
+    assert s.weight_decay == pytest.approx(1e-6)            # the rest is the template's
+
+
+def test_python_layers_beside_the_network_are_found(tmp_path, datasets, monkeypatch):
+    gray, _ = datasets
+    folder = tmp_path / "netdir"
+    folder.mkdir()
+    (folder / "digits_python_layers.py").write_text(
+        (SHARED / "plugins" / "digits_python_layers.py").read_text())
+    net = folder / "net.prototxt"
+    net.write_text(Path(tutorial_copy(tmp_path)).read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "digits_python_layers", raising=False)
+    from protonet import python_layer
+    monkeypatch.setattr(python_layer, "_extra_paths", [])
+    assert main(["train", "--network", str(net), "--dataset", gray, "--epochs", "1",
+                 "--base-lr", "1e-4", "--out", str(tmp_path / "run"), "--no-curve"]) == 0
