@@ -492,8 +492,11 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
     finally:
         items.close()
     if not records:
+        # a reason that already names its input is shown as it is
         raise InferError("no input could be run (%d skipped: %s)" % (
-            len(skipped), "; ".join("%s: %s" % (s["input"], s["reason"]) for s in skipped[:3])))
+            len(skipped), "; ".join(s["reason"] if s["reason"].startswith(s["input"])
+                                    else "%s: %s" % (s["input"], s["reason"])
+                                    for s in skipped[:3])))
     dices = [r["dice"] for r in records if r["dice"] is not None]
     mean = float(np.mean(dices)) if dices else None
     sheet_path = os.path.join(out_dir, "contact_sheet.png")

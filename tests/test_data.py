@@ -464,6 +464,16 @@ def test_mirror_crop_with_mean_file_follows_source_pixels():
         assert len(hits) == 1
 
 
+def test_a_mean_file_with_several_means_uses_the_first_as_caffe(tmp_path):
+    means = np.stack([np.full((1, 2, 3), 10.0), np.full((1, 2, 3), 99.0)]).astype(np.float32)
+    write_blobproto(str(tmp_path / "m.binaryproto"), means)
+    param = caffe_pb2.TransformationParameter(mean_file=str(tmp_path / "m.binaryproto"))
+    with captured_log() as stream:
+        t = DataTransformer(param, TEST, dtype=np.float64)
+    np.testing.assert_array_equal(t.mean, np.full((1, 2, 3), 10.0))
+    assert "holds 2 means; using the first" in stream.getvalue()
+
+
 def test_rand_skip_is_ignored_as_in_caffe_1_0(tmp_path):
     # Caffe 1.0's Data layer never reads rand_skip (deprecated in caffe.proto): every seed
     # starts at the first record

@@ -335,7 +335,10 @@ def test_bad_input_is_skipped_and_named(tmp_path, gray_net, capsys):
     # nothing readable: exit 2, the file named
     status = _run(["--model", model, "--weights", weights, str(tmp_path / "notes.txt"),
                    "--out", str(tmp_path / "out2")])
-    assert status == 2 and str(tmp_path / "notes.txt") in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status == 2 and str(tmp_path / "notes.txt") in err
+    final = [l for l in err.splitlines() if "no input could be run" in l][0]
+    assert final.count("notes.txt") == 1            # named once, not "notes.txt: notes.txt: ..."
 
 
 @pytest.mark.parametrize("case, message", [

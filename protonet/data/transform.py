@@ -15,7 +15,10 @@ import numpy as np
 from .. import backend
 from ..io import FormatError, read_blobproto
 from ..layer import TRAIN
+from ..log import get_logger
 from .datum import DataError
+
+log = get_logger()
 
 
 class DataTransformer:
@@ -42,7 +45,10 @@ class DataTransformer:
                 mean = read_blobproto(param.mean_file)
             except FormatError as exc:
                 raise DataError("%s: mean_file: %s" % (what, exc)) from None
-            if mean.ndim == 4 and mean.shape[0] == 1:
+            if mean.ndim == 4:
+                if mean.shape[0] != 1:      # Caffe reads the first C x H x W values
+                    log.warning("%s: mean_file %s holds %d means; using the first, as Caffe",
+                                what, param.mean_file, mean.shape[0])
                 mean = mean[0]
             if mean.ndim != 3:
                 raise DataError("%s: mean_file %s holds a blob of shape %s; expected 1 x C x H x W"
