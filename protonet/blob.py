@@ -117,10 +117,15 @@ class Blob:
 
     @property
     def diff(self):
+        self.settle_diff()
+        return self._diff
+
+    def settle_diff(self):
+        """Carry out a deferred zeroing, copy or product now (reading ``diff`` does too), for
+        code that holds the diff array itself rather than reading the property."""
         owner = self._diff_owner()
         if owner._diff_fill is not None:
             owner._materialize_diff()
-        return self._diff
 
     def _diff_owner(self):
         blob = self

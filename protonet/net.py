@@ -439,7 +439,7 @@ class Net:
                     # a plugin may add into a diff array it kept (Caffe's memory is always
                     # current): carry out the solver's deferred zeroing first
                     for blob in layer.blobs:
-                        blob.diff      # noqa: B018  (the property settles it)
+                        blob.settle_diff()
                 try:
                     layer.backward(self.top_vecs[li], self.bottom_need_backward[li],
                                    self.bottom_vecs[li])

@@ -700,7 +700,7 @@ class Solver:
         and read or change them in place, as it could in Caffe's memory.
         """
         for blob in self.net.learnable_params:
-            blob.diff      # noqa: B018  (the property settles it)
+            blob.settle_diff()
 
     def solve(self, resume_file=None, max_iter=None):
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming first.
