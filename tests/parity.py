@@ -1,4 +1,4 @@
-"""Drive real-Caffe reference cases from ../shared/parity through protonet's Net."""
+"""Drive real-Caffe reference cases (tests/caffe_reference/parity, a copy of ../shared/parity) through protonet's Net."""
 import contextlib
 import json
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import protonet
 from protonet import backend
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# real Caffe 1.0 reference data and the published DIGITS assets, copied from ../shared
+SHARED = Path(__file__).resolve().parent / "caffe_reference"
 PARITY = SHARED / "parity"
 
 

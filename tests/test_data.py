@@ -1,6 +1,6 @@
 """Data layers, Datum helpers, LMDB reading/writing and Caffe's data transformer.
 
-Every ../shared/parity/data case is checked against the batches real Caffe
+Every tests/caffe_reference/parity/data case is checked against the batches real Caffe
 produced; the rest build their own small LMDBs, image lists and HDF5 files.
 """
 import gc

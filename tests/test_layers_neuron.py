@@ -3,7 +3,7 @@
 Forward values are checked against per-element references written with the
 math module over tiny arrays; gradients by finite differences
 (tests/gradcheck.py); in-place runs against out-of-place ones; and every
-matching case in ../shared/parity against real Caffe (float32).
+matching case in tests/caffe_reference/parity against real Caffe (float32).
 """
 import json
 import math
@@ -478,7 +478,7 @@ def test_prelu_channel_change_is_an_error():
 
 
 # ----------------------------------------------------------------------------
-# Parity with Caffe 1.0 (../shared/parity), float32, layers driven directly
+# Parity with Caffe 1.0 (tests/caffe_reference/parity), float32, layers driven directly
 
 PARITY_CASES = [
     "relu", "relu_leaky", "sigmoid", "tanh", "elu", "elu_alpha", "absval", "bnll", "exp",

@@ -11,7 +11,7 @@ from gradcheck import build, check_gradient, make_layer
 from protonet.blob import Blob
 from protonet.layer import LayerError
 
-PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "layers"
+PARITY = Path(__file__).resolve().parent / "caffe_reference" / "parity" / "layers"
 
 FILLERS = ('weight_filler { type: "uniform" min: -0.6 max: 0.6 } '
            'bias_filler { type: "uniform" min: -0.3 max: 0.3 }')

@@ -4,7 +4,7 @@ BatchReindex, BatchNorm, MVN.
 
 Three kinds of test per layer: forward against values computed here another way
 (loops over tiny shapes or closed forms), float64 finite-difference gradients
-(tests/gradcheck.py), and real Caffe's numbers from ../shared/parity driven
+(tests/gradcheck.py), and real Caffe's numbers from tests/caffe_reference/parity driven
 directly through the layers (no Net), in float32.
 """
 import json

@@ -15,7 +15,7 @@ from protonet.layer import LayerError, TEST, TRAIN
 from protonet.layers._im2col import ColPlan
 from protonet.proto import caffe_pb2
 
-PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "layers"
+PARITY = Path(__file__).resolve().parent / "caffe_reference" / "parity" / "layers"
 FLT_MAX = float(np.finfo(np.float32).max)
 
 FILLERS = ('weight_filler { type: "gaussian" std: 0.7 } '

@@ -17,7 +17,7 @@ from protonet.proto import caffe_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTO_PATH = REPO_ROOT / "proto" / "caffe.proto"
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = REPO_ROOT / "tests" / "caffe_reference"
 PARITY = SHARED / "parity"
 DIGITS = SHARED / "models" / "digits"
 

@@ -11,7 +11,8 @@ from protonet.upgrade import (UpgradeError, UpgradeWarning, upgrade_batch_norm,
                               upgrade_net, upgrade_net_input, upgrade_solver,
                               v1_type_name)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# real Caffe 1.0 reference data and the published DIGITS assets, copied from ../shared
+SHARED = Path(__file__).resolve().parent / "caffe_reference"
 
 
 def net(text):
