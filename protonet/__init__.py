@@ -7,8 +7,9 @@ from .backend import set_mode_cpu, set_mode_gpu, set_device
 from .layer import TRAIN, TEST, Layer, register
 from .net import Net, NetError
 from .rng import set_random_seed
-from .solver import (get_solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
-                     AdaDeltaSolver, AdamSolver)
+from .solver import get_solver
+from .update_rules import (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                           AdaDeltaSolver, AdamSolver)
 
 __version__ = "0.1.0"
 

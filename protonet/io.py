@@ -18,6 +18,13 @@ class FormatError(ValueError):
     """A file could not be read as the expected Caffe message."""
 
 
+class SolverError(ValueError):
+    """The solver description is inconsistent; the message names the file and field.
+
+    Defined here, below the solver and the weight I/O that both raise it;
+    :mod:`protonet.solver` re-exports it."""
+
+
 def _read(path, mode):
     try:
         with open(path, "rb") as f:
