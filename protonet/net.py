@@ -15,6 +15,7 @@ from google.protobuf import text_format
 
 from . import backend
 from .blob import Blob
+from .hdf5_weights import load_hdf5_weights
 from .io import (FormatError, blob_shape, blobproto_to_array, decode_text, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
 from .layer import TRAIN, TEST, LayerError, create_layer
@@ -553,7 +554,6 @@ class Net:
         else:
             path = os.fspath(source)
             if _is_hdf5(path):           # as Caffe's CopyTrainedLayersFrom, by content
-                from .solver import load_hdf5_weights
                 return load_hdf5_weights(self, path)
             param, origin = read_net_binary(path), path
         index = {}
