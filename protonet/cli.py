@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import backend
+from . import backend, devices
 from .io import FormatError, read_solver
 from .layer import LayerError
 from .log import close_log_file, fmt, get_logger, setup as setup_logging
@@ -50,82 +50,6 @@ def _add_net_state(parser):
     parser.add_argument("--stage", action="append", metavar="NAME",
                         help="NetState stage(s), comma separated or repeated")
     parser.add_argument("--level", type=int, default=0, help="NetState level (default 0)")
-
-
-def _gpu_ids(flag):
-    """Caffe's get_gpus: '' / None -> [], 'all' -> every device, '0,1' -> [0, 1]; -1 -> CPU."""
-    if flag is None or flag.strip() in ("", "-1"):
-        return []
-    if flag.strip() == "all":
-        count = _device_count()
-        if not count:
-            raise CommandError("--gpu all: no GPU is usable (%s)" % _no_gpu_reason())
-        return list(range(count))
-    try:
-        ids = [int(x) for x in flag.split(",")]
-    except ValueError:
-        raise CommandError("--gpu expects device ids separated by ',', 'all' or -1; got %r" % flag) from None
-    if any(i < 0 for i in ids):
-        return []
-    return ids
-
-
-def _cupy():
-    """CuPy through protonet.backend (the only module that imports it), or None."""
-    return backend._load_cupy()  # noqa: SLF001  (backend owns the import)
-
-
-def _device_count():
-    cp = _cupy()
-    if cp is None:
-        return 0
-    try:
-        return int(cp.cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
-
-
-def _no_gpu_reason():
-    cp = _cupy()
-    if cp is None:
-        return "CuPy is not installed or failed to load: %r" % (backend._cupy_error,)  # noqa: SLF001
-    return "CuPy sees no CUDA device"
-
-
-def _device_name(i):
-    try:
-        name = _cupy().cuda.runtime.getDeviceProperties(i)["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:
-        return "?"
-
-
-def _use_devices(ids, training=False):
-    """Set protonet's mode as Caffe's tools do: the CPU, or one GPU."""
-    if not ids:
-        log.info("Use CPU.")
-        backend.set_mode_cpu()
-        return
-    if training and len(ids) > 1:
-        # `caffe train` splits the batch over the GPUs with NCCL, or stops when built without
-        raise CommandError("--gpu %s: training on several GPUs at once (Caffe's NCCL data "
-                           "parallelism) is not available in protonet; give one device id"
-                           % ",".join(map(str, ids)))
-    while len(ids) > 1:
-        log.info("Not using GPU #%d for single-GPU function", ids.pop())
-    count = _device_count()
-    if ids[0] >= count:
-        raise CommandError("GPU %d requested but %s" % (
-            ids[0], "only %d GPU(s) are usable" % count if count else "no GPU is usable (%s)"
-            % _no_gpu_reason()))
-    if training:                       # train words it differently from test and time
-        log.info("Using GPUs %d", ids[0])
-        log.info("GPU %d: %s", ids[0], _device_name(ids[0]))
-    else:
-        log.info("Use GPU with device ID %d", ids[0])
-        log.info("GPU device name: %s", _device_name(ids[0]))
-    backend.set_device(ids[0])
-    backend.set_mode_gpu()
 
 
 def _net_phase(name):
@@ -242,13 +166,13 @@ def train_command(args):
     # Only a solver_mode written in the file counts (the field's default is GPU).
     if gpu_flag is None and param.HasField("solver_mode") \
             and param.solver_mode == caffe_pb2.SolverParameter.GPU:
-        if _device_count():
+        if devices.device_count():
             gpu_flag = str(param.device_id)
         else:
             log.warning("solver_mode is GPU but no GPU is usable (%s); training on the CPU",
-                        _no_gpu_reason())
-    ids = _gpu_ids(gpu_flag)
-    _use_devices(ids, training=True)
+                        devices.no_gpu_reason())
+    ids = devices.gpu_ids(gpu_flag)
+    devices.use_devices(ids, training=True)
     with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
         solver = get_solver(param, source_name=args.solver)
         solver.action_request_function = handler
@@ -290,7 +214,7 @@ def test_command(args):
     from .solver import copy_weights
     if args.iterations < 1:
         raise CommandError("--iterations must be at least 1")
-    _use_devices(_gpu_ids(args.gpu))
+    devices.use_devices(devices.gpu_ids(args.gpu))
     net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=_stages(args.stage))
     copy_weights(net, args.weights)
     log.info("Running for %d iterations.", args.iterations)
@@ -340,7 +264,7 @@ def time_command(args):
     from .net import Net
     if args.iterations < 1:
         raise CommandError("--iterations must be at least 1")
-    _use_devices(_gpu_ids(args.gpu))
+    devices.use_devices(devices.gpu_ids(args.gpu))
     net = Net(args.model, phase=_net_phase(args.phase), level=args.level, stages=_stages(args.stage))
     log.info("Performing Forward")
     initial_loss = net.forward_from_to()
@@ -425,12 +349,13 @@ _PROPERTIES = (
 
 def device_query_command(args):
     log.info("Querying GPUs %s", args.gpu)
-    count = _device_count()
+    count = devices.device_count()
     if not count:
-        log.info("No GPU: %s. protonet runs on the CPU with NumPy %s.", _no_gpu_reason(), np.__version__)
+        log.info("No GPU: %s. protonet runs on the CPU with NumPy %s.", devices.no_gpu_reason(),
+                 np.__version__)
         return 0
-    cp = _cupy()
-    ids = list(range(count)) if args.gpu in ("all", "", None) else _gpu_ids(args.gpu)
+    cp = devices.cupy()
+    ids = list(range(count)) if args.gpu in ("all", "", None) else devices.gpu_ids(args.gpu)
     log.info("CuPy %s, CUDA runtime %s, %d device(s)", cp.__version__,
              cp.cuda.runtime.runtimeGetVersion(), count)
     for i in ids:
@@ -596,8 +521,8 @@ def _user_errors():
     from .net import NetError
     from .solver import SolverError
     from .upgrade import UpgradeError
-    return (CommandError, SolverError, NetError, FormatError, LayerError, UpgradeError,
-            DataError, DatasetError, OSError, RuntimeError)
+    return (CommandError, devices.DeviceError, SolverError, NetError, FormatError, LayerError,
+            UpgradeError, DataError, DatasetError, OSError, RuntimeError)
 
 
 def main(argv=None):

@@ -158,11 +158,11 @@ def add_arguments(p):
 
 
 def run(args):
-    from .cli import _gpu_ids, _use_devices
+    from .devices import gpu_ids, use_devices
     mode, device = backend.mode(), backend.device()
     try:
         if args.gpu is not None:
-            _use_devices(_gpu_ids(args.gpu))      # a bad or missing GPU: main's clear error
+            use_devices(gpu_ids(args.gpu))      # a bad or missing GPU: main's clear error
         with quiet_net_setup():
             run_tutorial(args.out, images=args.images, contours=args.contours, net=args.net,
                          epochs=args.epochs, base_lr=args.base_lr, solver_type=args.solver_type,

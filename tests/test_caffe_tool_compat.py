@@ -11,7 +11,7 @@ import pytest
 
 import protonet
 from logcapture import captured_log
-from protonet import backend, cli
+from protonet import backend, cli, devices
 from protonet import log as plog
 from protonet.cli import gflags_spelling, main
 from protonet.solver import get_solver
@@ -114,7 +114,7 @@ def test_train_says_optimization_done_twice_and_after_an_early_stop(work, capsys
 
 def test_solver_mode_counts_only_when_written(work, capsys, monkeypatch):
     # the field's default is GPU; Caffe trains on the CPU unless the file says GPU
-    monkeypatch.setattr(cli, "_device_count", lambda: 1)
+    monkeypatch.setattr(devices, "device_count", lambda: 1)
     (work / "solver.prototxt").write_text((SOLVER % 2).replace("solver_mode: CPU\n", ""))
     assert main(["train", "--solver", "solver.prototxt", "--no-curve"]) == 0
     assert "Use CPU." in _lines(capsys.readouterr().err)
@@ -122,7 +122,7 @@ def test_solver_mode_counts_only_when_written(work, capsys, monkeypatch):
 
 
 def test_several_gpus_for_training_is_a_clear_error(work, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_device_count", lambda: 2)
+    monkeypatch.setattr(devices, "device_count", lambda: 2)
     assert main(["train", "--solver", "solver.prototxt", "--gpu", "0,1", "--no-curve"]) == 1
     err = capsys.readouterr().err
     assert "--gpu 0,1: training on several GPUs at once" in err and "give one device id" in err
