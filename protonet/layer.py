@@ -27,6 +27,9 @@ TRAIN = 0
 TEST = 1
 
 _REGISTRY = {}
+# type name -> factory(layer_param, phase, dtype, xp, search_dirs), for types that no one class
+# implements: "Python" (registered by protonet.python_layer, which the built-ins import)
+_FACTORIES = {}
 
 
 class LayerError(ValueError):
@@ -43,6 +46,11 @@ def register(*type_names):
         cls.type = type_names[0]
         return cls
     return deco
+
+
+def register_factory(type_name, factory):
+    """Make ``type: "<type_name>"`` built by ``factory(layer_param, phase, dtype, xp, search_dirs)``."""
+    _FACTORIES[type_name] = factory
 
 
 def known_types():
@@ -208,9 +216,10 @@ def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None, search_dir
     ``type: "Python"`` instantiates the user's class named by python_param,
     looked up also in ``search_dirs`` (the prototxt's folder).
     """
-    if layer_param.type == "Python":
-        from .python_layer import create_python_layer
-        return create_python_layer(layer_param, phase, dtype, xp, search_dirs)
+    _load_builtins()
+    factory = _FACTORIES.get(layer_param.type)
+    if factory is not None:
+        return factory(layer_param, phase, dtype, xp, search_dirs)
     cls = layer_class(layer_param.type)
     if cls is None:
         raise LayerError(

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import to_host
 from .blob import Blob
-from .layer import BlobList, Layer, LayerError
+from .layer import BlobList, Layer, LayerError, register_factory
 
 _extra_paths = []
 # None: copy to the host only on a device; True/False force it (tests exercise the GPU path's copies).
@@ -295,3 +295,6 @@ class HostCopyLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return self.plugin.allow_force_backward(bottom_index)
+
+
+register_factory("Python", create_python_layer)
