@@ -27,7 +27,8 @@ setup(
         # CuPy's prebuilt wheels, by the CUDA major version the driver supports
         "cuda12": ["cupy-cuda12x"],
         "cuda13": ["cupy-cuda13x"],
-        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py"],
+        # selenium drives the system's chromium (.ci/run installs it) for the report tests
+        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py", "selenium"],
         "hdf5": ["h5py"],
     },
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},

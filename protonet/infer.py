@@ -1,8 +1,11 @@
-"""``protonet infer``: run a segmentation net on images; write overlays, masks, Dice, a contact sheet.
+"""``protonet infer``: run a segmentation net on images; write overlays, masks, Dice, a contact
+sheet and a browsable report (index.html).
 
     protonet infer --model deploy.prototxt --weights snap.caffemodel IM-0001-0048.dcm --out pred
     protonet infer --model fcn_alexnet.prototxt --weights snap.caffemodel \\
         dataset/val_db/features --labels dataset/val_db/labels --out pred
+    protonet infer --model fcn_alexnet.prototxt --weights snap.caffemodel \\
+        Sunnybrook/challenge_validation/SC-HF-I-5 --contours Sunnybrook/contours --out pred
 
 **Model.** A deploy prototxt (an ``Input`` layer; built in phase TEST with
 stage ``deploy``), or a DIGITS train/val prototxt (data layers, no Input)
@@ -26,6 +29,25 @@ training data reached the net:
 * an LMDB of Datum records (``data`` or ``float_data``), in key order; with
   ``--labels`` the label LMDB's record of the same key is the true mask.
 
+**Names.** Outputs are named by case and image, not by database key: a
+DICOM ``IM-SSSS-NNNN.dcm`` is ``<case folder>_IM-SSSS-NNNN`` (case numbers
+without leading zeros, as the Sunnybrook converter spells them); a record of
+an LMDB of a Sunnybrook dataset (``protonet data sunnybrook`` or the
+tutorial: its ``summary.json`` beside or above the LMDB lists split, key,
+case and DICOM of each record) is ``<case>_IM-SSSS-NNNN``; other files are
+their stem, other records their key. Slice is the summary's "slice" where it
+has one, else the image number NNNN.
+
+**Truth.** ``--labels`` (an LMDB's labels, by key) or ``--contours DIR``:
+the Sunnybrook expert contours (``<case>/contours-manual/IRCCI-expert/
+IM-0001-NNNN-icontour-manual.txt``, read and filled as the dataset
+converter does) for DICOM inputs named ``IM-SSSS-NNNN.dcm`` in their case
+folder; a contour goes with the image of the case's SAX series (the one the
+converter would pick), never a localizer that shares the image number.
+
+**Areas** in mm² use the DICOM's PixelSpacing (the input's, or the one an
+LMDB record came from, when its size matches); unknown otherwise.
+
 Channels are matched to the net's: gray is copied to 3 channels when the
 net wants 3, colour is averaged to gray when it wants 1.
 
@@ -34,13 +56,16 @@ net wants 3, colour is averaged to gray when it wants 1.
 1-channel output is thresholded at 0.5); class > 0 is the mask (LV).
 A label's nonzero pixels are its mask.
 
-**Outputs** in ``OUT``: ``<name>_overlay.png`` (the image windowed 1-99%
-to gray, the predicted mask tinted red, its contour red, the true contour
-green), ``<name>_mask.png`` (0/255, the input's size), ``summary.json``,
-``summary.csv`` (per image: pixels predicted, pixels labelled, Dice; a last
-row ``MEAN``), ``contact_sheet.png``. ``<name>`` is the file's stem or the
-record's key. An input that cannot be read or run is reported, named and
-skipped; the exit status is then 1 (2 when nothing could be done).
+**Outputs** in ``OUT``: ``index.html`` (:mod:`protonet.report`: a
+sortable table, a viewer with prediction/truth toggles, opacity and zoom,
+a legend and the contact sheet; self-contained up to ``--embed-mb``, beyond
+it with its pictures in ``OUT/report/``), ``<name>_overlay.png`` (the image
+windowed 1-99% to gray, the predicted mask tinted red, its contour red, the
+true contour green), ``<name>_mask.png`` (0/255, the input's size),
+``summary.json``, ``summary.csv`` (per image: case, image, slice, pixels
+and mm² predicted, pixels labelled, Dice; a last row ``MEAN``),
+``contact_sheet.png``. An input that cannot be read or run is reported,
+named and skipped; the exit status is then 1 (2 when nothing could be done).
 """
 import argparse
 import csv
@@ -61,20 +86,25 @@ EXAMPLE = """example:
       --weights snap_iter_1000.caffemodel dataset/val_db/features \\
       --labels dataset/val_db/labels --out pred
   protonet infer --model fcn_alexnet.prototxt --weights snap.caffemodel dataset/val_db --out pred
+  protonet infer --model fcn_alexnet.prototxt --weights snap.caffemodel \\
+      Sunnybrook/challenge_validation/SC-HF-I-5 --contours Sunnybrook/contours --out pred
 
 A DIGITS split folder (val_db) reads its features with its labels.
+--contours scores DICOMs named IM-SSSS-NNNN.dcm against the Sunnybrook expert contours.
 
 A train/val prototxt (DIGITS style, data layers) gets a deploy net derived
-from it (written to OUT/deploy.prototxt). Writes OUT/<name>_overlay.png,
-OUT/<name>_mask.png, OUT/summary.json, OUT/summary.csv and
-OUT/contact_sheet.png.
+from it (written to OUT/deploy.prototxt). Writes OUT/index.html (open it in
+a browser), OUT/<name>_overlay.png, OUT/<name>_mask.png, OUT/summary.json,
+OUT/summary.csv and OUT/contact_sheet.png; <name> is <case>_IM-SSSS-NNNN
+where the case is known.
 
 exit status: 0 every input done, 1 some skipped (each is named), 2 nothing done"""
 
 DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData")  # what derive_deploy drops
 FILE_KINDS = {".dcm": "dicom", ".dicom": "dicom", ".png": "image", ".jpg": "image",
               ".jpeg": "image"}
-CSV_FIELDS = ("name", "file", "key", "height", "width", "pred_lv_pixels", "true_lv_pixels", "dice")
+CSV_FIELDS = ("name", "case", "image", "slice", "file", "key", "height", "width", "pred_lv_pixels",
+              "pred_lv_mm2", "true_lv_pixels", "dice")
 
 
 class InferError(ValueError):
@@ -84,12 +114,18 @@ class InferError(ValueError):
 # ------------------------------------------------------------------ inputs
 class Item:
     """One input: ``name`` (for output files), ``file`` (path or LMDB folder), ``key``
-    (LMDB key or None), ``load()`` -> C x H x W float32, ``load_label()`` -> H x W bool or None."""
+    (LMDB key or None), ``load()`` -> C x H x W float32, ``load_label(shape)`` -> H x W bool
+    or None; what is known of it: ``case``, ``image`` (``IM-SSSS-NNNN``), ``slice``, ``dicom``
+    (a DICOM file whose pixel spacing applies), ``spacing`` ((row, col) mm, if given),
+    ``truth`` (where the true mask comes from)."""
 
-    def __init__(self, name, file, key=None, load=None, load_label=None):
+    def __init__(self, name, file, key=None, load=None, load_label=None, case=None, image=None,
+                 slice=None, dicom=None, spacing=None, truth=None):
         self.name, self.file, self.key = name, file, key
         self.load = load
-        self.load_label = load_label or (lambda: None)
+        self.load_label = load_label or (lambda shape: None)
+        self.case, self.image, self.slice, self.dicom = case, image, slice, dicom
+        self.spacing, self.truth = spacing, truth
 
     @property
     def where(self):
@@ -154,12 +190,88 @@ def _is_lmdb(path):
     return os.path.isfile(os.path.join(path, "data.mdb"))
 
 
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _entry_names(entry):
+    """(case, image, slice, dicom) of a Sunnybrook ``summary.json`` entry, read defensively:
+    image is the DICOM's stem (``IM-SSSS-NNNN``) or the entry's "image"; slice the entry's
+    "slice", else the image number NNNN."""
+    from .data.sunnybrook import _DICOM_RE
+    case = entry.get("case")
+    case = str(case) if case not in (None, "") else None
+    dicom = entry.get("dicom") if isinstance(entry.get("dicom"), str) else None
+    base = os.path.basename(dicom) if dicom else ""
+    m = _DICOM_RE.match(base)
+    image = os.path.splitext(base)[0] if base else None
+    if not image and entry.get("image") not in (None, ""):
+        image = str(entry["image"])
+    slice_ = _int_or_none(entry.get("slice"))
+    if slice_ is None:
+        slice_ = int(m.group(2)) if m else _int_or_none(entry.get("image"))
+    return case, image, slice_, dicom
+
+
+def dataset_entries(features):
+    """{key: summary.json entry} for an LMDB of a protonet/DIGITS Sunnybrook dataset, else {}.
+
+    ``summary.json`` (written by ``protonet data sunnybrook``) is looked for in
+    the LMDB folder, beside it and above it; its "entries" list split, key,
+    case, contour and DICOM of each example. Keys restart in each split, so
+    the LMDB's split is the one whose "features" (or "labels") path is this
+    folder, else the ``<split>_db`` folder it sits in; without a split the
+    keys are used only when unique over all entries.
+    """
+    lmdb = os.path.abspath(features)
+    for folder in (lmdb, os.path.dirname(lmdb), os.path.dirname(os.path.dirname(lmdb))):
+        path = os.path.join(folder, "summary.json")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            continue     # e.g. the tutorial's own summary.json, further up
+        entries = [e for e in entries if isinstance(e, dict) and e.get("key") is not None]
+        split = None
+        splits = data.get("splits")
+        for name, info in (splits.items() if isinstance(splits, dict) else ()):
+            if not isinstance(info, dict):
+                continue
+            for role in ("features", "labels"):
+                rel = info.get(role)
+                if isinstance(rel, str) and os.path.abspath(os.path.join(folder, rel)) == lmdb:
+                    split = name
+        if split is None:
+            parts = os.path.relpath(lmdb, folder).split(os.sep)
+            found = [p[:-3] for p in parts if p.endswith("_db")]
+            split = found[-1] if found else None
+        if split is not None:
+            chosen = [e for e in entries if str(e.get("split")) == split]
+        else:
+            chosen = entries
+        keys = [str(e["key"]) for e in chosen]
+        if len(set(keys)) != len(keys):
+            return {}     # which split is meant is unknown: keys name the records
+        return dict(zip(keys, chosen))
+    return {}
+
+
 def _lmdb_items(features, labels):
-    """Items for the records of the ``features`` LMDB, labels by key from ``labels``."""
+    """Items for the records of the ``features`` LMDB, labels by key from ``labels``; named
+    by case and image when the dataset's summary.json says (:func:`dataset_entries`)."""
     from .data.datum import datum_to_array
     from .data.db import LMDBReader
     reader = LMDBReader(features)
     label_reader = LMDBReader(labels) if labels else None
+    entries = dataset_entries(features)
     records = reader.items()
     try:
         if label_reader is not None and len(label_reader) != len(reader):
@@ -173,7 +285,7 @@ def _lmdb_items(features, labels):
                 return np.asarray(datum_to_array(value, what="%s record %s" % (features, key)),
                                   dtype=np.float32)
 
-            def load_label(raw_key=raw_key, key=key):
+            def load_label(shape, raw_key=raw_key, key=key):
                 record = label_reader.get(raw_key)
                 if record is None:
                     raise InferError("%s has no record with key %s (the features' key)"
@@ -184,7 +296,17 @@ def _lmdb_items(features, labels):
                                      % (labels, key, arr.shape[0]))
                 return arr[0] != 0
 
-            yield Item(key, features, key, load, load_label if label_reader else None)
+            case = image = slice_ = dicom = spacing = None
+            entry = entries.get(key)
+            if entry is not None:
+                case, image, slice_, dicom = _entry_names(entry)
+                given = entry.get("pixel_spacing")
+                if isinstance(given, (list, tuple)) and len(given) == 2:
+                    spacing = given
+            name = "%s_%s" % (case, image) if case and image else key
+            yield Item(name, features, key, load, load_label if label_reader else None,
+                       case=case, image=image, slice=slice_, dicom=dicom, spacing=spacing,
+                       truth="%s record %s" % (labels, key) if label_reader else None)
     finally:
         records.close()   # its read transaction ends before the environment closes
         reader.close()
@@ -192,9 +314,78 @@ def _lmdb_items(features, labels):
             label_reader.close()
 
 
-def _file_item(path):
-    return Item(os.path.splitext(os.path.basename(path))[0], path, None,
-                lambda: read_file(path))
+class ContourIndex:
+    """The expert contours under ``--contours`` (the Sunnybrook layout, read with
+    :mod:`protonet.data.sunnybrook`), matched to DICOM inputs named ``IM-SSSS-NNNN.dcm`` in
+    their case folder. A contour names the case and image number, not the series, so it goes
+    with the DICOM only when that is the image the dataset converter picks
+    (:func:`~protonet.data.sunnybrook.find_dicom`: the case's SAX series), never a
+    localizer sharing the number."""
+
+    def __init__(self, contours_dir):
+        from .data.sunnybrook import find_contours
+        if not os.path.isdir(contours_dir):
+            raise InferError("--contours %s: no such folder" % contours_dir)
+        found, warnings = find_contours(contours_dir)
+        for w in warnings:
+            print("protonet infer: warning: %s" % w, file=sys.stderr)
+        if not found:
+            raise InferError("--contours %s: no contour files IM-0001-NNNN-icontour-manual.txt "
+                             "under it (expected <case>/contours-manual/IRCCI-expert/...)"
+                             % contours_dir)
+        self.contours = {(case, image_no): path for case, image_no, path in found}
+        self.folders = {}
+        self.matched = 0
+
+    def _series(self, folder):
+        """{SSSS: {NNNN: path}} of a case folder's DICOMs (as find_image_cases lists them)."""
+        from .data.sunnybrook import _DICOM_RE
+        if folder not in self.folders:
+            series = {}
+            for name in os.listdir(folder):
+                m = _DICOM_RE.match(name)
+                if m:
+                    series.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(folder, name)
+            self.folders[folder] = series
+        return self.folders[folder]
+
+    def contour_for(self, path, case, image_no):
+        """The contour file of DICOM ``path`` (image ``image_no`` of ``case``), or None."""
+        from .data.sunnybrook import find_dicom
+        contour = self.contours.get((case, image_no))
+        if contour is None:
+            return None
+        folder = os.path.dirname(os.path.abspath(path))
+        chosen, _, _ = find_dicom({"dir": folder, "series": self._series(folder)}, case, image_no)
+        if chosen is None or not os.path.samefile(chosen, path):
+            return None
+        self.matched += 1
+        return contour
+
+
+def _contour_loader(contour):
+    def load_label(shape):
+        from .data.sunnybrook import contour_label, read_contour
+        return contour_label(read_contour(contour), shape) != 0
+    return load_label
+
+
+def _file_item(path, contours=None):
+    """A file input; a DICOM named ``IM-SSSS-NNNN.dcm`` is named by its case folder and image
+    number, and gets its expert contour from ``contours`` (a :class:`ContourIndex`)."""
+    from .data.sunnybrook import _DICOM_RE, normalize_case
+    base = os.path.basename(path)
+    stem = os.path.splitext(base)[0]
+    m = _DICOM_RE.match(base)
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if not (m and folder):
+        return Item(stem, path, None, lambda: read_file(path))
+    case = normalize_case(folder)
+    image_no = int(m.group(2))
+    contour = contours.contour_for(path, case, image_no) if contours is not None else None
+    return Item("%s_%s" % (case, stem), path, None, lambda: read_file(path),
+                _contour_loader(contour) if contour else None, case=case, image=stem,
+                slice=image_no, dicom=path, truth=contour)
 
 
 def plan_inputs(paths, labels=None):
@@ -238,13 +429,33 @@ def plan_inputs(paths, labels=None):
     return plan
 
 
-def iter_inputs(plan):
-    """The :class:`Item` s of a :func:`plan_inputs` plan, in order, read lazily."""
+def iter_inputs(plan, contours=None):
+    """The :class:`Item` s of a :func:`plan_inputs` plan, in order, read lazily; DICOM files get
+    their truth from ``contours`` (a :class:`ContourIndex`) when given."""
     for kind, path, label_path in plan:
         if kind == "lmdb":
             yield from _lmdb_items(path, label_path)
         else:
-            yield _file_item(path)
+            yield _file_item(path, contours)
+
+
+def dicom_spacing(path, shape):
+    """(row, column) pixel spacing in mm of DICOM ``path`` when it holds an image of ``shape``
+    (H, W); None when it is not a readable DICOM, says no spacing, or is another size."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        if _sniff(path) != "dicom":
+            return None
+        import pydicom
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        spacing = [float(v) for v in ds.PixelSpacing]
+        if (int(ds.Rows), int(ds.Columns)) != tuple(shape) or len(spacing) != 2 \
+                or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            return None
+    except Exception:   # a header without the tags, or one pydicom cannot parse: unknown
+        return None
+    return spacing
 
 
 def match_channels(arr, channels, what):
@@ -378,36 +589,68 @@ def _unique_name(name, used):
     return out
 
 
-def _caption(name, dice):
-    name = name if len(name) <= 20 else "..." + name[-17:]
-    return name if dice is None else "%s\nDice %.3f" % (name, dice)
+def _caption(record):
+    """A tile's caption: case and image on their own lines when known, else the name."""
+    short = lambda t: t if len(t) <= 20 else "..." + t[-17:]
+    if record["case"] and record["image"]:
+        text = "%s\n%s" % (short(record["case"]), short(record["image"]))
+    else:
+        text = short(record["name"])
+    return text if record["dice"] is None else "%s\nDice %.3f" % (text, record["dice"])
 
 
 def _write_csv(path, records, mean):
+    blank = lambda v: "" if v is None else v
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
         for r in records:
-            w.writerow([r["name"], r["file"], "" if r["key"] is None else r["key"], r["height"],
-                        r["width"], r["pred_lv_pixels"],
-                        "" if r["true_lv_pixels"] is None else r["true_lv_pixels"],
+            w.writerow([r["name"], blank(r["case"]), blank(r["image"]), blank(r["slice"]),
+                        r["file"], blank(r["key"]), r["height"], r["width"], r["pred_lv_pixels"],
+                        "" if r["pred_lv_mm2"] is None else "%.3f" % r["pred_lv_mm2"],
+                        blank(r["true_lv_pixels"]),
                         "" if r["dice"] is None else "%.6f" % r["dice"]])
-        w.writerow(["MEAN", "", "", "", "", "", "", "" if mean is None else "%.6f" % mean])
+        w.writerow(["MEAN"] + [""] * (len(CSV_FIELDS) - 2) + ["" if mean is None else "%.6f" % mean])
 
 
-def _save_item(out_dir, name, item, arr, pred, true, thumb):
-    """Write ``<name>_overlay.png`` and ``<name>_mask.png``; return the summary record and,
-    when ``thumb`` is given, the contact-sheet tile (drawn at tile size so contours stay sharp)."""
+def _spacing(item, shape):
+    """The item's pixel spacing (row, col) in mm: given with it, else its DICOM's; or None."""
+    given = item.spacing
+    if given is not None:
+        try:
+            given = [float(v) for v in given]
+        except (TypeError, ValueError):
+            given = None
+        if given and len(given) == 2 and all(np.isfinite(given)) and min(given) > 0:
+            return given
+    return dicom_spacing(item.dicom, shape)
+
+
+def _save_item(out_dir, name, item, arr, pred, true, thumb, report=None):
+    """Write ``<name>_overlay.png`` and ``<name>_mask.png`` (and the page's layers to
+    ``report``); return the summary record and, when ``thumb`` is given, the contact-sheet
+    tile (drawn at tile size so contours stay sharp)."""
     gray = viz.window_image(arr[0] if arr.shape[0] == 1 else arr.mean(axis=0))
     viz.save_png(os.path.join(out_dir, name + "_overlay.png"),
                  viz.overlay(gray, pred, true, window=False))
     viz.save_png(os.path.join(out_dir, name + "_mask.png"), pred.astype(np.uint8) * 255)
+    if report is not None:
+        report.add(name, gray, pred, true)
+    spacing = _spacing(item, arr.shape[1:])
+    area = None if spacing is None else spacing[0] * spacing[1]
+    pred_px = int(np.count_nonzero(pred))
+    true_px = None if true is None else int(np.count_nonzero(true))
     record = {
-        "name": name, "file": item.file, "key": item.key,
+        "name": name, "case": item.case, "image": item.image, "slice": item.slice,
+        "file": item.file, "key": item.key,
         "height": int(arr.shape[1]), "width": int(arr.shape[2]),
-        "pred_lv_pixels": int(np.count_nonzero(pred)),
-        "true_lv_pixels": None if true is None else int(np.count_nonzero(true)),
+        "pixel_spacing": spacing,
+        "pred_lv_pixels": pred_px,
+        "pred_lv_mm2": None if area is None else pred_px * area,
+        "true_lv_pixels": true_px,
+        "true_lv_mm2": None if area is None or true_px is None else true_px * area,
         "dice": None if true is None else viz.dice(pred, true),
+        "truth": item.truth if true is not None else None,
         "overlay": name + "_overlay.png", "mask": name + "_mask.png"}
     tile = None
     if thumb:
@@ -419,11 +662,15 @@ def _save_item(out_dir, name, item, arr, pred, true, thumb):
 
 
 def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=None,
-          sheet_cols=8, sheet_max=256, thumb=128, echo=print):
-    """Run ``model`` with ``weights`` on ``inputs``; write pictures and summaries to ``out_dir``.
+          sheet_cols=8, sheet_max=256, thumb=128, echo=print, contours=None, embed_mb=25):
+    """Run ``model`` with ``weights`` on ``inputs``; write pictures, summaries and the browsable
+    ``index.html`` (:mod:`protonet.report`) to ``out_dir``.
 
+    ``labels`` is the label LMDB of an LMDB input, ``contours`` the expert
+    contour folder of DICOM inputs (:class:`ContourIndex`); ``embed_mb``
+    the most picture data index.html embeds (0: none, all referenced).
     Returns the summary dict (also written as ``summary.json``): ``images``
-    (per-image records), ``mean_dice`` (None without labels), ``skipped``
+    (per-image records), ``mean_dice`` (None without truth), ``skipped``
     ({"input", "reason"}), the paths written. ``echo`` prints progress (None:
     silent). Raises :class:`InferError` (or the net's NetError/FormatError)
     when nothing can be done.
@@ -434,9 +681,14 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
         raise InferError("--weights %s: no such file" % weights)
     if not os.path.isfile(os.fspath(model)):
         raise InferError("--model %s: no such file" % model)
+    if embed_mb is not None and embed_mb < 0:
+        raise InferError("--embed-mb must be 0 or more, got %g" % embed_mb)
     from .layer import LayerError
+    from .report import Report
     plan = plan_inputs(inputs, labels)
+    contour_index = ContourIndex(os.fspath(contours)) if contours else None
     os.makedirs(out_dir, exist_ok=True)
+    report = Report(out_dir, embed_bytes=int((25 if embed_mb is None else embed_mb) * (1 << 20)))
     say = echo or (lambda *a, **k: None)
     net = input_blob = output = deploy_path = None
     channels = None
@@ -449,7 +701,7 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
             reason = "%s: %s" % (item.where, reason)
         print("protonet infer: skipped %s" % reason, file=sys.stderr)
 
-    items = iter_inputs(plan)
+    items = iter_inputs(plan, contour_index)
     seen = 0
     try:
         for item in items:
@@ -470,22 +722,24 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
                 channels = net.blobs[input_blob].shape[1]
             try:
                 x = match_channels(arr, channels, item.where)
-                true = item.load_label()
+                true = item.load_label(arr.shape[1:])
                 if true is not None and true.shape != arr.shape[1:]:
                     raise InferError("%s: the label is %s but the image is %s" % (
                         item.where, "x".join(map(str, true.shape)),
                         "x".join(map(str, arr.shape[1:]))))
                 pred = predict(net, input_blob, output, x)
-            except (ValueError, LayerError) as exc:  # InferError, NetError (a size the net refuses)
+            except (ValueError, OSError, LayerError) as exc:
+                # InferError, ContourError, NetError (a size the net refuses), an unreadable file
                 skip(item, exc)
                 continue
             name = _unique_name(item.name, used)
             record, tile = _save_item(out_dir, name, item, arr, pred, true,
-                                      thumb if not sheet_max or len(tiles) < sheet_max else None)
+                                      thumb if not sheet_max or len(tiles) < sheet_max else None,
+                                      report)
             records.append(record)
             if tile is not None:
                 tiles.append(tile)
-                captions.append(_caption(name, record["dice"]))
+                captions.append(_caption(record))
             d = record["dice"]
             say("  %s: %d LV pixels%s" % (name, records[-1]["pred_lv_pixels"],
                                           "" if d is None else ", Dice %.4f" % d))
@@ -497,16 +751,27 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
             len(skipped), "; ".join(s["reason"] if s["reason"].startswith(s["input"])
                                     else "%s: %s" % (s["input"], s["reason"])
                                     for s in skipped[:3])))
+    if contour_index is not None and not contour_index.matched:
+        print("protonet infer: warning: no input is a DICOM with a contour under --contours %s "
+              "(contours go with <case>/IM-SSSS-NNNN.dcm of the case's SAX series)" % contours,
+              file=sys.stderr)
     dices = [r["dice"] for r in records if r["dice"] is not None]
     mean = float(np.mean(dices)) if dices else None
     sheet_path = os.path.join(out_dir, "contact_sheet.png")
-    viz.save_png(sheet_path, viz.contact_sheet(tiles, captions, thumb=thumb, per_row=sheet_cols))
+    pad = 4
+    viz.save_png(sheet_path, viz.contact_sheet(tiles, captions, thumb=thumb, per_row=sheet_cols,
+                                               pad=pad))
     summary = {
         "model": os.fspath(model), "weights": os.fspath(weights), "deploy": deploy_path,
         "output_blob": output, "count": len(records), "labelled": len(dices),
         "mean_dice": mean, "images": records, "skipped": skipped,
         "contact_sheet": sheet_path, "sheet_tiles": len(tiles), "out": os.fspath(out_dir),
+        "report": os.path.join(out_dir, "index.html"),
     }
+    # the sheet's grid as contact_sheet lays it out: a click on tile i opens image i
+    report.write(summary, {"path": sheet_path, "thumb": thumb, "pad": pad, "tiles": len(tiles),
+                           "per_row": max(1, min(int(sheet_cols), len(tiles)))})
+    summary["report_embedded"] = report.embed
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
@@ -519,6 +784,9 @@ def format_summary(summary):
     out = summary["out"]
     shown = summary["sheet_tiles"]
     lines = ["protonet infer: %d image(s) -> %s" % (summary["count"], out),
+             "  report:        %s (open it in a browser%s)" % (
+                 summary["report"], "" if summary.get("report_embedded", True)
+                 else "; its pictures are in %s" % os.path.join(out, "report")),
              "  overlays:      %s" % os.path.join(out, "<name>_overlay.png"),
              "  masks:         %s" % os.path.join(out, "<name>_mask.png"),
              "  contact sheet: %s%s" % (summary["contact_sheet"], "" if shown == summary["count"]
@@ -528,7 +796,7 @@ def format_summary(summary):
     if summary["deploy"]:
         lines.append("  deploy net:    %s (derived from %s)" % (summary["deploy"], summary["model"]))
     if summary["mean_dice"] is not None:
-        lines.append("  mean Dice:     %.4f over %d labelled image(s)"
+        lines.append("  mean Dice:     %.4f over %d image(s) with truth"
                      % (summary["mean_dice"], summary["labelled"]))
     if summary["skipped"]:
         lines.append("  SKIPPED %d input(s), listed in summary.json" % len(summary["skipped"]))
@@ -539,7 +807,8 @@ def format_summary(summary):
 def add_arguments(parser):
     """Arguments of ``protonet infer``."""
     parser.description = ("Run a segmentation net on DICOM/PNG/JPEG images, folders or an LMDB;\n"
-                          "write overlays, masks, a contact sheet and a Dice summary.")
+                          "write a browsable index.html, overlays, masks, a contact sheet and\n"
+                          "a Dice summary.")
     parser.epilog = EXAMPLE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -551,6 +820,9 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--labels", metavar="LMDB",
                         help="label LMDB for the LMDB input (records matched by key): Dice")
+    parser.add_argument("--contours", metavar="DIR",
+                        help="Sunnybrook expert contours (<case>/contours-manual/IRCCI-expert/"
+                             "IM-0001-NNNN-icontour-manual.txt) for DICOM inputs: Dice")
     parser.add_argument("--output-blob", metavar="NAME",
                         help="blob holding the class scores (default: the last net output)")
     parser.add_argument("--gpu", metavar="N", default=None,
@@ -560,6 +832,9 @@ def add_arguments(parser):
                         help="contact sheet tiles per row (default 8)")
     parser.add_argument("--sheet-max", type=int, default=256, metavar="N",
                         help="at most N tiles on the contact sheet, 0 for all (default 256)")
+    parser.add_argument("--embed-mb", type=float, default=25, metavar="MB",
+                        help="index.html embeds its pictures up to MB megabytes (default 25) "
+                             "and then references files in OUT/report/; 0: never embed")
     parser.add_argument("--quiet", action="store_true", help="no line per image")
     return parser
 
@@ -595,7 +870,8 @@ def run(args):
             summary = infer(args.model, args.weights, args.inputs, args.out, labels=args.labels,
                             output_blob=args.output_blob, limit=args.limit,
                             sheet_cols=args.sheet_cols, sheet_max=args.sheet_max,
-                            echo=None if args.quiet else print)
+                            echo=None if args.quiet else print, contours=args.contours,
+                            embed_mb=args.embed_mb)
     except (InferError, DataError, DatasetError, FormatError, NetError, LayerError, RuntimeError,
             OSError) as exc:
         print("protonet infer: error: %s" % exc, file=sys.stderr)

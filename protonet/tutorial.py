@@ -2,7 +2,8 @@
 
 synthesize (or read the real challenge data) -> DIGITS-layout LMDB -> train
 an FCN with Dice validation every epoch -> snapshots, training curve ->
-overlays, contact sheet and a Dice summary of the validation set.
+overlays, contact sheet, a Dice summary and a browsable index.html of the
+validation set (``protonet infer``'s outputs, named by case and image).
 """
 import json
 import os
@@ -110,6 +111,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
         "training_curve": solver.curve_path,
         "overlays": pictures,
         "contact_sheet": os.path.join(pictures, "contact_sheet.png"),
+        "report": result["report"],
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -120,6 +122,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
         echo("Validation Dice by epoch: %s" % ", ".join("%.3f" % v for _, v in dice_curve))
     if summary["inference_mean_dice"] is not None:
         echo("Mean Dice of the saved validation masks: %.3f" % summary["inference_mean_dice"])
+    echo("Browse the results: open %s in a browser" % summary["report"])
     echo("Pictures:")
     echo("  training curve  %s" % summary["training_curve"])
     echo("  contact sheet   %s" % summary["contact_sheet"])

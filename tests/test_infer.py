@@ -184,8 +184,9 @@ def test_png_jpeg_dicom_inputs_write_every_promised_file(tmp_path, gray_net, cap
 
     summary = _summary(out)
     names = [r["name"] for r in summary["images"]]
-    assert names == ["IM-0001-0001", "a", "b", "c"]          # sorted folder listing
-    sizes = {"a": (32, 32), "b": (40, 48), "c": (32, 32), "IM-0001-0001": (32, 32)}
+    # sorted folder listing; a DICOM named IM-SSSS-NNNN is named by its case folder
+    assert names == ["in_IM-0001-0001", "a", "b", "c"]
+    sizes = {"a": (32, 32), "b": (40, 48), "c": (32, 32), "in_IM-0001-0001": (32, 32)}
     for r in summary["images"]:
         overlay = _read_png(out / r["overlay"])
         mask = _read_png(out / r["mask"])
@@ -194,12 +195,18 @@ def test_png_jpeg_dicom_inputs_write_every_promised_file(tmp_path, gray_net, cap
         assert set(np.unique(mask)) <= {0, 255}
         assert r["pred_lv_pixels"] == int((mask == 255).sum())
         assert r["dice"] is None and r["true_lv_pixels"] is None
+    dicom, png = summary["images"][0], summary["images"][1]
+    assert (dicom["case"], dicom["image"], dicom["slice"]) == ("in", "IM-0001-0001", 1)
+    assert dicom["pixel_spacing"] == [1.367, 1.367]          # the DICOM's PixelSpacing
+    assert dicom["pred_lv_mm2"] == pytest.approx(dicom["pred_lv_pixels"] * 1.367 ** 2)
+    assert dicom["pred_lv_pixels"] > 0
+    assert (png["case"], png["pixel_spacing"], png["pred_lv_mm2"]) == (None, None, None)
     assert summary["mean_dice"] is None
 
     # the prediction is the known threshold of what was fed
     mask = lambda n: _read_png(out / (n + "_mask.png")) == 255
     assert np.array_equal(mask("a"), _image() > THRESHOLD)
-    assert np.array_equal(mask("IM-0001-0001"), dcm.astype(np.float32) > THRESHOLD)
+    assert np.array_equal(mask("in_IM-0001-0001"), dcm.astype(np.float32) > THRESHOLD)
     with Image.open(src / "c.jpg") as img:                  # colour averaged for a 1-channel net
         decoded = np.asarray(img.convert("RGB"), np.float32)
     assert np.array_equal(mask("c"), decoded.mean(axis=2, dtype=np.float32) > THRESHOLD)
@@ -210,6 +217,10 @@ def test_png_jpeg_dicom_inputs_write_every_promised_file(tmp_path, gray_net, cap
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == names + ["MEAN"]
     assert rows[0]["pred_lv_pixels"] == str(summary["images"][0]["pred_lv_pixels"])
+    assert (rows[0]["case"], rows[0]["slice"]) == ("in", "1")
+    assert float(rows[0]["pred_lv_mm2"]) == pytest.approx(dicom["pred_lv_mm2"], abs=1e-3)
+    assert rows[1]["pred_lv_mm2"] == ""
+    assert (out / "index.html").is_file() and str(out / "index.html") in printed
 
 
 def test_bgr_order_and_gray_replicated_for_a_3_channel_net(tmp_path):

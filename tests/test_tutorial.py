@@ -17,11 +17,12 @@ def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     # every promised file exists and is readable
-    for key in ("weights", "solver", "training_curve", "contact_sheet"):
+    for key in ("weights", "solver", "training_curve", "contact_sheet", "report"):
         assert os.path.getsize(summary[key]) > 0, key
         assert summary[key] in printed or key in ("weights", "solver")
     Image.open(summary["training_curve"]).verify()
     Image.open(summary["contact_sheet"]).verify()
+    assert summary["report"] == str(out / "inference" / "index.html")
     assert (out / "train" / "train_val.prototxt").exists()
     assert list((out / "train").glob("snapshot_iter_*.solverstate"))
     inference = json.loads((out / "inference" / "summary.json").read_text())
@@ -37,7 +38,13 @@ def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
         labels[key.decode()] = datum_to_array(caffe_pb2.Datum.FromString(value))[0] > 0
     reader.close()
     recomputed = []
+    entries = {e["key"]: e for e in json.loads((out / "dataset" / "summary.json").read_text())
+               ["entries"] if e["split"] == "val"}
     for rec in records:
+        # named by case and image (the dataset's summary.json), not by LMDB key
+        image = os.path.splitext(os.path.basename(entries[rec["key"]]["dicom"]))[0]
+        assert rec["name"] == "%s_%s" % (entries[rec["key"]]["case"], image)
+        assert rec["pred_lv_mm2"] is not None
         overlay = Image.open(out / "inference" / rec["overlay"])
         mask = np.asarray(Image.open(out / "inference" / rec["mask"])) > 0
         assert overlay.size == (256, 256) and mask.shape == (256, 256)
