@@ -217,7 +217,8 @@ def _entry_names(entry):
 
 
 def dataset_entries(features):
-    """{key: summary.json entry} for an LMDB of a protonet/DIGITS Sunnybrook dataset, else {}.
+    """{"path": summary.json, "entries": {key: entry}} for an LMDB of a protonet/DIGITS
+    Sunnybrook dataset, else {}.
 
     ``summary.json`` (written by ``protonet data sunnybrook``) is looked for in
     the LMDB folder, beside it and above it; its "entries" list split, key,
@@ -226,7 +227,7 @@ def dataset_entries(features):
     folder, else the ``<split>_db`` folder it sits in; without a split the
     keys are used only when unique over all entries.
     """
-    lmdb = os.path.abspath(features)
+    lmdb = os.path.realpath(features)
     for folder in (lmdb, os.path.dirname(lmdb), os.path.dirname(os.path.dirname(lmdb))):
         path = os.path.join(folder, "summary.json")
         if not os.path.isfile(path):
@@ -247,7 +248,7 @@ def dataset_entries(features):
                 continue
             for role in ("features", "labels"):
                 rel = info.get(role)
-                if isinstance(rel, str) and os.path.abspath(os.path.join(folder, rel)) == lmdb:
+                if isinstance(rel, str) and os.path.realpath(os.path.join(folder, rel)) == lmdb:
                     split = name
         if split is None:
             parts = os.path.relpath(lmdb, folder).split(os.sep)
@@ -260,7 +261,7 @@ def dataset_entries(features):
         keys = [str(e["key"]) for e in chosen]
         if len(set(keys)) != len(keys):
             return {}     # which split is meant is unknown: keys name the records
-        return dict(zip(keys, chosen))
+        return {"path": path, "entries": dict(zip(keys, chosen))}
     return {}
 
 
@@ -271,7 +272,14 @@ def _lmdb_items(features, labels):
     from .data.db import LMDBReader
     reader = LMDBReader(features)
     label_reader = LMDBReader(labels) if labels else None
-    entries = dataset_entries(features)
+    found = dataset_entries(features)
+    entries = found.get("entries", {})
+    if entries and len(entries) != len(reader):
+        # a summary of another conversion would name records wrongly: keys are safer
+        print("protonet infer: warning: %s lists %d records of %s, which holds %d; records are "
+              "named by key" % (found["path"], len(entries), features, len(reader)),
+              file=sys.stderr)
+        entries = {}
     records = reader.items()
     try:
         if label_reader is not None and len(label_reader) != len(reader):

@@ -95,7 +95,7 @@ def test_dicoms_are_named_by_case_and_image_and_scored_against_their_contours(se
     assert not (out / "report").exists()          # everything embedded
 
 
-def test_lmdb_of_a_sunnybrook_dataset_is_named_from_its_summary(setup, tmp_path):
+def test_lmdb_of_a_sunnybrook_dataset_is_named_from_its_summary(setup, tmp_path, capsys):
     synth = setup["synth"]
     dataset = tmp_path / "dataset"
     data = convert(synth["images"], synth["contours"], str(dataset), val_pct=50, seed=1,
@@ -127,6 +127,15 @@ def test_lmdb_of_a_sunnybrook_dataset_is_named_from_its_summary(setup, tmp_path)
     assert {r["slice"] for r in again["images"]} == {7}
     assert [r["pred_lv_mm2"] for r in again["images"]] == [r["pred_lv_pixels"] * 1.0
                                                            for r in again["images"]]
+
+    # a summary of another conversion (not one entry per record): keys, and a warning
+    meta["entries"] = [e for e in meta["entries"] if e["key"] != val[0]["key"]]
+    (dataset / "summary.json").write_text(json.dumps(meta))
+    stale = infer(setup["model"], setup["weights"], [str(dataset / "val_db")],
+                  str(tmp_path / "pred4"), echo=None)
+    assert [r["name"] for r in stale["images"]] == [e["key"] for e in val]
+    assert "lists 2 records of %s, which holds 3" % (dataset / "val_db" / "features") \
+        in capsys.readouterr().err
 
     # no summary.json: the records keep their keys as names
     os.remove(dataset / "summary.json")
