@@ -96,11 +96,17 @@ def _owner(blob, field):
     return owner
 
 
+def _device_array(owner, field):
+    # the mirror is a copy, not the device memory: reading the diff for it hands
+    # nothing out, so the engine may keep deferring the device blob's clears
+    return owner.data if field == "data" else owner.engine_diff()
+
+
 def _host_mirror(blob, field):
     """The host array that stands for ``blob.<field>``, current with the device."""
     owner = _owner(blob, field)
     fields = _mirrors.setdefault(owner, {})
-    device = getattr(owner, field)
+    device = _device_array(owner, field)
     entry = fields.get(field)
     if entry is None or entry[0].shape != device.shape or entry[0].dtype != device.dtype:
         entry = fields[field] = [np.empty(device.shape, device.dtype), _STALE]
@@ -117,7 +123,7 @@ def _push(owner, field):
     if entry is None:
         return
     if entry[1] == _TOUCHED:
-        device = getattr(owner, field)
+        device = _device_array(owner, field)
         if device.shape == entry[0].shape:     # a reshape since then drops the edit, as Caffe's
             device[...] = owner.xp.asarray(entry[0])
     entry[1] = _STALE

@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import backend
+from . import blas as _blas
 
 
 def _count(shape):
@@ -18,18 +19,28 @@ class Blob:
     buffer (as Caffe keeps a blob's capacity), so per-iteration reshapes
     of the same size allocate nothing.
 
-    ``clear_diff()`` zeroes the diff lazily: a flag, no pass over memory.
-    Reading ``diff`` then zero-fills it first, so every reader and every
-    ``+=`` sees zeros; a writer that produces a whole gradient asks
-    ``grad_target()`` instead and may overwrite (``=``) what would have been
-    an addition to zeros, which saves the clearing pass and the addition.
-    ``defer_diff_copy(array)`` is the same kind of promise for a copy (the
-    SGD step leaves the diff equal to the momentum history, as Caffe does,
-    without copying it unless somebody reads the diff before the next clear),
-    and ``defer_diff_product(a, b)`` for a low-rank product: FCN's fc6
-    weight gradient is (4096 x 81) @ (81 x 9216), and the SGD step can fold
-    it into the momentum with one GEMM (beta = momentum) instead of writing
-    the 151 MB gradient and reading it back.
+    ``data`` and ``diff`` are the blob's memory itself, as in Caffe: a
+    script that holds the array sees every change and every write through
+    it counts.
+
+    Inside the engine the diff may lag behind: ``clear_diff()`` zeroes it
+    lazily (a flag, no pass over memory), and a writer that produces a whole
+    gradient asks ``grad_target()`` and may overwrite (``=``) what would have
+    been an addition to zeros, which saves the clearing pass and the
+    addition. ``defer_diff_copy(array)`` is the same kind of promise for a
+    copy (the SGD step leaves the diff equal to the momentum history, as
+    Caffe does, without copying it unless somebody reads the diff before the
+    next clear), and ``defer_diff_product(a, b)`` for a low-rank product:
+    FCN's fc6 weight gradient is (4096 x 81) @ (81 x 9216), and the SGD step
+    can fold it into the momentum with one GEMM (beta = momentum) instead of
+    writing the 151 MB gradient and reading it back.
+
+    A held array cannot be updated lazily, so these promises are kept only
+    while no array of the diff has been handed out: reading the ``diff``
+    property hands it out (for good: nobody can tell when a script lets go
+    of it), and from then on the clear, the copy and the product are carried
+    out at once, as Caffe does. Engine code reads ``engine_diff()``, which
+    carries out what is pending without handing the array out.
     """
 
     def __init__(self, shape=(), dtype=np.float32, xp=None):
@@ -47,6 +58,9 @@ class Blob:
         self._diff_src = None       # the blob whose diff this one views (share_diff)
         self._data_src = None       # the blob whose data this one views (share_data)
         self._product_buffers = None
+        # True once the diff array went to code outside the engine (the ``diff``
+        # property): then nothing is deferred any more. Only the owner's counts.
+        self._handed_out = False
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------
@@ -117,15 +131,33 @@ class Blob:
 
     @property
     def diff(self):
-        self.settle_diff()
+        """The diff array, the blob's memory with every pending operation carried out.
+
+        The array counts as handed out: from now on this blob's diff is never
+        deferred again (see the class docstring)."""
+        owner = self._diff_owner()
+        owner._handed_out = True
+        if owner._diff_fill is not None:
+            owner._materialize_diff()
         return self._diff
 
-    def settle_diff(self):
-        """Carry out a deferred zeroing, copy or product now (reading ``diff`` does too), for
-        code that holds the diff array itself rather than reading the property."""
+    def engine_diff(self):
+        """The diff array for engine code (layers, the solver, snapshots): what is pending
+        is carried out, but the array does not count as handed out, so later clears
+        and updates may still be deferred. Callers must not keep it past their step."""
         owner = self._diff_owner()
         if owner._diff_fill is not None:
             owner._materialize_diff()
+        return self._diff
+
+    def settle_diff(self):
+        """Carry out a deferred zeroing, copy or product now."""
+        self.engine_diff()
+
+    @property
+    def diff_handed_out(self):
+        """Whether the diff array has gone to code outside the engine (see ``diff``)."""
+        return self._diff_owner()._handed_out
 
     def _diff_owner(self):
         blob = self
@@ -141,13 +173,21 @@ class Blob:
             self._diff.fill(0)
         elif isinstance(fill, tuple):
             a, bt = fill
-            self.xp.matmul(a, bt.T, out=self._diff.reshape(a.shape[0], bt.shape[0]))
+            out = self._diff.reshape(a.shape[0], bt.shape[0])
+            blas = _blas.get(self.dtype) if self.xp is np else None
+            if blas is not None and blas.takes(a, bt.T, out):
+                blas.gemm(a, bt.T, out)     # the GEMM add_product_to_diff would have run
+            else:
+                self.xp.matmul(a, bt.T, out=out)
         else:
             self.xp.copyto(self._diff, fill.reshape(self._diff.shape))
 
     def clear_diff(self):
-        """Set the diff to zero lazily (the solver's per-iteration clear)."""
-        self._diff_owner()._diff_fill = 0
+        """Set the diff to zero: lazily (a flag) unless its array was handed out."""
+        owner = self._diff_owner()
+        owner._diff_fill = 0
+        if owner._handed_out:
+            owner._materialize_diff()
 
     def defer_diff_copy(self, values):
         """Make the diff read as a copy of ``values`` (same count), copied only when read.
@@ -159,6 +199,8 @@ class Blob:
         if values.size != owner.count:
             raise ValueError("defer_diff_copy needs %d values, got %d" % (owner.count, values.size))
         owner._diff_fill = values
+        if owner._handed_out:
+            owner._materialize_diff()
 
     def defer_diff_product(self, a, b):
         """Make the zero-cleared diff read as ``a @ b`` (2-d; its row-major reshape).
@@ -180,6 +222,8 @@ class Blob:
         keep[0][...] = a
         keep[1][...] = b.T
         self._diff_fill = keep
+        if self._handed_out:
+            self._materialize_diff()
 
     def pending_product(self):
         """``(a, bt)`` when the diff is a promised ``a @ bt.T`` not yet taken, else None."""
@@ -193,18 +237,20 @@ class Blob:
         nothing has touched it since: the caller must then write every
         element with ``=`` (the memory is stale), which equals adding to
         zeros. Otherwise it adds (``+=``), as Caffe's layers always do.
-        Either way the diff counts as written afterwards.
+        Either way the diff counts as written afterwards. A diff whose array
+        was handed out is never in the cleared-but-stale state (its clear is
+        carried out at once), so it is always added to.
         """
         if self._diff_src is None and isinstance(self._diff_fill, int):
             self._diff_fill = None
             return self._diff, True
-        return self.diff, False
+        return self.engine_diff(), False
 
     def set_data(self, values):
         self._data[...] = self._here(values)
 
     def set_diff(self, values):
-        self.diff[...] = self._here(values)
+        self.engine_diff()[...] = self._here(values)
 
     def _here(self, values):
         """``values`` on this blob's device: CuPy fills a device array from host scalars only."""
@@ -220,7 +266,9 @@ class Blob:
     def share_diff(self, other):
         if other.count != self.count:
             raise ValueError("share_diff needs equal counts: %s vs %s" % (self._shape, other.shape))
-        self._diff = other.diff.reshape(self._shape)
+        if self._diff_owner()._handed_out:
+            other._diff_owner()._handed_out = True     # stay eager: a script may hold this diff
+        self._diff = other.engine_diff().reshape(self._shape)
         self._diff_src = other
 
     def __repr__(self):

@@ -68,7 +68,7 @@ def fill_hdf5_weights(f, net, write_diff):
             if next(owners) < 0:      # Caffe saves the values of params that own themselves...
                 lgroups[0].create_dataset(str(j), data=host_f32(blob.data))
             if write_diff:            # ...and every diff, shared or not
-                lgroups[1].create_dataset(str(j), data=host_f32(blob.diff))
+                lgroups[1].create_dataset(str(j), data=host_f32(blob.engine_diff()))
 
 
 def _first_param_index(net, li):

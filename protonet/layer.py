@@ -7,8 +7,10 @@ Built-in layers and Python plugins share one interface, pycaffe's:
 diffs and *accumulates* into parameter diffs (the solver clears them once per
 iteration).
 
-The clear is lazy (``Blob.clear_diff`` sets a flag; reading ``diff``
-zero-fills first), so ``blob.diff += g`` stays correct everywhere. A layer
+The clear may be lazy (``Blob.clear_diff`` sets a flag while no script holds
+the diff; reading it zero-fills first), so ``blob.engine_diff() += g`` stays
+correct everywhere; layers read parameter diffs through ``engine_diff()``,
+which does not hand the array out as the public ``diff`` does. A layer
 that computes a parameter's whole gradient in one product may instead ask
 ``diff, overwrite = blob.grad_target()`` and write ``diff[...] = g`` (or a
 GEMM with ``out=diff``) when ``overwrite`` is True, ``+=`` otherwise: the
@@ -175,7 +177,10 @@ def add_product_to_diff(blob, a, b):
     or, on NumPy for a big low-rank product, it is only promised (see
     ``Blob.defer_diff_product``). Otherwise it is added: by a GEMM with
     beta = 1 through NumPy's OpenBLAS (Caffe's own accumulation), else in
-    blocks of rows through a small scratch.
+    blocks of rows through a small scratch. Through OpenBLAS the overwrite
+    is the same GEMM with beta = 0, so a gradient written over a lazily
+    cleared diff and one added to a zero-filled diff (a script held it) are
+    the same bits: whether anybody looks at a diff never changes training.
     """
     xp = backend.xp_of(a, b)
     diff, overwrite = blob.grad_target()
@@ -187,8 +192,6 @@ def add_product_to_diff(blob, a, b):
                 and 4 * (a.size + b.size) <= out.size):
             blob.defer_diff_product(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]))
             return
-        xp.matmul(a, b, out=out)
-        return
     blas = _blas.get(out.dtype) if xp is np else None
     if blas is not None:
         batch_shape = out_shape[:-2]
@@ -197,8 +200,11 @@ def add_product_to_diff(blob, a, b):
         first = (0,) * len(batch_shape)
         if blas.takes(a_all[first], b_all[first], out[first]):    # every item has the same strides
             for idx in np.ndindex(*batch_shape):
-                blas.gemm(a_all[idx], b_all[idx], out[idx], beta=1.0)
+                blas.gemm(a_all[idx], b_all[idx], out[idx], beta=0.0 if overwrite else 1.0)
             return
+    if overwrite:
+        xp.matmul(a, b, out=out)
+        return
     rows = a.shape[-2]
     per_row = max(1, out.size // max(rows, 1))
     step = max(1, min(rows, _ACCUMULATE_BLOCK // per_row))

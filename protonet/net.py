@@ -436,11 +436,6 @@ class Net:
                 hook(li)
             if self.layer_need_backward[li]:
                 layer = self._layers[li]
-                if getattr(layer, "plugin_name", None):
-                    # a plugin may add into a diff array it kept (Caffe's memory is always
-                    # current): carry out the solver's deferred zeroing first
-                    for blob in layer.blobs:
-                        blob.settle_diff()
                 try:
                     layer.backward(self.top_vecs[li], self.bottom_need_backward[li],
                                    self.bottom_vecs[li])
@@ -519,7 +514,7 @@ class Net:
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
-        """Zero every parameter diff (lazily: see Blob.clear_diff)."""
+        """Zero every parameter diff (lazily where no script holds it: see Blob.clear_diff)."""
         for blob in self.learnable_params:
             blob.clear_diff()
 
@@ -542,7 +537,7 @@ class Net:
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
             if len(proto.double_diff) or len(proto.diff):     # a snapshot_diff model, as Caffe
                 diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
-                blob.diff[...] = self.xp.asarray(diff) if self.xp is not np else diff
+                blob.set_diff(diff)
 
     def copy_from(self, source):
         """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
@@ -595,7 +590,8 @@ class Net:
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]
             payload = lp.SerializeToString() + b"".join(
-                wire_field(7, blobproto_bytes(b.data, b.diff if write_diff else None)) for b in layer.blobs)
+                wire_field(7, blobproto_bytes(b.data, b.engine_diff() if write_diff else None))
+                for b in layer.blobs)
             out.append(wire_field(100, payload))
         return b"".join(out)
 

@@ -39,8 +39,9 @@ A real strategy implements the same names. Over MPI (mpi4py):
 CUDA-aware buffers), ``comm.bcast`` for the action. Over NCCL (CuPy's
 ``cupy.cuda.nccl``): a communicator made from a unique id shared by the
 ranks, ``bcast`` / ``allReduce`` on the device arrays' pointers on a stream,
-synchronised before ``apply_update``. Settle a blob's deferred diff
-(``blob.settle_diff()``, or read ``blob.diff``) before reducing it.
+synchronised before ``apply_update``. Read a diff to reduce with
+``blob.engine_diff()``, which carries out what is deferred (the public
+``blob.diff`` would also hand the array out and end the lazy forms).
 """
 
 __all__ = ["Solo"]

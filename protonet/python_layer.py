@@ -254,12 +254,14 @@ class HostCopyLayer(Layer):
             for blob, host in zip(self.blobs, self.plugin.blobs):
                 host.data[...] = to_host(blob.data)
                 if diffs:
-                    host.diff[...] = to_host(blob.diff)    # the plugin adds to it, as Caffe's layers
+                    # the plugin adds to it, as Caffe's layers do
+                    host.diff[...] = to_host(blob.engine_diff())
 
     def _params_out(self, what="data"):
         if self.blobs is not self.plugin.blobs:
             for blob, host in zip(self.blobs, self.plugin.blobs):
-                getattr(blob, what)[...] = self.xp.asarray(getattr(host, what))
+                device = blob.data if what == "data" else blob.engine_diff()
+                device[...] = self.xp.asarray(getattr(host, what))
 
     def reshape(self, bottom, top):
         hosts = self._bottoms_in(bottom)

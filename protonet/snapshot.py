@@ -137,7 +137,7 @@ class Snapshots:
                               "solver needs %d" % (state_file, len(history), self.type, len(self.history)))
         log.info("%s: restoring history", "SGDSolver")
         for blob in self.net.learnable_params:
-            blob.diff   # a diff promised as a copy of the history gets it now
+            blob.settle_diff()   # a diff promised as a copy of the history gets it now
         for i, (target, values) in enumerate(zip(self.history, history)):
             if values.size != target.size:
                 raise SolverError("%s: history blob %d has %d values; the parameter it belongs to has "

@@ -398,8 +398,6 @@ class Solver(Snapshots):
                         self.requested_early_exit = True
                     if self.requested_early_exit:
                         break
-                if self._callbacks:
-                    self._settle_diffs()    # a callback may hold diff arrays from earlier
                 for on_start, _ in self._callbacks:
                     if on_start is not None:
                         on_start()
@@ -420,8 +418,6 @@ class Solver(Snapshots):
                     iterations_last = self.iter
                     self._log_outputs(self.net, _output_values(self.net), "Train")
                 self.parallel.reduce_gradients(self.net)
-                if self._callbacks:
-                    self._settle_diffs()
                 for _, on_ready in self._callbacks:
                     if on_ready is not None:
                         on_ready()
@@ -441,16 +437,6 @@ class Solver(Snapshots):
                     break
         finally:
             bar.close()
-
-    def _settle_diffs(self):
-        """Carry out the diffs' deferred zeroing and products now.
-
-        Reading ``.diff`` does that, so scripts that read it see Caffe's
-        values; a pycaffe callback may instead keep the arrays from before
-        and read or change them in place, as it could in Caffe's memory.
-        """
-        for blob in self.net.learnable_params:
-            blob.settle_diff()
 
     def solve(self, resume_file=None, max_iter=None):
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming first.
@@ -531,7 +517,8 @@ class Solver(Snapshots):
                 self._backward_debug(net, li)
         # Caffe's Net::Backward ends a debug pass with the norms of all parameters, as an error
         # line so that it shows even when info lines are hidden
-        sums = [sum((_F32(float(f(getattr(b, part)))) for b in net.learnable_params), _F32(0))
+        sums = [sum((_F32(float(f(b.data if part == "data" else b.engine_diff())))
+                     for b in net.learnable_params), _F32(0))
                 for part in ("data", "diff") for f in (_asum, _sumsq)]
         log.error("    [Backward] All net params (data, diff): L1 norm = (%s, %s); "
                   "L2 norm = (%s, %s)", fmt(sums[0]), fmt(sums[2]),
@@ -551,12 +538,12 @@ class Solver(Snapshots):
         for j, (name, blob) in enumerate(zip(net.bottom_names[li], net.bottom_vecs[li])):
             if net.bottom_need_backward[li][j]:
                 log.info("    [Backward] Layer %s, bottom blob %s diff: %s", lname, name,
-                         fmt(_asum_mean(blob.diff)))
+                         fmt(_asum_mean(blob.engine_diff())))
         layer = net._layers[li]
         for j, blob in enumerate(layer.blobs):
             if layer.param_needs_grad(j):
                 log.info("    [Backward] Layer %s, param blob %d diff: %s", lname, j,
-                         fmt(_asum_mean(blob.diff)))
+                         fmt(_asum_mean(blob.engine_diff())))
 
     # ------------------------------------------------------------ testing
     def test_all(self):

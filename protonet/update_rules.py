@@ -108,8 +108,9 @@ class SGDSolver(Solver):
         its ufuncs run in cache; no param-sized temporaries exist. Plain
         momentum SGD fuses its passes further: its update value is the
         history itself, so the diff only promises a copy of it
-        (``Blob.defer_diff_copy``), made if somebody reads it; on NumPy's
-        OpenBLAS it runs Caffe's own cblas calls on OpenBLAS's threads, and
+        (``Blob.defer_diff_copy``), made if somebody reads it, and at once
+        where a script holds the diff array (it shows the update value, as
+        in Caffe); on NumPy's OpenBLAS it runs Caffe's own cblas calls on OpenBLAS's threads, and
         a gradient still promised as a low-rank product (fc6, fc7: see
         ``Blob.defer_diff_product``) goes into the history with one GEMM,
         ``h = rate * a @ b + momentum * h``, never written out as a diff.
@@ -146,7 +147,7 @@ class SGDSolver(Solver):
                 program = [("axpy", local_rate * decay, w, h)] if decay else []
                 blas.run(program + [("axpy", -1.0, h, w)])
                 continue
-            arrays = [a.reshape(-1) for a in [blob.data, blob.diff]
+            arrays = [a.reshape(-1) for a in [blob.data, blob.engine_diff()]
                       + [self.history[k * n + i] for k in range(self.history_sets)]]
             if blas is not None:
                 # Caffe's own cblas calls: scal (iter_size), axpy (decay),
@@ -202,7 +203,7 @@ class SGDSolver(Solver):
         params = self.net.learnable_params
         sumsq = _F32(0)
         for blob in params:
-            d = blob.diff.ravel()
+            d = blob.engine_diff().ravel()
             sumsq += _F32(float(backend.xp_of(d).dot(d, d)))
         l2norm = _F32(np.sqrt(sumsq))
         if l2norm > clip:
@@ -210,7 +211,7 @@ class SGDSolver(Solver):
             log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
                      fmt(l2norm), fmt(clip), fmt(scale))
             for blob in params:
-                diff = blob.diff
+                diff = blob.engine_diff()
                 diff *= scale
 
     def regularize(self, xp, w, g, decay, temp, out=None):

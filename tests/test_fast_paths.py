@@ -21,12 +21,14 @@ from protonet.solver import SGDSolver, get_solver
 
 
 # -- Blob: lazy diffs ---------------------------------------------------------------
+# The engine reads diffs through engine_diff(), which keeps the lazy forms; the public
+# ``diff`` property hands the array out, and from then on nothing is deferred.
 def test_clear_diff_is_a_flag_and_reads_as_zero():
     b = Blob((3, 4), dtype=np.float64)
-    b.diff[...] = 7
+    b.engine_diff()[...] = 7
     b.clear_diff()
     assert b._gbuf[0] == 7                      # no pass over memory yet
-    np.testing.assert_array_equal(b.diff, 0)    # reading zero-fills
+    np.testing.assert_array_equal(b.engine_diff(), 0)    # reading zero-fills
     b.clear_diff()
     diff, overwrite = b.grad_target()
     assert overwrite and diff.shape == (3, 4)
@@ -34,20 +36,37 @@ def test_clear_diff_is_a_flag_and_reads_as_zero():
     diff, overwrite = b.grad_target()
     assert not overwrite
     np.testing.assert_array_equal(diff, 1)
+    assert not b.diff_handed_out
+
+
+def test_a_handed_out_diff_is_cleared_at_once():
+    b = Blob((3, 4), dtype=np.float64)
+    held = b.diff
+    assert b.diff_handed_out
+    held[...] = 7
+    b.clear_diff()
+    np.testing.assert_array_equal(held, 0)      # the memory itself, no flag
+    assert b.grad_target()[1] is False          # so a layer adds to it
+    held[...] = 2                               # a write through the held array counts
+    np.testing.assert_array_equal(b.engine_diff(), 2)
 
 
 def test_shared_diff_follows_its_owner():
     owner, sharer = Blob((2, 3), dtype=np.float64), Blob((6,), dtype=np.float64)
     sharer.share_diff(owner)
-    owner.diff[...] = 5
+    owner.engine_diff()[...] = 5
     sharer.clear_diff()                         # clears the owner's memory
     assert owner.grad_target()[1]               # the owner may overwrite
     owner.clear_diff()
-    sharer.diff[...] += 2                       # a reader through the sharer sees zeros
+    sharer.engine_diff()[...] += 2              # a reader through the sharer sees zeros
     diff, overwrite = owner.grad_target()
     assert not overwrite
     np.testing.assert_array_equal(diff, 2)
     assert sharer.grad_target()[1] is False     # sharers never overwrite
+    held = sharer.diff                          # handing out a sharer's diff hands out the owner's
+    assert owner.diff_handed_out
+    owner.clear_diff()
+    np.testing.assert_array_equal(held, 0)
 
 
 def test_deferred_copy_and_product():
@@ -55,10 +74,10 @@ def test_deferred_copy_and_product():
     b = Blob((4, 5), dtype=np.float64)
     src = r.standard_normal(20)
     b.defer_diff_copy(src)
-    np.testing.assert_array_equal(b.diff.reshape(-1), src)
+    np.testing.assert_array_equal(b.engine_diff().reshape(-1), src)
     b.defer_diff_copy(src)
     b.clear_diff()                              # a clear cancels the copy
-    np.testing.assert_array_equal(b.diff, 0)
+    np.testing.assert_array_equal(b.engine_diff(), 0)
 
     a, m = r.standard_normal((4, 2)), r.standard_normal((2, 5))
     b.clear_diff()
@@ -72,7 +91,17 @@ def test_deferred_copy_and_product():
     np.testing.assert_allclose(diff, expect)
     b.defer_diff_copy(src)
     b.reshape(20)                               # a reshape takes a pending copy first
-    np.testing.assert_array_equal(b.diff, src)
+    np.testing.assert_array_equal(b.engine_diff(), src)
+    assert not b.diff_handed_out
+
+    held = b.diff                               # from now on both are carried out at once
+    b.defer_diff_copy(-src)
+    np.testing.assert_array_equal(held, -src)
+    b.reshape(4, 5)
+    b.clear_diff()
+    b.defer_diff_product(r.standard_normal((4, 2)), m)
+    assert b.pending_product() is None
+    np.testing.assert_allclose(held.reshape(4, 5), b._product_buffers[0] @ b._product_buffers[1].T)
 
 
 def test_add_product_to_diff_overwrites_defers_and_accumulates(monkeypatch):
@@ -82,24 +111,54 @@ def test_add_product_to_diff_overwrites_defers_and_accumulates(monkeypatch):
     b.clear_diff()
     add_product_to_diff(b, a, m)                # small: written straight into the diff
     assert b.pending_product() is None
-    np.testing.assert_allclose(b.diff, a @ m)
+    np.testing.assert_allclose(b.engine_diff(), a @ m)
     add_product_to_diff(b, a, m)                # a GEMM with beta = 1 (NumPy's OpenBLAS)
-    np.testing.assert_allclose(b.diff, 2 * a @ m)
+    np.testing.assert_allclose(b.engine_diff(), 2 * a @ m)
     monkeypatch.setattr(blas_module, "USE_BLAS", False)
     monkeypatch.setattr(layer_module, "_ACCUMULATE_BLOCK", 100)   # several row blocks
     add_product_to_diff(b, a, m)
-    np.testing.assert_allclose(b.diff, 3 * a @ m)
+    np.testing.assert_allclose(b.engine_diff(), 3 * a @ m)
     g = Blob((2, 4, 5), dtype=np.float64)       # batched over groups, transposed operand
     ga, gb = r.standard_normal((2, 4, 3)), r.standard_normal((2, 5, 3))
     add_product_to_diff(g, ga, gb.transpose(0, 2, 1))
     monkeypatch.setattr(blas_module, "USE_BLAS", True)
     add_product_to_diff(g, ga, gb.transpose(0, 2, 1))
-    np.testing.assert_allclose(g.diff, 2 * ga @ gb.transpose(0, 2, 1))
+    np.testing.assert_allclose(g.engine_diff(), 2 * ga @ gb.transpose(0, 2, 1))
     monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1)
     b.clear_diff()
     add_product_to_diff(b, a, m)                # big and low-rank: promised
     assert b.pending_product() is not None
-    np.testing.assert_allclose(b.diff, a @ m)
+    np.testing.assert_allclose(b.engine_diff(), a @ m)
+    held = b.diff
+    b.clear_diff()
+    add_product_to_diff(b, a, m)                # a held diff is never a promise
+    assert b.pending_product() is None
+    np.testing.assert_allclose(held, a @ m)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 3), (13, 1, 7), (64, 27, 96), (2, 5, 40, 33), (120, 3, 96)])
+def test_a_gradient_is_the_same_bits_over_a_lazy_clear_and_a_zeroed_diff(shape, monkeypatch):
+    # a script that holds a diff turns the overwrite into an addition to zeros:
+    # the same GEMM kernel must run, or looking at a diff would change training
+    r = np.random.default_rng(13)
+    *batch, m, k, n = shape
+    a = r.standard_normal(tuple(batch) + (k, m)).astype(np.float32).swapaxes(-1, -2)
+    x = r.standard_normal(tuple(batch) + (k, n)).astype(np.float32)
+    results = []
+    for hold in (False, True, "deferred"):
+        monkeypatch.setattr(layer_module, "DEFER_PRODUCT_MIN", 1 if hold == "deferred" else 1 << 20)
+        blob = Blob(tuple(batch) + (m, n))
+        if hold is True:
+            blob.diff
+        blob.engine_diff()[...] = 5             # last iteration's gradient
+        blob.clear_diff()
+        add_product_to_diff(blob, a, x)
+        if hold == "deferred":
+            assert (blob.pending_product() is not None) == (not batch and m * n >= 4 * k * (m + n))
+        results.append(blob.engine_diff().copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])   # a promise taken later: the same GEMM
+    np.testing.assert_allclose(results[0], a @ x, rtol=1e-5, atol=1e-5)
 
 
 # -- elementwise --------------------------------------------------------------------

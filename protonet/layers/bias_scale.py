@@ -99,7 +99,7 @@ class Bias(Layer):
             if propagate_down[1]:
                 _reduce_span(dy3, bottom[1].diff, accumulate=False)
         elif self.param_needs_grad(0):
-            _reduce_span(dy3, self.blobs[0].diff, accumulate=True)
+            _reduce_span(dy3, self.blobs[0].engine_diff(), accumulate=True)
 
 
 @register("Scale")
@@ -180,7 +180,7 @@ class Scale(Layer):
         dy = top[0].diff
         in_place = top[0] is bottom[0]
         if self.bias_index is not None and self.param_needs_grad(self.bias_index):
-            _reduce_span(dy.reshape(self.bias_span), self.blobs[self.bias_index].diff,
+            _reduce_span(dy.reshape(self.bias_span), self.blobs[self.bias_index].engine_diff(),
                          accumulate=True)
         two_bottoms = len(bottom) > 1
         s_blob = bottom[1] if two_bottoms else self.blobs[0]
@@ -189,7 +189,7 @@ class Scale(Layer):
             x = self.ws.get("input", dy.shape, self.dtype) if in_place else bottom[0].data
             prod = self.ws.get("prod", dy.shape, self.dtype)
             xp.multiply(dy, x, out=prod)
-            _reduce_span(self._view3(prod), s_blob.diff, accumulate=not two_bottoms)
+            _reduce_span(self._view3(prod), s_blob.engine_diff(), accumulate=not two_bottoms)
         if propagate_down[0]:
             xp.multiply(self._view3(dy), s_blob.data.reshape(1, self.dim, 1),
                         out=self._view3(bottom[0].diff))

@@ -250,10 +250,10 @@ class EmbedLayer(Layer):
             raise self.error("cannot backpropagate to the ids (bottom 0)")
         dy = top[0].diff.reshape(self.M, self.N)
         if self.param_needs_grad(0):
-            d = self.blobs[0].diff
+            d = self.blobs[0].engine_diff()
             d += _scatter_add_rows(self.xp, self.ids, dy, self.K, self.dtype)
         if self.bias_term and self.param_needs_grad(1):
-            d = self.blobs[1].diff
+            d = self.blobs[1].engine_diff()
             d += dy.sum(axis=0)
 
     def allow_force_backward(self, bottom_index):

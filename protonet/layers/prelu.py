@@ -69,7 +69,7 @@ class PReLU(NeuronLayer):
             prod = self.scratch("prod", x.shape)
             xp.minimum(x, 0, out=prod)
             prod *= dy
-            da = self.blobs[0].diff
+            da = self.blobs[0].engine_diff()
             if self.channel_shared:
                 da += prod.sum()
             else:

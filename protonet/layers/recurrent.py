@@ -205,15 +205,15 @@ class _Recurrent(Layer):
         d2 = dpre.reshape(TN, -1)
         x2 = bottom[0].data.reshape(TN, self.D)
         if self.param_needs_grad(i_W):
-            self.blobs[i_W].diff[...] += xp.matmul(d2.T, x2)
+            self.blobs[i_W].engine_diff()[...] += xp.matmul(d2.T, x2)
         if self.param_needs_grad(i_b):
-            self.blobs[i_b].diff[...] += d2.sum(axis=0)
+            self.blobs[i_b].engine_diff()[...] += d2.sum(axis=0)
         if propagate_down[0]:
             xp.matmul(d2, self.blobs[i_W].data, out=bottom[0].diff.reshape(TN, self.D))
         if self.static_input:
             ds = dpre.sum(axis=0)
             if self.param_needs_grad(i_Ws):
-                self.blobs[i_Ws].diff[...] += xp.matmul(ds.T, bottom[2].data.reshape(self.N, self.Ds))
+                self.blobs[i_Ws].engine_diff()[...] += xp.matmul(ds.T, bottom[2].data.reshape(self.N, self.Ds))
             if propagate_down[2]:
                 xp.matmul(ds, self.blobs[i_Ws].data, out=bottom[2].diff.reshape(self.N, self.Ds))
         if self.expose_hidden:
@@ -292,9 +292,9 @@ class RNNLayer(_Recurrent):
         o = top[0].data.reshape(T * N, H)
         do = top[0].diff.reshape(T * N, H) * (1 - o * o)
         if self.param_needs_grad(k + 1):
-            self.blobs[k + 1].diff[...] += xp.matmul(do.T, h[1:].reshape(T * N, H))
+            self.blobs[k + 1].engine_diff()[...] += xp.matmul(do.T, h[1:].reshape(T * N, H))
         if self.param_needs_grad(k + 2):
-            self.blobs[k + 2].diff[...] += do.sum(axis=0)
+            self.blobs[k + 2].engine_diff()[...] += do.sum(axis=0)
         dh_out = xp.matmul(do, W_ho).reshape(T, N, H)
         cont = bottom[1].data
         dnext = None
@@ -305,7 +305,7 @@ class RNNLayer(_Recurrent):
             dnext = xp.matmul(dpre[t], W_hh)
             dnext *= cont[t][:, None]
         if self.param_needs_grad(k):
-            self.blobs[k].diff[...] += xp.matmul(dpre.reshape(T * N, H).T, hc.reshape(T * N, H))
+            self.blobs[k].engine_diff()[...] += xp.matmul(dpre.reshape(T * N, H).T, hc.reshape(T * N, H))
         self._input_backward(propagate_down, bottom, dpre, 0, 1, 2)
 
 
@@ -382,7 +382,7 @@ class LSTMLayer(_Recurrent):
             dh_next = xp.matmul(dpre[t], W_hc)
             dh_next *= ct
         if self.param_needs_grad(k):
-            self.blobs[k].diff[...] += xp.matmul(dpre.reshape(T * N, 4 * H).T, hc.reshape(T * N, H))
+            self.blobs[k].engine_diff()[...] += xp.matmul(dpre.reshape(T * N, 4 * H).T, hc.reshape(T * N, H))
         self._input_backward(propagate_down, bottom, dpre, 0, 1, 2)
 
 
