@@ -255,7 +255,8 @@ class Net:
                 if len(lp.blobs):
                     self._load_layer_blobs(layer, lp.blobs, "the prototxt")
             except (LayerError, ValueError) as exc:
-                if getattr(layer, "plugin_name", None):
+                # a plugin's own error keeps its type; the engine's (no reshape()) names the line
+                if getattr(layer, "plugin_name", None) and getattr(exc, "from_plugin", True):
                     raise self._plugin_error(layer, "setup", exc) from exc
                 raise NetError("%s%s" % (exc, where)) from None
             except Exception as exc:

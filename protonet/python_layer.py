@@ -6,6 +6,7 @@ are called like any built-in's. Modules are found on ``sys.path``, in the
 working directory, the prototxt's folder, paths added with
 :func:`add_search_path` (``--python-path``) and the project's ``layers/``.
 """
+import functools
 import importlib
 import importlib.util
 import os
@@ -167,11 +168,16 @@ def create_python_layer(layer_param, phase, dtype=np.float32, xp=None, search_di
     obj.plugin_name = "%s.%s" % (pp.module, pp.layer)
     obj.type = "Python"          # pycaffe's net.layers[i].type for a plugin
     if type(obj).reshape is Layer.reshape:
-        raise PythonLayerError("layer '%s' (type Python): %s defines no reshape()"
-                               % (layer_param.name, obj.plugin_name))
+        # refused only when called, after setup() as in Caffe: setup's own error comes first
+        obj.reshape = functools.partial(_no_reshape, obj)
     if host_copies:
         return HostCopyLayer(obj, layer_param, phase, dtype, xp)
     return obj
+
+
+def _no_reshape(plugin, bottom, top):
+    raise PythonLayerError("layer '%s' (type Python): %s defines no reshape(); Caffe calls it after "
+                           "setup() and before every forward" % (plugin.name, plugin.plugin_name))
 
 
 class HostCopyLayer(Layer):

@@ -247,6 +247,23 @@ class LearnedScale(caffe.Layer):
         if propagate_down[0]:
             bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
 
+
+class SetupFails(caffe.Layer):
+    \"\"\"No reshape(): Caffe calls setup() first, so this error is the one raised.\"\"\"
+
+    def setup(self, bottom, top):
+        raise ValueError("setup refuses")
+
+    def forward(self, bottom, top):
+        pass
+
+
+class NoReshape(caffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
 """
 
 PLUGIN_NET = """name: 'pythonnet' force_backward: true
@@ -287,3 +304,11 @@ def test_a_plugin_diff_kept_from_setup_is_the_blob_memory(tmp_path, monkeypatch)
         np.testing.assert_allclose(w[0], before - history, rtol=1e-5)
     solver.net.clear_param_diffs()
     assert kept[0] == 0
+
+
+def test_a_plugin_without_reshape_raises_its_setup_error(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="setup refuses"):
+        caffe.Net(plugin_net_file(tmp_path, monkeypatch, "SetupFails"), caffe.TRAIN)
+    with pytest.raises(Exception, match=r"memory_plugins.NoReshape defines no reshape\(\)") as info:
+        caffe.Net(plugin_net_file(tmp_path, monkeypatch, "NoReshape"), caffe.TRAIN)
+    assert "plugin_net.prototxt:3" in str(info.value)
