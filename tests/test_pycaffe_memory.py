@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import caffe
+from caffe import layers as L
 
 NUM_OUTPUT = 13
 
@@ -312,3 +313,12 @@ def test_a_plugin_without_reshape_raises_its_setup_error(tmp_path, monkeypatch):
     with pytest.raises(Exception, match=r"memory_plugins.NoReshape defines no reshape\(\)") as info:
         caffe.Net(plugin_net_file(tmp_path, monkeypatch, "NoReshape"), caffe.TRAIN)
     assert "plugin_net.prototxt:3" in str(info.value)
+
+
+# -- test_net_spec.py ------------------------------------------------------------------
+def test_net_spec_type_error():
+    # Caffe's own test
+    data = L.DummyData(ntop=2)      # a 2-tuple of Tops
+    with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
+        L.Silence(data, ntop=0)
+    L.Silence(*data, ntop=0)
