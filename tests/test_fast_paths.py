@@ -296,6 +296,23 @@ def test_clipping_uses_the_materialized_gradient(monkeypatch):
     assert isinstance(deferred, SGDSolver)
 
 
+def test_the_solver_loop_keeps_the_lazy_forms_where_no_script_looks():
+    # the engine's own reads (layers, clipping, the update, debug info) hand nothing out
+    solver, _ = _train(2, clip_gradients=100.0, debug_info=True, display=1)
+    for blob, h in zip(solver.net.learnable_params, solver.history):
+        assert not blob.diff_handed_out
+        assert blob._diff_fill is h                 # the update value is a promised copy
+    solver.net.clear_param_diffs()
+    fc = solver.net.params["fc"][0]
+    assert fc._diff_fill == 0                       # the clear is a flag
+    assert fc.grad_target()[1]                      # which the first gradient overwrites
+    # a script that looks turns them all eager, with Caffe's values
+    watched, _ = _train(2, read_diffs=True)
+    fc = watched.net.params["fc"][0]
+    assert fc.diff_handed_out and fc._diff_fill is None
+    np.testing.assert_array_equal(fc._diff, watched.history[2])
+
+
 # -- Deconvolution: direct patches -----------------------------------------------------------
 DECONV_CASES = [
     ("num_output: 2 group: 2 kernel_size: 7 stride: 3", (1, 2, 2, 2)),
