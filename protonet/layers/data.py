@@ -13,7 +13,8 @@ from .. import rng as _rng
 from ..data.datum import DataError, datum_to_array, parse_datum
 from ..data.db import open_db
 from ..data.transform import DataTransformer
-from ..layer import Layer, register
+from ..comm import data_share
+from ..layer import TEST, Layer, register
 from ..log import get_logger
 
 log = get_logger()
@@ -110,8 +111,12 @@ def assemble_batch(items, names, transformer, rng, dtype):
 class _DatumBatches:
     """Reads ``batch_size`` records per call from a DB cursor (runs on the prefetch thread)."""
 
-    def __init__(self, db, cursor, transformer, batch_size, with_label, rng):
+    def __init__(self, db, cursor, transformer, batch_size, with_label, rng, share=(0, 1)):
         self.db, self.cursor = db, cursor
+        # Caffe's Skip(): with N solvers, rank r keeps the records whose running
+        # offset (counted across wraps) is r mod N
+        self.rank, self.count = share
+        self.offset = 0
         self.transformer = transformer
         self.batch_size = batch_size
         self.with_label = with_label
@@ -130,11 +135,15 @@ class _DatumBatches:
     def __call__(self):
         items, labels, names = [], [], []
         for _ in range(self.batch_size):
+            while self.offset % self.count != self.rank:
+                self.cursor.next()
+                self.offset += 1
             names.append(self.where())
             arr, label = self.read()
             items.append(arr)
             labels.append(label)
             self.cursor.next()           # wraps to the first record after the last
+            self.offset += 1
         data = assemble_batch(items, names, self.transformer, self.rng, self.transformer.dtype)
         label = np.asarray(labels, dtype=self.transformer.dtype) if self.with_label else None
         return data, label
@@ -207,7 +216,8 @@ class DataLayer(PrefetchingDataLayer):
     (batches read ahead). rand_skip is ignored, as in Caffe 1.0 (deprecated
     there; ImageData still honours its own). Tops: data N x C x h x w and, optionally, label (N,).
     Records are read in key order, wrapping to the first after the last.
-    A batch takes its shape from its first record.
+    A batch takes its shape from its first record. With N solvers (data
+    parallelism) a TRAIN-phase layer of rank r reads records r, r+N, r+2N...
     """
 
     min_top = 1
@@ -233,7 +243,7 @@ class DataLayer(PrefetchingDataLayer):
             # seed repeats a run whatever the threads' timing (Caffe does the same).
             thread_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
             batches = _DatumBatches(db, cursor, transformer, dp.batch_size, len(top) > 1,
-                                    thread_rng)
+                                    thread_rng, data_share(self.phase == TEST))
             first, _ = batches.read()
             shape = transformer.infer_shape(first.shape)
         except DataError as exc:

@@ -2,7 +2,8 @@
 import numpy as np
 
 from .. import backend, rng as _rng
-from ..layer import Layer, register
+from ..comm import data_share
+from ..layer import TEST, Layer, register
 
 
 def _h5py():
@@ -22,7 +23,9 @@ class HDF5DataLayer(Layer):
     and row order within each file). Each top reads the dataset named after
     it; the datasets of a file must have the same number of rows. Top j has
     shape (batch_size,) + dataset_j.shape[1:]. As Caffe, a whole file is
-    loaded into memory and no transform_param is allowed.
+    loaded into memory and no transform_param is allowed. With N solvers, a
+    TRAIN-phase layer of rank r takes the rows whose running offset (counted
+    over files and passes) is r mod N, as Caffe's Skip().
     """
 
     exact_num_bottom = 0
@@ -52,6 +55,8 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             _rng.get_rng().shuffle(self.file_order)
         self.current_file = 0
+        self.rank, self.count = data_share(self.phase == TEST)
+        self.offset = 0
         self.row_shapes = None
         self._load(self.files[self.file_order[0]])
         self.row_shapes = [a.shape[1:] for a in self.arrays]
@@ -116,13 +121,24 @@ class HDF5DataLayer(Layer):
             t.reshape((batch,) + shape)
         filled = 0
         while filled < batch:
-            take = min(batch - filled, len(self.perm) - self.row)
-            idx = self.perm[self.row:self.row + take]
+            left = len(self.perm) - self.row
+            if self.count == 1:
+                take = min(batch - filled, left)
+                idx = self.perm[self.row:self.row + take]
+                used = take
+            else:
+                # this rank's rows among the rest of the file
+                mine = np.flatnonzero((self.offset + np.arange(left)) % self.count == self.rank)
+                mine = mine[:batch - filled]
+                take = len(mine)
+                idx = self.perm[self.row + mine]
+                used = int(mine[-1]) + 1 if take == batch - filled else left
             for t, a in zip(top, self.arrays):
                 rows = a[idx]
                 t.data[filled:filled + take] = rows if xp is np else xp.asarray(rows)
             filled += take
-            self.row += take
+            self.row += used
+            self.offset += used
             if self.row == len(self.perm):
                 self._next_file()
 

@@ -4,7 +4,8 @@ import numpy as np
 from .. import rng as _rng
 from ..data.datum import DataError, image_to_chw, read_image_file
 from ..data.transform import DataTransformer, resize_bilinear
-from ..layer import register
+from ..comm import data_share
+from ..layer import TEST, register
 from .data import PrefetchingDataLayer, assemble_batch
 
 
@@ -36,11 +37,23 @@ def read_image_list(path):
 class _ImageBatches:
     """Reads ``batch_size`` listed images per call (runs on the prefetch thread)."""
 
-    def __init__(self, lines, root, size, color, shuffle_rng, transformer, batch_size, rng):
+    def __init__(self, lines, root, size, color, shuffle_rng, transformer, batch_size, rng,
+                 share=(0, 1)):
         self.lines, self.root, self.size, self.color = lines, root, size, color
         self.shuffle_rng = shuffle_rng
         self.transformer, self.batch_size, self.rng = transformer, batch_size, rng
         self.pos = 0
+        # as the Data layer: with N solvers rank r keeps the lines whose running offset is r mod N
+        self.rank, self.count = share
+        self.offset = 0
+
+    def advance(self):
+        self.pos += 1
+        self.offset += 1
+        if self.pos >= len(self.lines):
+            self.pos = 0
+            if self.shuffle_rng is not None:
+                self.shuffle_rng.shuffle(self.lines)
 
     def read(self, i):
         name = self.lines[i][0]
@@ -54,15 +67,13 @@ class _ImageBatches:
     def __call__(self):
         items, names, labels = [], [], []
         for _ in range(self.batch_size):
+            while self.offset % self.count != self.rank:
+                self.advance()
             arr, name = self.read(self.pos)
             items.append(arr)
             names.append(name)
             labels.append(self.lines[self.pos][1])
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
-                if self.shuffle_rng is not None:
-                    self.shuffle_rng.shuffle(self.lines)
+            self.advance()
         data = assemble_batch(items, names, self.transformer, self.rng, self.transformer.dtype)
         return data, np.asarray(labels, dtype=self.transformer.dtype)
 
@@ -100,7 +111,8 @@ class ImageDataLayer(PrefetchingDataLayer):
             thread_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
             size = (p.new_height, p.new_width) if p.new_height > 0 else None
             batches = _ImageBatches(lines, p.root_folder, size, bool(p.is_color), shuffle_rng,
-                                    transformer, p.batch_size, thread_rng)
+                                    transformer, p.batch_size, thread_rng,
+                                    data_share(self.phase == TEST))
             if p.rand_skip:
                 skip = int(_rng.get_rng().integers(p.rand_skip))
                 if skip >= len(lines):

@@ -16,7 +16,8 @@ import numpy as np
 from .. import rng as _rng
 from ..data.datum import DataError, decode_image, read_image_file
 from ..data.transform import DataTransformer, resize_bilinear
-from ..layer import register
+from ..comm import data_share
+from ..layer import TEST, register
 from ..log import get_logger
 from .data import PrefetchingDataLayer
 
@@ -370,13 +371,20 @@ class WindowDataLayer(PrefetchingDataLayer):
             images, fg, bg = read_window_file(p.source, p.root_folder, p.fg_threshold,
                                               p.bg_threshold)
             num_fg = int(np.float32(p.batch_size) * np.float32(p.fg_fraction))
+            rank, solvers = data_share(self.phase == TEST)
+            if solvers > 1:
+                # windows are sampled, not read in order: with N solvers rank r samples
+                # from every N-th window of each kind, starting at r
+                fg, bg = fg[rank::solvers], bg[rank::solvers]
             for count, table, what, rule in (
                     (num_fg, fg, "foreground", "overlap >= fg_threshold %g" % p.fg_threshold),
                     (p.batch_size - num_fg, bg, "background",
                      "overlap < bg_threshold %g" % p.bg_threshold)):
                 if count and not len(table):
                     raise DataError("each batch takes %d %s windows but the window file %s has "
-                                    "none (%s)" % (count, what, p.source, rule))
+                                    "none%s (%s)" % (count, what, p.source,
+                                                     " for solver rank %d of %d" % (rank, solvers)
+                                                     if solvers > 1 else "", rule))
             cache = self._check_images(images, p.cache_images, p.source)
         except DataError as exc:
             raise self.error(str(exc)) from None
