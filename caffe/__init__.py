@@ -6,8 +6,11 @@ other solvers, ``caffe.get_solver``, ``caffe.TRAIN``/``TEST``,
 ``caffe.set_mode_cpu``/``set_mode_gpu``/``set_device``/``set_random_seed``,
 ``caffe.io``, ``caffe.proto.caffe_pb2``, ``caffe.NetSpec``/``layers``/
 ``params``/``to_proto``, ``caffe.Classifier``, ``caffe.Detector``,
-``caffe.Timer``, ``caffe.coord_map``, ``caffe.draw``. ``caffe.NCCL`` exists
-but raises: protonet has no multi-GPU training.
+``caffe.Timer``, ``caffe.coord_map``, ``caffe.draw``, and data-parallel
+training as Caffe's ``python/train.py`` does it: ``caffe.NCCL``,
+``set_solver_count`` / ``set_solver_rank`` / ``set_multiprocess``,
+``solver_count`` / ``solver_rank``, ``has_nccl`` (NCCL on GPUs; on the CPU
+the same objects work over MPI in scripts started by ``mpirun``).
 
 ``caffe.__version__`` is the Caffe version whose interface this follows
 (1.0.0); ``caffe.protonet_version`` is the engine's.
@@ -15,6 +18,7 @@ but raises: protonet has no multi-GPU training.
 import logging as _logging
 
 import protonet as _protonet
+from protonet import comm as _comm
 from protonet import Layer, TRAIN, TEST, set_mode_cpu, set_mode_gpu, set_device, set_random_seed
 
 from .pycaffe import (Net, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: F401
@@ -28,7 +32,7 @@ from .net_spec import layers, params, NetSpec, to_proto  # noqa: F401
 __version__ = "1.0.0"
 protonet_version = _protonet.__version__
 
-_solver_state = {"count": 1, "rank": 0, "multiprocess": False}
+
 
 
 def init_log(level=0):
@@ -46,30 +50,18 @@ def log(message):
     _logging.getLogger(_log.LOGGER_NAME).info("%s", message)
 
 
-# Multi-GPU bookkeeping of pycaffe; protonet trains in one process on one device.
-def solver_count():
-    return _solver_state["count"]
-
-
-def set_solver_count(count):
-    _solver_state["count"] = int(count)
-
-
-def solver_rank():
-    return _solver_state["rank"]
-
-
-def set_solver_rank(rank):
-    _solver_state["rank"] = int(rank)
-
-
-def set_multiprocess(multiprocess):
-    _solver_state["multiprocess"] = bool(multiprocess)
+# Caffe's solver rank and count (one place: protonet.comm; the data layers read them)
+solver_count = _comm.solver_count
+set_solver_count = _comm.set_solver_count
+solver_rank = _comm.solver_rank
+set_solver_rank = _comm.set_solver_rank
+set_multiprocess = _comm.set_multiprocess
 
 
 def has_nccl():
-    """False: protonet has no NCCL multi-GPU training."""
-    return False
+    """True where caffe.NCCL can reduce over NCCL: CuPy with NCCL and a GPU. (On the CPU,
+    caffe.NCCL works over MPI in scripts started by mpirun.)"""
+    return _comm.nccl_available()
 
 
 __all__ = ["Layer", "TRAIN", "TEST", "Net", "SGDSolver", "NesterovSolver", "AdaGradSolver",

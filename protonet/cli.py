@@ -172,9 +172,18 @@ def train_command(args):
             log.warning("solver_mode is GPU but no GPU is usable (%s); training on the CPU",
                         devices.no_gpu_reason())
     ids = devices.gpu_ids(gpu_flag)
-    devices.use_devices(ids, training=True)
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
+    from . import launch
+    if launch.wants_spawn(ids):        # --gpu 0,1: one process per GPU, over NCCL
+        return launch.spawn_gpu_ranks(ids, getattr(args, "_argv", sys.argv[1:]))
+    strategy, ids = launch.join(ids)   # under mpirun (or spawned above): this rank's share
+    if strategy is None:
+        devices.use_devices(ids, training=True)
+    # several ranks: SIGTERM (a batch system's, the parent's) stops them all with a snapshot
+    sigterm = "stop" if strategy is not None else None
+    with SignalHandler(args.sigint_effect, args.sighup_effect, sigterm) as handler:
         solver = get_solver(param, source_name=args.solver)
+        if strategy is not None:
+            solver.parallel = strategy
         solver.action_request_function = handler
         if not args.no_curve:
             solver.draw_curve_beside_snapshots()
@@ -521,14 +530,17 @@ def _user_errors():
     from .net import NetError
     from .solver import SolverError
     from .upgrade import UpgradeError
-    return (CommandError, devices.DeviceError, SolverError, NetError, FormatError, LayerError,
+    from .comm import CommError
+    return (CommandError, CommError, devices.DeviceError, SolverError, NetError, FormatError, LayerError,
             UpgradeError, DataError, DatasetError, OSError, RuntimeError)
 
 
 def main(argv=None):
     """Entry point of the ``protonet`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(gflags_spelling(sys.argv[1:] if argv is None else argv))
+    argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
     if getattr(args, "_func", None) is None:
         parser.print_help(sys.stderr)
         return 1

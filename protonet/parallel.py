@@ -44,7 +44,13 @@ synchronised before ``apply_update``. Read a diff to reduce with
 ``blob.diff`` would also hand the array out and end the lazy forms).
 """
 
-__all__ = ["Solo"]
+import time
+
+import numpy as np
+
+from .signals import NONE, SNAPSHOT, STOP
+
+__all__ = ["Solo", "DataParallel"]
 
 
 class Solo:
@@ -55,8 +61,14 @@ class Solo:
     is_root = True
     layer_wise = False
 
+    def attach(self, solver):
+        """The solver takes this strategy (before its first ``broadcast_params``)."""
+
     def broadcast_params(self, net):
         """Make every rank's parameter values the root's (here: there is only this one)."""
+
+    def begin_pass(self, index, passes):
+        """The solver starts forward/backward pass ``index`` of ``passes`` (``iter_size``)."""
 
     def on_layer_backward(self, net, layer_index):
         """A layer's param diffs are ready (only called when ``layer_wise`` is true)."""
@@ -67,3 +79,111 @@ class Solo:
     def agree_on_action(self, action):
         """The signal action every rank takes; one rank's own request here."""
         return action
+
+
+class DataParallel(Solo):
+    """Caffe's multi-GPU training on any communicator of :mod:`protonet.comm`.
+
+    Every rank holds a whole copy of the net and reads its own share of the
+    data (the data layers split by ``comm.solver_rank()``); the root's
+    weights are broadcast, and each iteration the param diffs are summed over
+    the ranks and scaled by ``1/count`` before the update, as Caffe's
+    ``NCCL::on_gradients_ready``. With ``layer_wise`` (the solver's
+    ``layer_wise_reduce``, default true) a param's reduction starts as soon
+    as the last layer that adds to its diff has run backward, so it overlaps
+    the backward pass of the layers below; the last of ``iter_size`` passes
+    only, since the earlier ones are still accumulating.
+
+    The reductions are issued in one fixed order on every rank (collectives
+    must match): by the layer that completes each param, top layer first.
+    ``agree_on_action`` takes the strongest request of any rank (stop over
+    snapshot over none), so a signal to one rank stops or snapshots all.
+
+    ``drive="solver"`` (the default) reduces in the solver's loop;
+    ``drive="callbacks"`` leaves the reduction to pycaffe's ``caffe.NCCL``
+    object, which the script registers as a solver callback and a Net
+    ``after_backward`` callback, as in Caffe's ``python/train.py``.
+    """
+
+    def __init__(self, comm, layer_wise=True, drive="solver"):
+        self.comm = comm
+        self.rank, self.count = comm.rank, comm.count
+        self.is_root = self.rank == 0
+        self.layer_wise = bool(layer_wise)
+        self.drive = drive
+        self._net = None
+        self._groups = []           # [(layer index, [param blobs])], top layer first
+        self._started = 0           # groups issued so far this iteration
+        self._pending = []
+        self._last_pass = True
+        self.reduce_seconds = 0.0   # waited for reductions (cumulative; see benchmarks/)
+
+    # -- set-up
+    def attach(self, solver):
+        """Called when the solver takes this strategy (before its first broadcast)."""
+        self.layer_wise = self.layer_wise and bool(solver.param.layer_wise_reduce)
+        self._plan(solver.net)
+
+    def _plan(self, net):
+        """Group the learnable params by the lowest layer that adds to their diff."""
+        if self._net is net:
+            return
+        index = {id(b): k for k, b in enumerate(net.learnable_params)}
+        last = {}
+        owners = net._param_owner
+        for entry, (li, _, blob) in enumerate(net._all_params):
+            owner = owners[entry]
+            root = blob if owner < 0 else net._all_params[owner][2]
+            k = index[id(root)]
+            last[k] = min(last.get(k, li), li)
+        groups = {}
+        for k in sorted(last):
+            groups.setdefault(last[k], []).append(net.learnable_params[k])
+        self._groups = sorted(groups.items(), key=lambda g: -g[0])
+        self._net = net
+
+    # -- the hooks the solver calls
+    def broadcast_params(self, net):
+        self.comm.bcast([b.data for b in net.learnable_params])
+
+    def begin_pass(self, index, passes):
+        """The solver starts forward/backward pass ``index`` of ``passes`` (iter_size)."""
+        self._last_pass = index == passes - 1
+
+    def on_layer_backward(self, net, layer_index):
+        if not self.layer_wise or not self._last_pass:
+            return
+        self._plan(net)
+        self._issue(lambda li: li >= layer_index)
+        for pending in self._pending:
+            pending.progress()          # MPI moves a non-blocking collective inside calls
+
+    def _issue(self, ready):
+        while self._started < len(self._groups) and ready(self._groups[self._started][0]):
+            _, blobs = self._groups[self._started]
+            # a deferred diff (zeroing, copy, low-rank product) is carried out first
+            diffs = [b.diff for b in blobs]
+            self._pending.append(self.comm.allreduce_start(diffs))
+            self._started += 1
+
+    def reduce_gradients(self, net):
+        if self.drive == "solver":
+            self.finish_reduction(net)
+
+    def finish_reduction(self, net):
+        """Issue what backward did not, wait for all, scale by 1/count."""
+        self._plan(net)
+        self._issue(lambda li: True)
+        start = time.perf_counter()
+        for pending in self._pending:
+            pending.wait()
+        self.reduce_seconds += time.perf_counter() - start
+        self._pending, self._started, self._last_pass = [], 0, True
+        scale = np.float32(1.0) / np.float32(self.count)
+        for blob in net.learnable_params:
+            diff = blob.diff
+            diff *= scale
+
+    def agree_on_action(self, action):
+        flags = self.comm.agree([action == SNAPSHOT, action == STOP])
+        return STOP if flags[1] else SNAPSHOT if flags[0] else NONE

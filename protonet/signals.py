@@ -52,13 +52,17 @@ class SignalHandler:
     Use as a context manager: the previous handlers come back on exit.
     """
 
-    def __init__(self, sigint_effect=STOP, sighup_effect=SNAPSHOT):
-        for flag, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
+    def __init__(self, sigint_effect=STOP, sighup_effect=SNAPSHOT, sigterm_effect=None):
+        for flag, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect),
+                            ("sigterm_effect", sigterm_effect or NONE)):
             if value not in _ACTIONS:
                 raise ValueError("invalid signal effect %r for %s: use one of %s"
                                  % (value, flag, ", ".join(_ACTIONS)))
         self.sigint_effect = sigint_effect
         self.sighup_effect = sighup_effect
+        # None leaves SIGTERM alone; data-parallel runs stop every rank on it (a batch
+        # system's or a launcher's SIGTERM), with a snapshot
+        self.sigterm_effect = sigterm_effect
         self._pending = {}
         self._previous = {}
 
@@ -66,6 +70,8 @@ class SignalHandler:
         sigs = [signal.SIGINT]
         if hasattr(signal, "SIGHUP"):
             sigs.append(signal.SIGHUP)
+        if self.sigterm_effect is not None:
+            sigs.append(signal.SIGTERM)
         return sigs
 
     def install(self):
@@ -99,4 +105,6 @@ class SignalHandler:
             return self.sighup_effect
         if self._pending.pop(signal.SIGINT, False):
             return self.sigint_effect
+        if self._pending.pop(signal.SIGTERM, False):
+            return self.sigterm_effect
         return NONE

@@ -351,6 +351,7 @@ class Solver(Snapshots):
             hooks.remove(self._layer_hook)
         self._layer_hook = None
         self._parallel = strategy
+        strategy.attach(self)
         if getattr(strategy, "layer_wise", False):
             net = self.net
             self._layer_hook = lambda li: strategy.on_layer_backward(net, li)
@@ -404,7 +405,8 @@ class Solver(Snapshots):
                 display = bool(p.display) and self.iter % p.display == 0
                 debug = display and p.debug_info and root
                 loss = _F32(0)
-                for _ in range(p.iter_size):
+                for k in range(p.iter_size):
+                    self.parallel.begin_pass(k, p.iter_size)
                     loss += _F32(self._forward_backward(debug))
                 loss /= _F32(p.iter_size)
                 self.last_loss = float(loss)
