@@ -538,6 +538,9 @@ def _pycaffe_solver(base):
     def __init__(self, *args, **kwargs):
         base.__init__(self, *args, **kwargs)
         _adopt_nets(self)
+        from protonet import comm, parallel
+        if comm.solver_count() > 1:       # caffe.set_solver_count: root-only logs until NCCL
+            self.parallel = parallel.Unlinked(comm.solver_rank(), comm.solver_count())
 
     def share_weights(self, net):
         """Make ``net``'s parameters the train net's (pycaffe's ``Solver.share_weights``)."""
@@ -579,6 +582,9 @@ def get_solver(filename):
     if cls is not None:
         solver.__class__ = cls          # only adds share_weights; same state
     _adopt_nets(solver)
+    from protonet import comm, parallel
+    if comm.solver_count() > 1:
+        solver.parallel = parallel.Unlinked(comm.solver_rank(), comm.solver_count())
     return solver
 
 
@@ -640,17 +646,66 @@ class Timer:
         return self.ms / 1e3
 
 
-_NO_NCCL = ("caffe.NCCL: multi-GPU training with NCCL is not available in protonet "
-            "(caffe.has_nccl() is False); train with one solver on one device "
-            "(caffe.set_device(id); caffe.set_mode_gpu()) instead")
-
-
 class NCCL:
-    """pycaffe's ``caffe.NCCL(solver, uid)``: protonet has no NCCL, so it raises a RuntimeError."""
+    """pycaffe's ``caffe.NCCL(solver, uid)``: the solvers of several processes train as one.
 
-    def __init__(self, solver=None, uid=None):
-        raise RuntimeError(_NO_NCCL)
+    As in Caffe's ``python/train.py``: every process sets
+    ``caffe.set_solver_count`` / ``set_solver_rank`` (and the GPU), builds
+    its solver, then ``nccl = caffe.NCCL(solver, uid)``, ``nccl.bcast()``
+    (rank 0's weights to all), ``solver.add_callback(nccl)`` (the gradients
+    are summed over the ranks and scaled by 1/N before each update) and, for
+    ``layer_wise_reduce``, ``solver.net.after_backward(nccl)``.
+
+    The engine behind it: NCCL through CuPy in GPU mode, when ``uid`` came
+    from :meth:`new_uid` on a machine with NCCL; otherwise MPI (mpi4py), for
+    scripts started by ``mpirun`` on the CPU, whose ranks must match
+    ``solver_rank`` / ``solver_count``. With one solver it does nothing.
+    Only rank 0 logs iterations, tests and snapshots once this is made.
+    """
+
+    def __init__(self, solver, uid):
+        from protonet import backend, comm
+        from protonet.parallel import DataParallel
+        count, rank = comm.solver_count(), comm.solver_rank()
+        if (backend.mode() == "gpu" and isinstance(uid, (bytes, bytearray))
+                and uid != _MPI_UID and comm.nccl_available()):
+            link = comm.NCCLComm(bytes(uid), count, rank)
+        elif count == 1:
+            link = comm.LocalComm()
+        else:
+            link = comm.MPIComm()
+            if (link.rank, link.count) != (rank, count):
+                raise comm.CommError(
+                    "caffe.NCCL over MPI: solver rank %d of %d (caffe.set_solver_rank / "
+                    "set_solver_count) but this is MPI rank %d of %d; start the script with "
+                    "mpirun -np %d and set them from MPI" % (rank, count, link.rank, link.count,
+                                                            count))
+        self.solver = solver
+        self._strategy = DataParallel(link, drive="callbacks")
+        solver.parallel = self._strategy
 
     @staticmethod
     def new_uid():
-        raise RuntimeError(_NO_NCCL)
+        """An NCCL unique id (bytes) where NCCL is available, else a token that picks MPI."""
+        from protonet import comm
+        if comm.nccl_available():
+            return comm.new_nccl_uid()
+        return _MPI_UID
+
+    def bcast(self):
+        """Give every rank rank 0's weights (Caffe's ``NCCL::Broadcast``)."""
+        self._strategy.broadcast_params(self.solver.net)
+
+    # the solver callback (solver.add_callback(nccl))
+    def on_start(self):
+        pass
+
+    def on_gradients_ready(self):
+        self._strategy.finish_reduction(self.solver.net)
+
+    # the Net callback (solver.net.after_backward(nccl)): start this layer's reduction now
+    def __call__(self, layer_index):
+        self._strategy.on_layer_backward(self.solver.net, layer_index)
+
+
+_MPI_UID = b"protonet-mpi"

@@ -40,7 +40,7 @@ log = get_logger()
 
 __all__ = ["solver_rank", "solver_count", "set_solver_rank", "set_solver_count",
            "set_multiprocess", "multiprocess", "CommError", "MPI_INSTALL", "mpi_launch_env",
-           "local_rank", "import_mpi", "MPIComm", "NCCLComm", "nccl_available", "new_nccl_uid",
+           "local_rank", "import_mpi", "LocalComm", "MPIComm", "NCCLComm", "nccl_available", "new_nccl_uid",
            "comm_timeout"]
 
 # ---------------------------------------------------------------- Caffe's solver rank and count
@@ -223,6 +223,32 @@ class _Done:
 
     def test(self):
         return True
+
+    def progress(self):
+        pass
+
+
+# ---------------------------------------------------------------- one rank
+class LocalComm(_Comm):
+    """A group of one: every collective is the identity (pycaffe's NCCL with one solver)."""
+
+    backend_name = "local"
+
+    def bcast(self, arrays, root=0):
+        pass
+
+    def allreduce_start(self, arrays, what="gradient reduction"):
+        return _Done()
+
+    def agree(self, flags, what=""):
+        return np.asarray(flags, dtype=np.int32)
+
+    def barrier(self, what=""):
+        pass
+
+    def abort(self, message, code=1):
+        log.error("%s", message)
+        sys.exit(code)
 
 
 # ---------------------------------------------------------------- MPI

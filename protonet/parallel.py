@@ -50,7 +50,7 @@ import numpy as np
 
 from .signals import NONE, SNAPSHOT, STOP
 
-__all__ = ["Solo", "DataParallel"]
+__all__ = ["Solo", "Unlinked", "DataParallel"]
 
 
 class Solo:
@@ -79,6 +79,16 @@ class Solo:
     def agree_on_action(self, action):
         """The signal action every rank takes; one rank's own request here."""
         return action
+
+
+class Unlinked(Solo):
+    """Rank ``rank`` of ``count`` solvers that are not (yet) linked: a pycaffe solver made
+    after ``caffe.set_solver_rank``, before its ``caffe.NCCL``. Only rank 0 logs
+    iterations, tests and snapshots, as Caffe's root solver."""
+
+    def __init__(self, rank, count):
+        self.rank, self.count = int(rank), int(count)
+        self.is_root = self.rank == 0
 
 
 class DataParallel(Solo):

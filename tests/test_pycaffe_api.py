@@ -513,12 +513,51 @@ def test_timer_waits_for_the_device(device, monkeypatch):
     assert 30.0 <= timer.ms < 5000.0
 
 
-def test_nccl_is_not_available(tmp_path):
-    assert caffe.has_nccl() is False
-    with pytest.raises(RuntimeError, match="NCCL is not available in protonet"):
-        caffe.NCCL(None, "uid")
-    with pytest.raises(RuntimeError, match="multi-GPU"):
-        caffe.NCCL.new_uid()
+NCCL_NET = """
+name: "n"
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+        dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
+                           data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "p"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
+"""
+
+
+def nccl_solver(tmp_path):
+    write(tmp_path, "n.prototxt", NCCL_NET)
+    return caffe.SGDSolver(write(tmp_path, "solver.prototxt",
+                                 'net: "%s/n.prototxt" base_lr: 0.1 lr_policy: "fixed" '
+                                 'momentum: 0.9 display: 0 random_seed: 3' % tmp_path))
+
+
+def test_nccl_with_one_solver_changes_nothing(tmp_path):
+    # python/train.py with one GPU id: the NCCL object is there but has no one to talk to
+    assert caffe.has_nccl() is False          # no CuPy with NCCL and a GPU here
+    plain = nccl_solver(tmp_path)
+    plain.step(3)
+    solver = nccl_solver(tmp_path)
+    nccl = caffe.NCCL(solver, caffe.NCCL.new_uid())
+    nccl.bcast()
+    solver.add_callback(nccl)
+    if solver.param.layer_wise_reduce:
+        solver.net.after_backward(nccl)
+    solver.step(3)
+    for a, b in zip(plain.net.params["ip"], solver.net.params["ip"]):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert not np.array_equal(solver.net.params["ip"][0].data, nccl_solver(tmp_path).net.params["ip"][0].data)
+
+
+def test_nccl_solver_count_must_match_the_mpi_world(tmp_path):
+    solver = nccl_solver(tmp_path)
+    caffe.set_solver_count(2)
+    try:
+        with pytest.raises(RuntimeError, match=r"solver rank 0 of 2 .* MPI rank 0 of 1; start the "
+                                               r"script with mpirun -np 2"):
+            caffe.NCCL(solver, caffe.NCCL.new_uid())
+    finally:
+        caffe.set_solver_count(1)
+    assert caffe.solver_count() == 1 and caffe.solver_rank() == 0
 
 
 # -- caffe.io.resize_image: Caffe 1.0's skimage resize, mode='constant' -----------------------
