@@ -30,6 +30,9 @@ setup(
         # selenium drives the system's chromium (.ci/run installs it) for the report tests
         "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py", "selenium"],
         "hdf5": ["h5py"],
+        # data-parallel training over MPI (mpirun -np N protonet train): mpi4py and MPICH's
+        # wheel (mpiexec lands in the environment's bin/); a system MPI works with mpi4py alone
+        "mpi": ["mpi4py>=4", "mpich"],
     },
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
 )

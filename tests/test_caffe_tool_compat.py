@@ -121,11 +121,15 @@ def test_solver_mode_counts_only_when_written(work, capsys, monkeypatch):
     assert backend.mode() == "cpu"
 
 
-def test_several_gpus_for_training_is_a_clear_error(work, capsys, monkeypatch):
+def test_several_gpus_need_as_many_gpus_and_nccl(work, capsys, monkeypatch):
+    # `caffe train --gpu 0,1` trains one solver per GPU; protonet starts one process per GPU
+    monkeypatch.setattr(devices, "device_count", lambda: 1)
+    assert main(["train", "--solver", "solver.prototxt", "--gpu", "0,1", "--no-curve"]) == 1
+    assert "--gpu 0,1: 2 GPUs requested but this machine has 1" in capsys.readouterr().err
     monkeypatch.setattr(devices, "device_count", lambda: 2)
     assert main(["train", "--solver", "solver.prototxt", "--gpu", "0,1", "--no-curve"]) == 1
     err = capsys.readouterr().err
-    assert "--gpu 0,1: training on several GPUs at once" in err and "give one device id" in err
+    assert "uses NCCL through CuPy, which is not available here" in err and "mpirun" in err
     assert not os.path.exists("snap_iter_10.caffemodel")
 
 

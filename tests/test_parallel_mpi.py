@@ -240,3 +240,28 @@ def test_pycaffe_train_script_under_mpirun(tmp_path, monkeypatch):
     single = train_here(tmp_path, write_case(tmp_path, "SGD", 2 * B, 3, "one/s"), monkeypatch)
     assert_same_weights(caffemodel(tmp_path / "pycaffe.caffemodel"), single)
 
+
+
+CHILD = """
+import os, signal, sys, time
+rank = int(os.environ["PROTONET_SOLVER_RANK"])
+assert os.environ["PROTONET_SOLVER_COUNT"] == "2" and os.environ["PROTONET_NCCL_UID"] == "ab"
+if rank == 1:
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(120)        # rank 0 would wait for rank 1 in NCCL forever
+"""
+
+
+def test_gpu_list_parent_names_a_dead_child_and_ends_the_others(tmp_path):
+    # protonet train --gpu 0,1 runs one child per GPU under launch.supervise
+    from protonet import launch
+    from logcapture import captured_log
+    (tmp_path / "child.py").write_text(CHILD)
+    start = time.monotonic()
+    with captured_log() as stream:
+        code = launch.supervise([sys.executable, str(tmp_path / "child.py")], 2,
+                                {"PROTONET_NCCL_UID": "ab"}, ids=[3, 5], poll=0.05)
+    assert code == 137 and time.monotonic() - start < 60
+    assert re.search(r"rank 1 on GPU 5 \(pid \d+\) was killed by signal 9 \(SIGKILL\); "
+                     r"stopping the other 1 rank", stream.getvalue())
