@@ -680,6 +680,8 @@ class NCCL:
                     "set_solver_count) but this is MPI rank %d of %d; start the script with "
                     "mpirun -np %d and set them from MPI" % (rank, count, link.rank, link.count,
                                                             count))
+        if count > 1:
+            link.announce()
         self.solver = solver
         self._strategy = DataParallel(link, drive="callbacks")
         solver.parallel = self._strategy

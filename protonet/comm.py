@@ -397,10 +397,12 @@ def _nccl():
     cp = backend._load_cupy()
     if cp is None:
         return None
-    try:
-        from cupy.cuda import nccl
-    except Exception:
-        nccl = getattr(cp.cuda, "nccl", None)
+    nccl = getattr(cp.cuda, "nccl", None)
+    if nccl is None and cp.__name__ == "cupy":
+        try:
+            from cupy.cuda import nccl     # not imported with cupy itself
+        except Exception:
+            return None
     if nccl is None or not getattr(nccl, "available", True):
         return None
     return nccl

@@ -1305,6 +1305,86 @@ cuda = _module(
     stream=_module("cuda.stream", "cupy.cuda.stream stand-in", Stream=_Stream, Event=_Event,
                    get_current_stream=_get_current_stream, get_elapsed_time=_get_elapsed_time),
     get_local_runtime_version=_runtimeGetVersion)
+
+
+# ----------------------------------------------------------------------------- cuda.nccl
+# cupy.cuda.nccl's names that protonet uses, with the collectives carried out at call time over
+# MPI (mpi4py's COMM_WORLD): each process started by mpiexec is one fake GPU. A buffer is
+# an address and a count, as in NCCL; it must lie inside a live fake device array (anything
+# else raises, where real NCCL would read or corrupt memory). Not emulated: asynchrony (the
+# work is done when the call returns, so a missing stream wait goes unseen), groups, send/recv,
+# communicators that are not the whole MPI world.
+_NCCL_DTYPES = {0: _np.int8, 1: _np.uint8, 2: _np.int32, 3: _np.uint32, 4: _np.int64,
+                5: _np.uint64, 6: _np.float16, 7: _np.float32, 8: _np.float64}
+
+
+def _nccl_buffer(ptr, count, datatype):
+    """The NumPy view of ``count`` elements at device address ``ptr``, checked to be inside
+    one live fake array."""
+    dtype = _np.dtype(_NCCL_DTYPES[datatype])
+    end = ptr + count * dtype.itemsize
+    with _memory.lock:
+        owners = [ref() for ref in _memory.owner.values()]
+    for fake in owners:
+        if fake is None:
+            continue
+        root = _root(fake._a)
+        start = root.__array_interface__["data"][0]
+        if start <= ptr and end <= start + root.nbytes:
+            flat = root.reshape(-1).view(_np.uint8)
+            return flat[ptr - start:end - start].view(dtype)
+    raise ValueError("fakecupy.cuda.nccl: %d elements of %s at 0x%x are not inside a live device "
+                     "array" % (count, dtype, ptr))
+
+
+class _NcclCommunicator:
+    def __init__(self, ndev, commId, rank):
+        from mpi4py import MPI
+        self._mpi = MPI
+        self._world = MPI.COMM_WORLD
+        if (ndev, rank) != (self._world.Get_size(), self._world.Get_rank()):
+            raise RuntimeError("fakecupy.cuda.nccl: communicator of %d ranks, rank %d, but the MPI "
+                               "world is %d ranks and this is rank %d"
+                               % (ndev, rank, self._world.Get_size(), self._world.Get_rank()))
+        if not isinstance(commId, bytes) or len(commId) != 128:
+            raise TypeError("commId must be the 128 bytes of get_unique_id()")
+        self._ops = {0: MPI.SUM, 1: MPI.PROD, 2: MPI.MAX, 3: MPI.MIN}
+        self._rank, self._size = rank, ndev
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        recv = _nccl_buffer(recvbuf, count, datatype)
+        if sendbuf == recvbuf:
+            self._world.Allreduce(self._mpi.IN_PLACE, recv, op=self._ops[op])
+        else:
+            self._world.Allreduce(_nccl_buffer(sendbuf, count, datatype).copy(), recv,
+                                  op=self._ops[op])
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self._world.Bcast(_nccl_buffer(buff, count, datatype), root=root)
+
+    def rank_id(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+    def abort(self):
+        pass
+
+    def destroy(self):
+        pass
+
+
+def _nccl_get_unique_id():
+    return bytes(_os.urandom(128))
+
+
+nccl = _module("cuda.nccl", "cupy.cuda.nccl stand-in (collectives over MPI)",
+               NcclCommunicator=_NcclCommunicator, get_unique_id=_nccl_get_unique_id,
+               available=True, NCCL_SUM=0, NCCL_PROD=1, NCCL_MAX=2, NCCL_MIN=3,
+               NCCL_INT8=0, NCCL_UINT8=1, NCCL_INT32=2, NCCL_UINT32=3, NCCL_INT64=4,
+               NCCL_UINT64=5, NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+cuda.nccl = nccl
 for _name in ("get_cuda_path", "get_nvcc_path", "get_rocm_path", "get_hipcc_path", "alloc",
               "alloc_pinned_memory", "malloc_async", "malloc_managed", "set_allocator",
               "get_allocator", "set_pinned_memory_allocator", "using_allocator", "profile",

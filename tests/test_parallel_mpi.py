@@ -265,3 +265,56 @@ def test_gpu_list_parent_names_a_dead_child_and_ends_the_others(tmp_path):
     assert code == 137 and time.monotonic() - start < 60
     assert re.search(r"rank 1 on GPU 5 \(pid \d+\) was killed by signal 9 \(SIGKILL\); "
                      r"stopping the other 1 rank", stream.getvalue())
+
+
+FAKE_GPU_BOOT = '''
+"""Run a script with protonet's GPU mode on tests/fakecupy.py (one fake GPU per MPI rank)."""
+import runpy
+import sys
+
+sys.path.insert(0, sys.argv[1])
+import fakecupy  # noqa: E402
+from protonet import backend  # noqa: E402
+
+backend._cupy = fakecupy
+if sys.argv[2] == "-m":
+    sys.argv = sys.argv[3:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_nccl_path_on_fake_gpus(tmp_path, monkeypatch):
+    """python/train.py's flow in GPU mode: caffe.NCCL takes NCCL (CuPy's cuda.nccl, here
+    fakecupy's stand-in whose collectives go over MPI), with layer-wise reduction."""
+    (tmp_path / "boot.py").write_text(FAKE_GPU_BOOT)
+    (tmp_path / "train.py").write_text(PYCAFFE_SCRIPT.replace(
+        "caffe.set_mode_cpu()", "caffe.set_device(0)\ncaffe.set_mode_gpu()\n"
+        "assert caffe.has_nccl() and len(caffe.NCCL.new_uid()) == 128"))
+    solver = write_case(tmp_path, "SGD", B, 3, "two/s")
+    (tmp_path / solver).write_text((tmp_path / solver).read_text().replace(
+        "layer_wise_reduce: false", "layer_wise_reduce: true"))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code, out, _ = run_ranks(tmp_path, ["boot.py", tests, "train.py", solver],
+                             env={"PYTHONPATH": str(tmp_path)})
+    check_ok(code, out)
+    assert "NCCL: rank 1 of 2" in out and "MPI: rank" not in out
+    single = train_here(tmp_path, write_case(tmp_path, "SGD", 2 * B, 3, "one/s"), monkeypatch)
+    assert_same_weights(caffemodel(tmp_path / "pycaffe.caffemodel"), single)
+
+
+def test_mpi_ranks_on_fake_gpus(tmp_path, monkeypatch):
+    """mpirun -np 2 protonet train --gpu 0: each rank on its (fake) GPU, the gradients staged
+    through host memory for MPI."""
+    (tmp_path / "boot.py").write_text(FAKE_GPU_BOOT)
+    solver = write_case(tmp_path, "Adam-iter_size-2", B, 2, "two/s")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code, out, _ = run_ranks(tmp_path, ["boot.py", tests, "-m", "protonet", "train", "--solver",
+                                        solver, "--gpu", "0", "--no-curve", "--python-path", "."])
+    check_ok(code, out)
+    assert "MPI: rank 1 of 2" in out and "Using GPUs 0" in out
+    single = train_here(tmp_path, write_case(tmp_path, "Adam-iter_size-2", 2 * B, 2, "one/s"),
+                        monkeypatch)
+    assert_same_weights(caffemodel(tmp_path / "two" / "s_iter_2.caffemodel"), single)
