@@ -59,7 +59,7 @@ set_multiprocess = _comm.set_multiprocess
 
 
 def has_nccl():
-    """True where caffe.NCCL can reduce over NCCL: CuPy with NCCL and a GPU. (On the CPU,
+    """True where caffe.NCCL can reduce over NCCL: CuPy with NCCL installed. (On the CPU,
     caffe.NCCL works over MPI in scripts started by mpirun.)"""
     return _comm.nccl_available()
 

@@ -40,8 +40,8 @@ log = get_logger()
 
 __all__ = ["solver_rank", "solver_count", "set_solver_rank", "set_solver_count",
            "set_multiprocess", "multiprocess", "CommError", "MPI_INSTALL", "mpi_launch_env",
-           "local_rank", "import_mpi", "LocalComm", "MPIComm", "NCCLComm", "nccl_available", "new_nccl_uid",
-           "comm_timeout"]
+           "local_rank", "import_mpi", "LocalComm", "MPIComm", "NCCLComm", "nccl_available",
+           "new_nccl_uid", "comm_timeout"]
 
 # ---------------------------------------------------------------- Caffe's solver rank and count
 _world = {"count": 1, "rank": 0, "multiprocess": False}
@@ -409,8 +409,9 @@ def _nccl():
 
 
 def nccl_available():
-    """CuPy with NCCL and at least one GPU."""
-    return _nccl() is not None and backend.cupy_available()
+    """CuPy with NCCL importable. Touches no GPU: python/train.py asks for a uid in the parent
+    and then forks the ranks, which CUDA forbids once a parent has initialised it."""
+    return _nccl() is not None
 
 
 def new_nccl_uid():
