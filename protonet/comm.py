@@ -13,12 +13,15 @@ rank 0), ``allreduce_start(arrays)`` (an in-place sum that runs while the
 caller goes on; ``.wait()`` finishes it), ``agree(flags)`` (the element-wise
 maximum of a few small integers over the ranks) and ``abort(message)``.
 
-Never a silent hang: every wait polls with a deadline (``timeout``, by
-default ``PROTONET_COMM_TIMEOUT`` seconds, 300 when unset). Past it the
-ranks that are still alive answer a roll call, the error names the ranks that
-did not, and the whole job is aborted. Under ``mpiexec`` (MPICH's Hydra,
-Open MPI's mpirun) a rank that *dies* brings the launcher down at once: it
-kills the others and prints the dead process's PID; every rank logs
+Never a silent hang: every wait polls. Over MPI each rank also sends a
+heartbeat to the others from a thread; a wait gives up when a rank has shown
+no sign of life for ``timeout`` seconds (``PROTONET_COMM_TIMEOUT``, 300 when
+unset), names it, and aborts the job, while a root that is merely busy alone
+(tests, snapshots) is waited for. (Without MPI_THREAD_MULTIPLE: a plain
+deadline, then a roll call of the live ranks names the missing ones.) NCCL
+waits poll with the deadline. Under ``mpiexec`` (MPICH's Hydra, Open MPI's
+mpirun) a rank that *dies* brings the launcher down at once: it kills the
+others and prints the dead process's PID; every rank logs
 ``rank R of N: pid P on HOST`` when it joins, so that PID names the rank.
 
 Also here: Caffe's process-wide solver rank and count
@@ -26,9 +29,11 @@ Also here: Caffe's process-wide solver rank and count
 to take their share of the records and the solver reads to seed its
 generator (``random_seed + solver_rank``).
 """
+import atexit
 import os
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -206,9 +211,9 @@ class _Comm:
         """Log and raise a CommError for a collective that did not complete."""
         if lost:
             names = "rank%s %s" % ("s" if len(lost) > 1 else "", ", ".join(map(str, lost)))
-            msg = ("%s: %s did not complete within %g s on rank %d of %d: lost %s "
-                   "(died or hung; see its own output)" % (self.backend_name, what, self.timeout,
-                                                          self.rank, self.count, names))
+            msg = ("%s: %s did not complete on rank %d of %d: lost %s (no sign of life for "
+                   "%g s: it died or hung; see its own output)"
+                   % (self.backend_name, what, self.rank, self.count, names, self.timeout))
         else:
             msg = ("%s: %s did not complete within %g s on rank %d of %d: another rank died or "
                    "hung (set PROTONET_COMM_TIMEOUT to wait longer)"
@@ -261,6 +266,7 @@ class MPIComm(_Comm):
 
     backend_name = "MPI"
     _TAG_ROLL = 7301
+    _TAG_BEAT = 7302
 
     def __init__(self, comm=None, timeout=None):
         super().__init__(timeout)
@@ -270,6 +276,52 @@ class MPIComm(_Comm):
         self.rank = self.comm.Get_rank()
         self.count = self.comm.Get_size()
         self._staging = {}
+        self._start_heartbeat()
+
+    # -- signs of life
+    def _start_heartbeat(self):
+        """Every rank tells the others it is alive every ``timeout / 4`` s, from a thread.
+
+        A wait then gives up on a rank only when nothing came from it for
+        ``timeout`` seconds (dead, stopped, or its process frozen), not when the
+        root is merely busy alone (tests, snapshots): those may take as long as
+        they take. Needs MPI_THREAD_MULTIPLE (mpi4py asks for it); without it a
+        wait gives up after ``timeout`` and a roll call names who is missing.
+        """
+        MPI = self.MPI
+        self._seen = {r: time.monotonic() for r in range(self.count) if r != self.rank}
+        self._beating = self.count > 1 and MPI.Query_thread() >= MPI.THREAD_MULTIPLE
+        if not self._beating:
+            return
+        self._hb_comm = self.comm.Dup()
+        self._hb_token = np.zeros(1, np.uint8)
+        self._hb_stop = threading.Event()
+        period = max(0.05, min(10.0, self.timeout / 4))
+
+        def beat():
+            while not self._hb_stop.wait(period):
+                for r in self._seen:
+                    # freed at once: the send completes on its own, and a peer that is gone
+                    # must not block this thread
+                    self._hb_comm.Isend(self._hb_token, dest=r, tag=self._TAG_BEAT).Free()
+
+        self._hb_thread = threading.Thread(target=beat, name="protonet-heartbeat", daemon=True)
+        self._hb_thread.start()
+        # stop before mpi4py's MPI_Finalize at exit (atexit runs the later registration first)
+        atexit.register(self.stop_heartbeat)
+
+    def stop_heartbeat(self):
+        if getattr(self, "_beating", False):
+            self._hb_stop.set()
+            self._hb_thread.join(5)
+            self._beating = False
+
+    def _drain(self, now):
+        MPI, status, sink = self.MPI, self.MPI.Status(), np.zeros(1, np.uint8)
+        while self._hb_comm.Iprobe(source=MPI.ANY_SOURCE, tag=self._TAG_BEAT, status=status):
+            source = status.Get_source()
+            self._hb_comm.Recv(sink, source=source, tag=self._TAG_BEAT)
+            self._seen[source] = now
 
     # -- buffers
     def _host(self, array, key):
@@ -285,8 +337,19 @@ class MPIComm(_Comm):
 
     def _wait_all(self, requests, what):
         MPI = self.MPI
-        _poll(lambda: MPI.Request.Testall(requests), self.deadline(),
-              lambda: self._lost(requests, what))
+        if not self._beating:
+            _poll(lambda: MPI.Request.Testall(requests), self.deadline(),
+                  lambda: self._lost(requests, what))
+            return
+        start, pause = time.monotonic(), 0.0
+        while not MPI.Request.Testall(requests):
+            now = time.monotonic()
+            self._drain(now)
+            lost = [r for r, seen in self._seen.items() if now - max(seen, start) > self.timeout]
+            if lost:
+                self._abort_lost(what, lost)
+            time.sleep(pause)
+            pause = min(_POLL_MAX, pause + 0.0001)
 
     def progress(self, requests):
         """Let pending non-blocking collectives advance (MPICH progresses inside MPI calls)."""
@@ -329,6 +392,13 @@ class MPIComm(_Comm):
         self.comm.Abort(code)
 
     # -- the error path
+    def _abort_lost(self, what, lost):
+        try:
+            self.fail(what, lost)
+        finally:
+            sys.stderr.flush()
+            self.comm.Abort(3)
+
     def _lost(self, requests, what):
         """A collective is overdue: find who is still there, name the others, end the job.
 
@@ -367,12 +437,7 @@ class MPIComm(_Comm):
                 time.sleep(0.01)
             else:
                 lost = [0]
-        try:
-            self.fail(what, lost)
-        finally:
-            sys.stderr.flush()
-            # the launcher then ends every rank; the message above says why
-            comm.Abort(3)
+        self._abort_lost(what, lost)
 
 
 class _MPIPending:

@@ -30,12 +30,14 @@ RECORDS = 24         # three iterations of the single process's batch of 2B: one
 LAYER_MODULE = '''
 import os
 import signal
+import time
 
 import caffe
 
 
 class Double(caffe.Layer):
-    """y = 2x; sends PARALLEL_TEST_SIGNAL ("NAME:rank:pass") to itself at that forward pass."""
+    """y = 2x; sends PARALLEL_TEST_SIGNAL ("NAME:rank:pass") to itself at that forward pass;
+    sleeps PARALLEL_TEST_SLOW_TEST seconds per TEST-phase forward."""
 
     def setup(self, bottom, top):
         self.passes = 0
@@ -51,6 +53,8 @@ class Double(caffe.Layer):
 
     def forward(self, bottom, top):
         self.passes += 1
+        if self.phase == caffe.TEST and os.environ.get("PARALLEL_TEST_SLOW_TEST"):
+            time.sleep(float(os.environ["PARALLEL_TEST_SLOW_TEST"]))
         if self.signal is not None and self.passes == self.signal[1]:
             os.kill(os.getpid(), self.signal[0])
         top[0].data[...] = 2 * bottom[0].data
@@ -201,7 +205,21 @@ def test_a_hung_rank_times_out_and_is_named(tmp_path):
     code, out, seconds = train_ranks(tmp_path, solver, env={"PARALLEL_TEST_SIGNAL": "SIGSTOP:1:2",
                                                             "PROTONET_COMM_TIMEOUT": "2"})
     assert code != 0 and seconds < 60, out[-2000:]
-    assert re.search(r"did not complete within 2 s on rank 0 of 2: lost rank 1 ", out), out[-2000:]
+    assert re.search(r"MPI: gradient reduction did not complete on rank 0 of 2: lost rank 1 "
+                     r"\(no sign of life for 2 s: it died or hung", out), out[-2000:]
+
+
+def test_a_long_test_phase_on_rank_0_is_not_a_lost_rank(tmp_path):
+    # the other rank waits for rank 0's tests far longer than the timeout: rank 0's heartbeats
+    # (from its own thread) show it is alive
+    solver = write_case(tmp_path, "SGD", B, 2, "two/s")
+    with open(tmp_path / solver, "a") as f:
+        f.write("test_iter: 4\ntest_interval: 1\ntest_initialization: false\n")
+    code, out, _ = train_ranks(tmp_path, solver, env={"PARALLEL_TEST_SLOW_TEST": "0.5",
+                                                      "PROTONET_COMM_TIMEOUT": "1"})
+    check_ok(code, out)
+    assert "Testing net (#0)" in out and "lost" not in out
+    assert (tmp_path / "two" / "s_iter_2.caffemodel").exists()
 
 
 PYCAFFE_SCRIPT = '''
