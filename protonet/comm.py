@@ -19,7 +19,7 @@ no sign of life for ``timeout`` seconds (``PROTONET_COMM_TIMEOUT``, 300 when
 unset), names it, and aborts the job, while a root that is merely busy alone
 (tests, snapshots) is waited for. (Without MPI_THREAD_MULTIPLE: a plain
 deadline, then a roll call of the live ranks names the missing ones.) NCCL
-waits poll with the deadline. Under ``mpiexec`` (MPICH's Hydra, Open MPI's
+waits poll with a deadline (1800 s unless ``PROTONET_COMM_TIMEOUT`` is set). Under ``mpiexec`` (MPICH's Hydra, Open MPI's
 mpirun) a rank that *dies* brings the launcher down at once: it kills the
 others and prints the dead process's PID; every rank logs
 ``rank R of N: pid P on HOST`` when it joins, so that PID names the rank.
@@ -104,11 +104,11 @@ class CommError(RuntimeError):
 MPI_INSTALL = 'pip install -e ".[mpi]" (mpi4py and MPICH), or pip install mpi4py mpich'
 
 
-def comm_timeout():
-    """Seconds a rank waits for the others in one collective before it gives up."""
+def comm_timeout(default=300.0):
+    """Seconds a rank waits for a silent one (``PROTONET_COMM_TIMEOUT``, else ``default``)."""
     raw = os.environ.get("PROTONET_COMM_TIMEOUT", "")
     if not raw:
-        return 300.0
+        return float(default)
     try:
         value = float(raw)
     except ValueError:
@@ -192,8 +192,11 @@ class _Comm:
     count = 1
     backend_name = ""
 
+    #: seconds without a sign of life before a rank counts as lost, unless set
+    default_timeout = 300.0
+
     def __init__(self, timeout=None):
-        self.timeout = comm_timeout() if timeout is None else float(timeout)
+        self.timeout = comm_timeout(self.default_timeout) if timeout is None else float(timeout)
 
     @property
     def is_root(self):
@@ -498,6 +501,9 @@ class NCCLComm(_Comm):
     """
 
     backend_name = "NCCL"
+    # no heartbeat here: a wait is bounded by this alone, so it must outlast the root's tests
+    # and snapshots; a rank that dies is named by the parent process (--gpu a,b, train.py)
+    default_timeout = 1800.0
 
     def __init__(self, uid, count, rank, timeout=None):
         super().__init__(timeout)

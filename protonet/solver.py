@@ -38,7 +38,7 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from . import backend, rng
+from . import backend, comm, rng
 from .curve import TrainingCurve
 from .hdf5_weights import copy_weights, host_f32 as _host_f32, load_hdf5_weights, open_h5py, \
     save_hdf5_weights
@@ -200,7 +200,8 @@ class Solver(Snapshots):
         if p.random_seed >= 0:
             rng.set_random_seed(p.random_seed)
         self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
+        # as Caffe, only the root solver of several has test nets (only it tests)
+        self.test_nets = self._init_test_nets() if comm.solver_rank() == 0 else []
         for test_net in self.test_nets:
             test_net.share_with(self.net)
         for path in p.weights:

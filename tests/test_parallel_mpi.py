@@ -336,3 +336,27 @@ def test_mpi_ranks_on_fake_gpus(tmp_path, monkeypatch):
     single = train_here(tmp_path, write_case(tmp_path, "Adam-iter_size-2", 2 * B, 2, "one/s"),
                         monkeypatch)
     assert_same_weights(caffemodel(tmp_path / "two" / "s_iter_2.caffemodel"), single)
+
+
+def test_sigterm_stops_like_sigint_when_asked(tmp_path):
+    # protonet train on several ranks installs this: a batch system's SIGTERM stops all ranks
+    import signal
+    from protonet.signals import SignalHandler
+    with SignalHandler(sigterm_effect="stop") as handler:
+        assert handler() == "none"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert handler() == "stop" and handler() == "none"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_only_the_root_solver_has_test_nets(tmp_path, monkeypatch):
+    from protonet import comm
+    solver = write_case(tmp_path, "SGD", B, 1, "two/s")
+    with open(tmp_path / solver, "a") as f:
+        f.write("test_iter: 1\ntest_interval: 1\n")
+    monkeypatch.chdir(tmp_path)
+    add_search_path(str(tmp_path))
+    assert len(protonet.get_solver(solver).test_nets) == 1
+    monkeypatch.setattr(comm, "_world", {"count": 2, "rank": 1, "multiprocess": True})
+    assert protonet.get_solver(solver).test_nets == []
