@@ -198,6 +198,8 @@ def train_command(args):
                     copy_weights(net, path)
         log.info("Starting Optimization")
         solver.solve(max_iter=args.iterations)
+        if strategy is not None:
+            strategy.close()
     log.info("Optimization Done.")       # `caffe train` says it again, also after an early stop
     return 0
 

@@ -205,6 +205,9 @@ class _Comm:
     def deadline(self):
         return time.monotonic() + self.timeout
 
+    def close(self):
+        """This rank is done with collectives (its training ended)."""
+
     def announce(self):
         """One line per rank: under mpiexec, a dead rank is reported by its PID."""
         log.info("%s: rank %d of %d: pid %d on %s", self.backend_name, self.rank, self.count,
@@ -312,6 +315,9 @@ class MPIComm(_Comm):
         self._hb_thread.start()
         # stop before mpi4py's MPI_Finalize at exit (atexit runs the later registration first)
         atexit.register(self.stop_heartbeat)
+
+    def close(self):
+        self.stop_heartbeat()
 
     def stop_heartbeat(self):
         if getattr(self, "_beating", False):

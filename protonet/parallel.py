@@ -161,7 +161,7 @@ class DataParallel(Solo):
         self._last_pass = index == passes - 1
 
     def on_layer_backward(self, net, layer_index):
-        if not self.layer_wise or not self._last_pass:
+        if not self.layer_wise or not self._last_pass or self.count == 1:
             return
         self._plan(net)
         self._issue(lambda li: li >= layer_index)
@@ -182,6 +182,8 @@ class DataParallel(Solo):
 
     def finish_reduction(self, net):
         """Issue what backward did not, wait for all, scale by 1/count."""
+        if self.count == 1:
+            return      # a group of one: leave the diffs (and their deferred forms) alone
         self._plan(net)
         self._issue(lambda li: True)
         start = time.perf_counter()
@@ -193,6 +195,10 @@ class DataParallel(Solo):
         for blob in net.learnable_params:
             diff = blob.diff
             diff *= scale
+
+    def close(self):
+        """Training is over on this rank: no more collectives (stops MPI's heartbeat)."""
+        self.comm.close()
 
     def agree_on_action(self, action):
         flags = self.comm.agree([action == SNAPSHOT, action == STOP])

@@ -360,3 +360,16 @@ def test_only_the_root_solver_has_test_nets(tmp_path, monkeypatch):
     assert len(protonet.get_solver(solver).test_nets) == 1
     monkeypatch.setattr(comm, "_world", {"count": 2, "rank": 1, "multiprocess": True})
     assert protonet.get_solver(solver).test_nets == []
+
+
+def test_under_a_launcher_without_mpi4py_the_error_gives_the_install_line(tmp_path, monkeypatch,
+                                                                           capsys):
+    from protonet.cli import main
+    solver = write_case(tmp_path, "SGD", B, 1, "two/s")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)      # import mpi4py fails
+    assert main(["train", "--solver", solver, "--no-curve"]) == 1
+    err = capsys.readouterr().err
+    assert 'needs mpi4py and an MPI library: pip install -e ".[mpi]"' in err
