@@ -175,6 +175,11 @@ def train_command(args):
     from . import launch
     if launch.wants_spawn(ids):        # --gpu 0,1: one process per GPU, over NCCL
         return launch.spawn_gpu_ranks(ids, getattr(args, "_argv", sys.argv[1:]))
+    if getattr(args, "_as_program", False):
+        # under mpirun: the process stays as a parent that names this rank if it is killed
+        code = launch.watch_mpi_rank()
+        if code is not None:
+            return code
     strategy, ids = launch.join(ids)   # under mpirun (or spawned above): this rank's share
     if strategy is None:
         devices.use_devices(ids, training=True)
@@ -540,9 +545,11 @@ def _user_errors():
 def main(argv=None):
     """Entry point of the ``protonet`` console script; returns the exit status."""
     parser = build_parser()
+    as_program = argv is None     # the console script, not a call from Python code
     argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
+    args._as_program = as_program
     if getattr(args, "_func", None) is None:
         parser.print_help(sys.stderr)
         return 1

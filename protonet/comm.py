@@ -19,10 +19,11 @@ no sign of life for ``timeout`` seconds (``PROTONET_COMM_TIMEOUT``, 300 when
 unset), names it, and aborts the job, while a root that is merely busy alone
 (tests, snapshots) is waited for. (Without MPI_THREAD_MULTIPLE: a plain
 deadline, then a roll call of the live ranks names the missing ones.) NCCL
-waits poll with a deadline (1800 s unless ``PROTONET_COMM_TIMEOUT`` is set). Under ``mpiexec`` (MPICH's Hydra, Open MPI's
-mpirun) a rank that *dies* brings the launcher down at once: it kills the
-others and prints the dead process's PID; every rank logs
-``rank R of N: pid P on HOST`` when it joins, so that PID names the rank.
+waits poll with a deadline (1800 s unless ``PROTONET_COMM_TIMEOUT`` is set).
+Under MPICH's ``mpiexec`` (Hydra) a rank that *dies* brings the launcher
+down at once (Open MPI's mpirun is documented to abort too; not tried here):
+it kills the others, and its report may name any of their PIDs; :func:`protonet.launch.watch_mpi_rank` names the rank
+that died. Every rank logs ``rank R of N: pid P on HOST`` when it joins.
 
 Also here: Caffe's process-wide solver rank and count
 (``Caffe::solver_rank()`` / ``solver_count()``), which the data layers read

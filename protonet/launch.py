@@ -4,7 +4,8 @@ Three ways in, one strategy (:class:`protonet.parallel.DataParallel`):
 
 * ``mpirun -np N protonet train ...`` (or ``mpiexec``, ``srun``): the
   launcher's environment says how many ranks there are; the ranks talk over
-  MPI (:class:`protonet.comm.MPIComm`). With ``--gpu``, a rank takes the GPU
+  MPI (:class:`protonet.comm.MPIComm`); each rank runs under a small parent
+  that names it if it is killed (:func:`watch_mpi_rank`). With ``--gpu``, a rank takes the GPU
   of its node-local rank from the list (``--gpu all``: every GPU of the
   node), or the one GPU given.
 * ``protonet train --gpu 0,1,2,3`` (or ``--gpu all``) outside a launcher:
@@ -27,7 +28,7 @@ from .parallel import DataParallel
 
 log = get_logger()
 
-__all__ = ["join", "spawn_gpu_ranks", "SPAWN_ENV"]
+__all__ = ["join", "watch_mpi_rank", "spawn_gpu_ranks", "supervise", "SPAWN_ENV"]
 
 #: what a parent started by ``--gpu a,b`` tells each child
 SPAWN_ENV = ("PROTONET_SOLVER_RANK", "PROTONET_SOLVER_COUNT", "PROTONET_NCCL_UID")
@@ -84,6 +85,50 @@ def join(ids):
         import logging
         logging.getLogger("protonet").setLevel(logging.WARNING)
     return DataParallel(link), ids
+
+
+# ---------------------------------------------------------------- a rank under mpirun
+def watch_mpi_rank():
+    """Under an MPI launcher, fork: the child goes on as the rank, the parent waits for it.
+
+    Returns None in the child, and in the parent (when the rank is done) the
+    exit status to leave with. Why: when a rank is killed (SIGKILL, the
+    out-of-memory killer), ``mpiexec`` kills the other ranks at once and its
+    report may name the PID of any of them; the parent, which the launcher
+    sees as the rank, lives on to say which rank died and how before it exits
+    and the launcher ends the job. The parent forwards SIGINT, SIGTERM and
+    SIGHUP to the rank; the rank dies with its parent (PR_SET_PDEATHSIG).
+    Linux only; ``PROTONET_WATCH_RANK=0`` turns it off (a launcher that
+    insists on one process per rank).
+    """
+    launched = comm.mpi_launch_env()
+    if (launched is None or not sys.platform.startswith("linux")
+            or os.environ.get("PROTONET_WATCH_RANK", "1") == "0"):
+        return None
+    import ctypes
+    rank, size = launched
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:          # the parent went before prctl took effect
+            os._exit(1)
+        return None
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
+    _, status = os.waitpid(pid, 0)          # retried after the signal handlers (PEP 475)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        log.error("rank %d of %d (pid %d) was killed by signal %d (%s); the MPI launcher ends "
+                  "the other ranks", rank, size, pid, sig, signal.Signals(sig).name)
+        return 128 + sig
+    code = os.WEXITSTATUS(status)
+    if code:
+        log.error("rank %d of %d (pid %d) exited with status %d; the MPI launcher ends the other "
+                  "ranks", rank, size, pid, code)
+    return code
 
 
 # ---------------------------------------------------------------- --gpu 0,1: one child per GPU
