@@ -660,6 +660,9 @@ class NCCL:
     from :meth:`new_uid` on a machine with NCCL; otherwise MPI (mpi4py), for
     scripts started by ``mpirun`` on the CPU, whose ranks must match
     ``solver_rank`` / ``solver_count``. With one solver it does nothing.
+    Every rank must pass the same NCCL uid: train.py makes it once in the
+    parent before starting the ranks (under mpirun with GPUs, broadcast rank
+    0's, e.g. ``MPI.COMM_WORLD.bcast(uid)``).
     Only rank 0 logs iterations, tests and snapshots once this is made.
     """
 
