@@ -171,8 +171,9 @@ class DataParallel(Solo):
     def _issue(self, ready):
         while self._started < len(self._groups) and ready(self._groups[self._started][0]):
             _, blobs = self._groups[self._started]
-            # a deferred diff (zeroing, copy, low-rank product) is carried out first
-            diffs = [b.diff for b in blobs]
+            # a deferred diff (zeroing, copy, low-rank product) is carried out first, without
+            # handing the array out (the later clears and updates may stay lazy)
+            diffs = [b.engine_diff() for b in blobs]
             self._pending.append(self.comm.allreduce_start(diffs))
             self._started += 1
 
@@ -193,7 +194,7 @@ class DataParallel(Solo):
         self._pending, self._started, self._last_pass = [], 0, True
         scale = np.float32(1.0) / np.float32(self.count)
         for blob in net.learnable_params:
-            diff = blob.diff
+            diff = blob.engine_diff()
             diff *= scale
 
     def close(self):
