@@ -125,7 +125,9 @@ class DataParallel(Solo):
         self._groups = []           # [(layer index, [param blobs])], top layer first
         self._started = 0           # groups issued so far this iteration
         self._pending = []
-        self._last_pass = True
+        # overlap only inside the solver's passes: a backward a script runs on its own (on
+        # some ranks only, perhaps) must not start collectives
+        self._last_pass = False
         self.reduce_seconds = 0.0   # waited for reductions (cumulative; see benchmarks/)
 
     # -- set-up
@@ -191,7 +193,7 @@ class DataParallel(Solo):
         for pending in self._pending:
             pending.wait()
         self.reduce_seconds += time.perf_counter() - start
-        self._pending, self._started, self._last_pass = [], 0, True
+        self._pending, self._started, self._last_pass = [], 0, False
         scale = np.float32(1.0) / np.float32(self.count)
         for blob in net.learnable_params:
             diff = blob.engine_diff()

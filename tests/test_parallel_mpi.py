@@ -376,3 +376,44 @@ def test_under_a_launcher_without_mpi4py_the_error_gives_the_install_line(tmp_pa
     assert main(["train", "--solver", solver, "--no-curve"]) == 1
     err = capsys.readouterr().err
     assert 'needs mpi4py and an MPI library: pip install -e ".[mpi]"' in err
+
+
+def test_layer_wise_reduction_starts_only_in_the_solver_s_last_pass(tmp_path, monkeypatch):
+    """Which layers' reductions start during backward: none in the first of iter_size passes
+    nor in a backward a script runs itself; in the last pass, each param's group once its
+    lowest user (ip1 for the weights it shares with ip1b) is done."""
+    from protonet.comm import LocalComm
+    from protonet.parallel import DataParallel
+
+    class Two(LocalComm):
+        count = 2                      # as if a second rank were there: the hooks act
+
+        def __init__(self):
+            super().__init__()
+            self.started = []
+
+        def allreduce_start(self, arrays, what=""):
+            self.started.append(len(arrays))
+            return super().allreduce_start(arrays)
+
+    solver = write_case(tmp_path, "Adam-iter_size-2", B, 1, "two/s")
+    monkeypatch.chdir(tmp_path)
+    add_search_path(str(tmp_path))
+    s = protonet.get_solver(solver)
+    link = Two()
+    strategy = DataParallel(link)
+    s.parallel = strategy
+    started = []
+    s.net.after_backward_hooks.append(lambda li: started.append((li, len(link.started))))
+    s.net.forward_backward()            # a script's own pass: nothing starts
+    assert link.started == []
+    started.clear()
+    s.step(1)
+    names = s.net.layer_names
+    first, last = started[:len(names)], started[len(names):]
+    assert all(n == 0 for _, n in first)                 # iter_size 2: the first pass waits
+    by_layer = dict((names[li], n) for li, n in last)
+    # ip2's weight and bias start after ip2; ip1b's bias after ip1b; the shared weight and
+    # ip1's bias only after ip1, the last layer (in backward order) that adds to them
+    assert by_layer["ip2"] == 1 and by_layer["ip1b"] == 2 and by_layer["ip1"] == 3
+    assert link.started == [2, 1, 2]
