@@ -38,8 +38,11 @@ def datasets(tmp_path_factory):
     synth = synth_sunnybrook(str(root / "synth"), cases=2, images_per_case=3, seed=5)
     gray = str(root / "gray")
     rgb = str(root / "rgb")
-    convert(synth["images"], synth["contours"], gray, channels="gray", val_pct=34, progress=False)
-    convert(synth["images"], synth["contours"], rgb, channels="rgb", val_pct=34, progress=False)
+    # DIGITS' own split (by image): 4 train and 2 val images of 2 patients
+    convert(synth["images"], synth["contours"], gray, channels="gray", val_pct=34, progress=False,
+            val_by="image", preview=False)
+    convert(synth["images"], synth["contours"], rgb, channels="rgb", val_pct=34, progress=False,
+            val_by="image", preview=False)
     return gray, rgb
 
 

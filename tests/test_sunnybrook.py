@@ -167,19 +167,83 @@ def test_convert_counts_shapes_labels_and_keys(synth_dir, tmp_path, channels, ca
     assert summary["series"]["SC-HF-I-1"] == ["0004"]
 
 
-def test_split_is_seeded_and_by_percent(synth_dir, tmp_path):
+def test_split_by_image_is_digits_seeded_and_by_percent(synth_dir, tmp_path):
     images, contours = os.path.join(synth_dir, "images"), os.path.join(synth_dir, "contours")
-    a = sunnybrook.convert(images, contours, str(tmp_path / "a"), seed=1, progress=False)
-    b = sunnybrook.convert(images, contours, str(tmp_path / "b"), seed=1, progress=False)
-    c = sunnybrook.convert(images, contours, str(tmp_path / "c"), seed=2, val_pct=50,
-                           progress=False)
+    kw = dict(progress=False, val_by="image", preview=False)
+    a = sunnybrook.convert(images, contours, str(tmp_path / "a"), seed=1, **kw)
+    b = sunnybrook.convert(images, contours, str(tmp_path / "b"), seed=1, **kw)
+    c = sunnybrook.convert(images, contours, str(tmp_path / "c"), seed=2, val_pct=50, **kw)
     assert a["splits"]["val"]["entries"] == 1  # floor(16 * 10 / 100)
     assert [e["contour"] for e in a["entries"]] == [e["contour"] for e in b["entries"]]
     assert c["splits"]["val"]["entries"] == 8 and c["splits"]["train"]["entries"] == 8
     assert [e["contour"] for e in a["entries"]] != [e["contour"] for e in c["entries"]]
+    # by image, a patient's slices land on both sides: what --val-by case is for
+    sides = {}
+    for e in c["entries"]:
+        sides.setdefault(e["case"], set()).add(e["split"])
+    assert any(len(s) == 2 for s in sides.values())
     with pytest.raises(sunnybrook.SunnybrookError, match="--overwrite"):
         sunnybrook.convert(images, contours, str(tmp_path / "a"), progress=False)
     sunnybrook.convert(images, contours, str(tmp_path / "a"), progress=False, overwrite=True)
+
+
+def test_choose_val_cases_is_close_to_the_share_and_seeded():
+    counts = {"A-1": 10, "A-2": 12, "A-3": 8, "A-4": 30, "A-5": 20, "A-6": 20}   # 100 images
+    for seed in range(6):
+        val = sunnybrook.choose_val_cases(counts, 20, seed)
+        assert val == sunnybrook.choose_val_cases(counts, 20, seed)
+        assert abs(sum(counts[c] for c in val) - 20) <= 4, (seed, val)
+    assert len({frozenset(sunnybrook.choose_val_cases(counts, 20, s)) for s in range(6)}) > 1
+    # a share below one case still validates on one case; a share near 100 keeps one to train
+    assert len(sunnybrook.choose_val_cases(counts, 1, 0)) == 1
+    assert len(sunnybrook.choose_val_cases(counts, 99, 0)) == 5
+    assert sunnybrook.choose_val_cases(counts, 0, 0) == set()
+    assert sunnybrook.choose_val_cases(counts, 100, 0) == set(counts)
+
+
+def test_split_by_case_keeps_patients_whole_and_previews(synth_dir, tmp_path, capsys):
+    images, contours = os.path.join(synth_dir, "images"), os.path.join(synth_dir, "contours")
+    out = str(tmp_path / "d")
+    args = sunnybrook.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--images", images, "--contours", contours, "--out", out, "--val-pct", "50",
+         "--seed", "4"])
+    assert args.val_by == "case"                       # the default
+    assert sunnybrook.run(args) == 0
+    printed = capsys.readouterr().out
+    d = json.load(open(os.path.join(out, "summary.json")))
+    sides = {}
+    for e in d["entries"]:
+        sides.setdefault(e["case"], set()).add(e["split"])
+    assert all(len(s) == 1 for s in sides.values()) and len(sides) == 4
+    assert d["val_by"] == "case" and len(d["val_cases"]) == 2          # 4 cases x 4 images
+    assert {c for c, s in sides.items() if s == {"val"}} == set(d["val_cases"])
+    assert d["splits"]["val"]["entries"] == 8 and "2 of 4 cases, 50.0%" in printed
+    # each entry names its image number and slice (20 cine phases a slice), as the DICOM says
+    for e in d["entries"]:
+        number = int(os.path.basename(e["dicom"])[8:12])
+        assert e["image"] == number and e["slice"] == (number - 1) // 20 + 1
+        assert e["contour"].endswith("IM-0001-%04d-icontour-manual.txt" % number)
+        assert e["slice_location"] == -10.0 * (e["slice"] - 1)    # synth: 10 mm apart
+    assert d["cases"]["SC-HF-I-1"]["train"] + d["cases"]["SC-HF-I-1"]["val"] == 4
+    # the preview: one sheet of 16 tiles (8 a row, 192 px + 4 px gaps) and the counts
+    from PIL import Image
+    sheet = np.asarray(Image.open(os.path.join(out, "preview", "contact_sheet.png")))
+    assert sheet.shape == (4 + 2 * 196, 4 + 8 * 196, 3)
+    s = sheet.astype(int)
+    green = (s[..., 1] > s[..., 0] + 80) & (s[..., 1] > s[..., 2] + 80)
+    for k in range(16):                                  # every tile shows its contour
+        top, left = 4 + (k // 8) * 196, 4 + (k % 8) * 196
+        assert green[top:top + 192, left:left + 192].sum() > 40, k
+    assert not green[:4].any() and not green[:, :4].any()    # the gaps are background
+    counts = open(os.path.join(out, "preview", "counts.txt")).read().splitlines()
+    assert counts[0].split() == ["case", "train", "val", "skipped", "slices"]
+    assert counts[-1].split() == ["total", "8", "8", "0"]
+    assert os.path.join(out, "preview", "contact_sheet.png") in printed
+    # --val-by case is deterministic for a seed
+    again = sunnybrook.convert(images, contours, str(tmp_path / "e"), val_pct=50, seed=4,
+                               progress=False, preview=False)
+    assert again["val_cases"] == d["val_cases"] and again["preview"] == []
+    assert [e["contour"] for e in again["entries"]] == [e["contour"] for e in d["entries"]]
 
 
 def test_problems_are_reported_and_the_rest_is_written(synth_dir, tmp_path, capsys):

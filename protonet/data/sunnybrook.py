@@ -33,8 +33,21 @@ the DIGITS Sunnybrook data plugin (and the tutorial code it came from) does:
   (``rgb``: the gray copied to three channels), labels Datum uint8 ``data``
   1 x 256 x 256, both with ``label: 0``, under the same key ``%09d`` (DIGITS'
   ``create_generic_db`` numbering, from 0 in each DB). The contours are
-  sorted, shuffled with ``--seed``, and of the n that could be read the
-  first ``floor(n * val_pct / 100)`` go to val, as in DIGITS.
+  sorted and shuffled with ``--seed``.
+* **Split** (``--val-by``): by default by *case*: every slice of a patient
+  lands on one side, so validation Dice measures patients the net has not
+  seen (neighbouring slices of one heart look alike; split by image, val
+  shares patients with train and its Dice is optimistic). The cases are
+  shuffled with ``--seed`` and taken greedily while that brings the val
+  share closer to ``--val-pct`` (at least one val case when it is above 0
+  and there are two cases or more). ``--val-by image`` is DIGITS' own
+  split: of the n images that could be read, the first
+  ``floor(n * val_pct / 100)`` go to val.
+* **Preview**: ``preview/contact_sheet*.png`` shows every written image
+  with its contour (green) and filled label, captioned by case, image
+  number, slice and split, sorted by case; ``preview/counts.txt`` counts
+  images per case and split. Look at it before training: a contour that
+  does not sit on the LV means a wrong series or a shifted contour.
   ``mean.binaryproto`` (also copied to ``train_db/``, where DIGITS writes
   it) is the mean train feature; DIGITS rounds it to uint8, which wraps
   16-bit MR values, so it is kept as float here.
@@ -267,6 +280,11 @@ def read_dicom(path, dtype=np.float32):
     No rescale slope/intercept and no windowing, as the tutorial reads them;
     ``dtype=None`` keeps the stored integer type.
     """
+    return _read_dicom(path, dtype)[0]
+
+
+def _read_dicom(path, dtype=np.float32):
+    """(pixels as read_dicom returns them, SliceLocation in mm or None)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     try:
@@ -277,7 +295,21 @@ def read_dicom(path, dtype=np.float32):
     if arr.ndim != 2:
         raise ValueError("%s: pixel data has shape %s; expected one gray frame"
                          % (path, "x".join(map(str, arr.shape))))
-    return arr if dtype is None else arr.astype(dtype)
+    try:
+        location = float(ds.SliceLocation)
+    except (AttributeError, TypeError, ValueError):
+        location = None
+    return (arr if dtype is None else arr.astype(dtype)), location
+
+
+# The challenge's cine short-axis series hold 20 phases per slice, numbered slice
+# by slice (images 1-20: slice 1, 21-40: slice 2, ...).
+PHASES_PER_SLICE = 20
+
+
+def slice_of(image_no):
+    """The slice (from 1) of image number ``image_no`` of a Sunnybrook cine SAX series."""
+    return (int(image_no) - 1) // PHASES_PER_SLICE + 1
 
 
 def find_image_cases(images_dir):
@@ -453,7 +485,7 @@ def _load_examples(contours, order, cases, images_dir, size, report, warnings):
             warnings.append(note)
             report.message("sunnybrook: warning: " + note)
         try:
-            img = read_dicom(dpath, dtype=None)
+            img, location = _read_dicom(dpath, dtype=None)
         except Exception as exc:  # pydicom raises many types for damaged files
             skip(cpath, case, image_no, "cannot read DICOM %s (%s: %s)"
                  % (dpath, type(exc).__name__, exc))
@@ -464,7 +496,8 @@ def _load_examples(contours, order, cases, images_dir, size, report, warnings):
                      dpath, "x".join(map(str, img.shape)), size, size, size, size))
             continue
         examples.append({"image": img, "label": contour_label(points, img.shape),
-                         "contour": cpath, "dicom": dpath, "case": case})
+                         "contour": cpath, "dicom": dpath, "case": case, "image_no": image_no,
+                         "slice": slice_of(image_no), "slice_location": location})
         series_used.setdefault(case, set()).add(series)
     report.done()
     for case, count in sorted(no_folder.items()):
@@ -473,13 +506,98 @@ def _load_examples(contours, order, cases, images_dir, size, report, warnings):
     return examples, skipped, series_used
 
 
+def _case_key(case):
+    """Natural order of case names: SC-HF-I-2 before SC-HF-I-10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in case.split("-")]
+
+
+def choose_val_cases(counts, val_pct, seed=0):
+    """The cases for validation: ``counts`` is {case: images}; their share is close to val_pct.
+
+    The cases (sorted, then shuffled with ``seed``) are taken one by one
+    when adding a case brings the val image count closer to
+    ``total * val_pct / 100``. With val_pct above 0 and two cases or more,
+    at least one case goes to val (the one closest to the target), and below
+    100 at least one stays for training (the smallest val case goes back).
+    """
+    cases = sorted(counts, key=_case_key)
+    target = sum(counts.values()) * float(val_pct) / 100.0
+    order = [cases[i] for i in np.random.default_rng([int(seed) & 0xFFFFFFFF, 1])
+             .permutation(len(cases))]
+    val, n = [], 0
+    for case in order:
+        if abs(n + counts[case] - target) < abs(n - target):
+            val.append(case)
+            n += counts[case]
+    if len(cases) >= 2:
+        if float(val_pct) > 0 and not val:
+            val.append(min(order, key=lambda c: abs(counts[c] - target)))
+        elif float(val_pct) < 100 and len(val) == len(cases):
+            val.remove(min(val, key=lambda c: counts[c]))
+    return set(val)
+
+
+def _case_counts(examples, skipped, split_of):
+    """{case: {"train": n, "val": n, "skipped": n, "slices": [..]}} in natural case order."""
+    table = {}
+    for ex in examples:
+        row = table.setdefault(ex["case"], {"train": 0, "val": 0, "skipped": 0, "slices": set()})
+        row[split_of(ex)] += 1
+        row["slices"].add(ex["slice"])
+    for sk in skipped:
+        table.setdefault(sk["case"], {"train": 0, "val": 0, "skipped": 0, "slices": set()})
+        table[sk["case"]]["skipped"] += 1
+    return {c: dict(table[c], slices=sorted(table[c]["slices"]))
+            for c in sorted(table, key=_case_key)}
+
+
+PREVIEW_THUMB = 192       # pixels per tile: the LV is ~2% of a 256 x 256 image
+PREVIEW_PER_SHEET = 64    # 8 x 8 tiles a sheet
+_PREVIEW_COLOR = (0, 255, 0)
+
+
+def write_preview(out_dir, examples, cases, split_of):
+    """``out_dir``/preview: contact sheets of every image with its contour, and counts.txt.
+
+    Returns the written paths relative to ``out_dir``.
+    """
+    from .. import viz
+    folder = os.path.join(out_dir, "preview")
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    ordered = sorted(examples, key=lambda e: (_case_key(e["case"]), e["image_no"]))
+    for k, start in enumerate(range(0, len(ordered), PREVIEW_PER_SHEET)):
+        chunk = ordered[start:start + PREVIEW_PER_SHEET]
+        tiles = [viz.overlay(ex["image"], ex["label"], alpha=0.2, thickness=2,
+                             fill=_PREVIEW_COLOR, pred_color=_PREVIEW_COLOR) for ex in chunk]
+        captions = ["%s  IM %04d\nslice %d  %s" % (ex["case"], ex["image_no"], ex["slice"],
+                                                   split_of(ex)) for ex in chunk]
+        name = "contact_sheet.png" if k == 0 else "contact_sheet_%d.png" % (k + 1)
+        viz.save_png(os.path.join(folder, name),
+                     viz.contact_sheet(tiles, captions, thumb=PREVIEW_THUMB, per_row=8))
+        written.append(os.path.join("preview", name))
+    lines = ["%-14s %6s %6s %8s  %s" % ("case", "train", "val", "skipped", "slices")]
+    for case, row in cases.items():
+        lines.append("%-14s %6d %6d %8d  %s" % (case, row["train"], row["val"], row["skipped"],
+                                              ",".join(map(str, row["slices"]))))
+    lines.append("%-14s %6d %6d %8d" % ("total", sum(r["train"] for r in cases.values()),
+                                        sum(r["val"] for r in cases.values()),
+                                        sum(r["skipped"] for r in cases.values())))
+    with open(os.path.join(folder, "counts.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    written.append(os.path.join("preview", "counts.txt"))
+    return written
+
+
 def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed=0, size=256,
-            progress=True, overwrite=False):
+            progress=True, overwrite=False, val_by="case", preview=True):
     """Convert the Sunnybrook challenge data to a DIGITS segmentation dataset in ``out_dir``.
 
     Returns the summary dict also written to ``out_dir/summary.json``:
     ``splits`` (entries, shapes, LV pixel fraction, DB paths per split),
-    ``entries`` (split, key, case, contour, DICOM of every example),
+    ``entries`` (split, key, case, contour, DICOM, image number, slice and
+    DICOM SliceLocation of every example), ``cases`` (images per case and
+    split), ``val_cases`` (with ``val_by="case"``), ``preview`` (files),
     ``skipped`` (contour, reason), ``series`` (SAX series used per case)
     and ``ok`` (False when anything was skipped). Raises SunnybrookError
     when nothing can be done: a missing input folder, no contour files, no
@@ -488,12 +606,15 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
     """
     if channels not in ("gray", "rgb"):
         raise SunnybrookError("channels must be 'gray' or 'rgb', not %r" % (channels,))
+    if val_by not in ("case", "image"):
+        raise SunnybrookError("val_by must be 'case' or 'image', not %r" % (val_by,))
     if not 0 <= float(val_pct) <= 100:
         raise SunnybrookError("val_pct must be between 0 and 100, not %r" % (val_pct,))
     for what, folder in (("images", images_dir), ("contours", contours_dir)):
         if not os.path.isdir(folder):
             raise SunnybrookError("%s folder %s does not exist or is not a folder" % (what, folder))
-    outputs = [os.path.join(out_dir, d) for d in ("train_db", "val_db", "mean.binaryproto")]
+    outputs = [os.path.join(out_dir, d) for d in ("train_db", "val_db", "mean.binaryproto",
+                                                  "preview")]
     present = [d for d in outputs if os.path.exists(d)]
     if present and not overwrite:
         raise SunnybrookError("%s already exists; pass --overwrite (overwrite=True) to replace "
@@ -528,8 +649,23 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
         else:
             os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
-    n_val = int(math.floor(len(examples) * float(val_pct) / 100.0))
-    splits = {"val_db": examples[:n_val], "train_db": examples[n_val:]}
+    val_cases = None
+    if val_by == "image":   # DIGITS: the first floor(n * pct) of the shuffled images
+        n_val = int(math.floor(len(examples) * float(val_pct) / 100.0))
+        for i, ex in enumerate(examples):
+            ex["split"] = "val" if i < n_val else "train"
+    else:
+        counts = {}
+        for ex in examples:
+            counts[ex["case"]] = counts.get(ex["case"], 0) + 1
+        val_cases = choose_val_cases(counts, val_pct, seed)
+        for ex in examples:
+            ex["split"] = "val" if ex["case"] in val_cases else "train"
+    # val first, as DIGITS lists them; each keeps the shuffled order
+    examples = ([ex for ex in examples if ex["split"] == "val"]
+                + [ex for ex in examples if ex["split"] == "train"])
+    splits = {"val_db": [ex for ex in examples if ex["split"] == "val"],
+              "train_db": [ex for ex in examples if ex["split"] == "train"]}
     summary_splits = {}
     mean_files = []
     for split in ("train_db", "val_db"):
@@ -553,6 +689,9 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
                 _write_mean(os.path.join(out_dir, rel), mean)
                 mean_files.append(rel)
 
+    cases_table = _case_counts(examples, skipped, split_of=lambda ex: ex["split"])
+    preview_files = (write_preview(out_dir, examples, cases_table, lambda ex: ex["split"])
+                     if preview and examples else [])
     summary = {
         "out_dir": os.path.abspath(out_dir),
         "images_dir": images_dir,
@@ -561,6 +700,8 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
         "size": size,
         "seed": seed,
         "val_pct": val_pct,
+        "val_by": val_by,
+        "val_cases": sorted(val_cases, key=_case_key) if val_cases is not None else None,
         "key_format": KEY_FORMAT,
         "contours_found": len(contours),
         "written": len(examples),
@@ -569,9 +710,12 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
                         / float(max(len(examples), 1) * size * size)),
         "mean_files": mean_files,
         "series": {c: sorted(s) for c, s in sorted(series_used.items())},
-        "entries": [{"split": ("val" if i < n_val else "train"), "key": ex.get("key"),
-                     "case": ex["case"], "contour": ex["contour"], "dicom": ex["dicom"]}
-                    for i, ex in enumerate(examples)],
+        "entries": [{"split": ex["split"], "key": ex.get("key"), "case": ex["case"],
+                     "contour": ex["contour"], "dicom": ex["dicom"], "image": ex["image_no"],
+                     "slice": ex["slice"], "slice_location": ex["slice_location"]}
+                    for ex in examples],
+        "cases": cases_table,
+        "preview": preview_files,
         "skipped": skipped,
         "warnings": warnings,
         "ok": not skipped,
@@ -593,8 +737,23 @@ def format_summary(summary):
                 "x".join(map(str, s["label_shape"])), 100 * s["lv_fraction"]))
         else:
             lines.append("  %-5s     0 entries (no %s_db written)" % (name, name))
+    written = max(summary["written"], 1)
+    n_val = summary["splits"].get("val", {"entries": 0})["entries"]
+    if summary.get("val_by") == "image":
+        lines.append("  split by image (DIGITS' split): %.1f%% val; a patient's slices may sit on "
+                     "both sides" % (100.0 * n_val / written))
+    else:
+        val_cases = summary.get("val_cases") or []
+        lines.append("  split by case (every slice of a patient on one side): %d of %d cases, "
+                     "%.1f%% of the images for val (asked %g%%)%s" % (
+                         len(val_cases), len(summary.get("cases", {})), 100.0 * n_val / written,
+                         float(summary["val_pct"]),
+                         ": " + ", ".join(val_cases) if 0 < len(val_cases) <= 8 else ""))
     if summary["mean_files"]:
         lines.append("  mean  %s" % ", ".join(summary["mean_files"]))
+    if summary.get("preview"):
+        lines.append("  preview: check that the contours sit on the LV before training: %s"
+                     % ", ".join(os.path.join(summary["out_dir"], p) for p in summary["preview"]))
     lines.append("  %d of %d contours written; summary.json lists every entry"
                  % (summary["written"], summary["contours_found"]))
     skipped = summary["skipped"]
@@ -614,7 +773,9 @@ def add_arguments(parser):
     parser.description = ("Convert the Sunnybrook LV Segmentation Challenge data (DICOM images\n"
                           "and expert inner contours) into a DIGITS segmentation dataset:\n"
                           "train_db/{features,labels} and val_db/{features,labels} LMDBs,\n"
-                          "mean.binaryproto and summary.json.")
+                          "mean.binaryproto, summary.json and preview/ (contact sheets of\n"
+                          "the images with their contours, counts per case). The split is by\n"
+                          "case by default: a patient's slices all go to train or all to val.")
     parser.epilog = ("example:\n"
                      "  protonet data sunnybrook --images challenge_training \\\n"
                      "      --contours TrainingDataContours --out sunnybrook_db --channels rgb\n\n"
@@ -632,11 +793,19 @@ def add_arguments(parser):
                         help="features as 1 gray channel or the gray copied to 3 (default gray)")
     parser.add_argument("--val-pct", type=float, default=10, metavar="PCT",
                         help="percent of the examples for validation (default 10)")
+    parser.add_argument("--val-by", choices=("case", "image"), default="case",
+                        help="split by case (default: every slice of a patient on one side, "
+                             "val cases chosen so val is close to PCT%% of the images) or by "
+                             "image (DIGITS' split, exactly: slices of one patient on both "
+                             "sides, an optimistic val Dice)")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     parser.add_argument("--size", type=int, default=256,
                         help="expected image size; other sizes are skipped (default 256)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace train_db/val_db already in --out")
+    parser.add_argument("--no-preview", action="store_true",
+                        help="do not write preview/ (contact sheets of the images with their "
+                             "contours, counts per case)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
@@ -646,7 +815,8 @@ def run(args):
     try:
         summary = convert(args.images, args.contours, args.out, channels=args.channels,
                           val_pct=args.val_pct, seed=args.seed, size=args.size,
-                          progress=not args.quiet, overwrite=args.overwrite)
+                          progress=not args.quiet, overwrite=args.overwrite,
+                          val_by=args.val_by, preview=not args.no_preview)
     except SunnybrookError as exc:
         print("protonet data sunnybrook: error: %s" % exc, file=sys.stderr)
         return 2
