@@ -434,6 +434,80 @@ def infer_command(args):
     return infer.run(args)
 
 
+# ------------------------------------------------------------------ surgery
+def surgery_arguments(p):
+    from . import surgery
+    surgery.add_arguments(p)
+
+
+def surgery_command(args):
+    from .surgery import SurgeryError, run
+    try:
+        return run(args)
+    except SurgeryError as exc:
+        raise CommandError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ draw
+DRAW_EXAMPLE = """example:
+  protonet draw fcn_alexnet.prototxt fcn_alexnet.svg
+  protonet draw train_val.prototxt net.png --phase TRAIN --rankdir TB
+  protonet draw net.prototxt net.dot          (Graphviz's DOT text: needs nothing installed)
+
+Caffe's python/draw_net.py: layers are boxes (convolutions red, pooling orange,
+inner products purple, in-place layers green), blobs are octagons. Images
+(.svg, .png, .pdf, ...) are rendered by Graphviz's `dot` program."""
+
+_GRAPHVIZ_HINT = ("install Graphviz, which provides the `dot` program (Debian/Ubuntu: "
+                  "`sudo apt-get install graphviz`; macOS: `brew install graphviz`; conda: "
+                  "`conda install graphviz`), or write a .dot file and render it elsewhere")
+
+
+def draw_arguments(p):
+    p.add_argument("model", metavar="NET.prototxt", help="the net to draw")
+    p.add_argument("output", metavar="OUT.svg|png|pdf|dot",
+                   help="the picture; its extension is the format")
+    p.add_argument("--rankdir", default="LR", choices=("LR", "TB", "BT", "RL"),
+                   help="direction of the graph (default LR: left to right)")
+    p.add_argument("--phase", default="ALL", choices=("TRAIN", "TEST", "ALL"),
+                   help="draw only the layers of this phase (default ALL)")
+    p.add_argument("--display-lrm", action="store_true",
+                   help="show the lr_mult of layers with parameters where it is not 1")
+
+
+def draw_command(args):
+    import shutil
+    import subprocess
+    from caffe.draw import get_dot_source
+    from .io import read_net
+    ext = os.path.splitext(args.output)[1].lstrip(".").lower()
+    if not ext:
+        raise CommandError("%s: give the output an extension that names the format (.svg, "
+                           ".png, .pdf or .dot)" % args.output)
+    if not os.path.exists(args.model):
+        raise CommandError("%s: no such file (working directory %s)" % (args.model, os.getcwd()))
+    phase = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
+    dot = get_dot_source(read_net(args.model), args.rankdir, phase=phase,
+                         display_lrm=args.display_lrm)
+    if ext in ("dot", "gv", "raw"):
+        data = dot.encode()
+    else:
+        program = shutil.which("dot")
+        if program is None:
+            raise CommandError("drawing %s needs Graphviz's `dot` program, which is not on the "
+                               "PATH: %s" % (args.output, _GRAPHVIZ_HINT))
+        done = subprocess.run([program, "-T" + ext], input=dot.encode(), capture_output=True)
+        if done.returncode:
+            said = done.stderr.decode(errors="replace").strip().splitlines()
+            raise CommandError("Graphviz's dot could not write %s: %s" % (
+                args.output, said[-1] if said else "exit status %d" % done.returncode))
+        data = done.stdout
+    with open(args.output, "wb") as f:
+        f.write(data)
+    log.info("Drawing net to %s", args.output)
+    return 0
+
+
 def data_arguments(p):
     import importlib
     tools = p.add_subparsers(dest="tool", metavar="<tool>")
@@ -465,6 +539,11 @@ COMMANDS = [
      DATA_EXAMPLE),
     ("infer", infer_command, infer_arguments,
      "segment images, DICOMs or an LMDB; write overlays, masks and a Dice summary", None),
+    ("surgery", surgery_command, surgery_arguments,
+     "copy weights into another net by layer name, reshaping (AlexNet -> FCN-AlexNet)",
+     _lazy_example("surgery", "SURGERY_EXAMPLE")),
+    ("draw", draw_command, draw_arguments, "draw a net's graph (SVG, PNG, PDF or DOT)",
+     DRAW_EXAMPLE),
 ]
 
 

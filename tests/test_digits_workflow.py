@@ -3,8 +3,10 @@ edits, as a copy made here) trains on a Sunnybrook-layout dataset through --data
 with the unchanged third-party Dice plugin; weights carry over with --weights, and
 RGB weights on a gray dataset fail with a clear message."""
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from protonet.cli import main
@@ -157,3 +159,160 @@ def test_python_layers_beside_the_network_are_found(tmp_path, datasets, monkeypa
     monkeypatch.setattr(python_layer, "_extra_paths", [])
     assert main(["train", "--network", str(net), "--dataset", gray, "--epochs", "1",
                  "--base-lr", "1e-4", "--out", str(tmp_path / "run"), "--no-curve"]) == 0
+
+
+# -- net surgery: ImageNet AlexNet -> FCN-AlexNet ------------------------------------------
+# BVLC AlexNet's layers (names, kernels, strides, pads, groups, 227 x 227 input: pool5 is
+# 6 x 6), at reduced widths so the test stays small: the real caffemodel is 233 MB. fc6 keeps
+# AlexNet's geometry, an InnerProduct over pool5's C x 6 x 6 that FCN-AlexNet's fc6 convolution
+# (kernel 6) takes reshaped.
+WIDTHS = {96: 8, 256: 16, 384: 12, 4096: 32, 1000: 10}
+ALEXNET_LAYERS = [  # name, type, num_output, kernel, stride, pad, group
+    ("conv1", "Convolution", 96, 11, 4, 0, 1), ("conv2", "Convolution", 256, 5, 1, 2, 2),
+    ("conv3", "Convolution", 384, 3, 1, 1, 1), ("conv4", "Convolution", 384, 3, 1, 1, 2),
+    ("conv5", "Convolution", 256, 3, 1, 1, 2), ("fc6", "InnerProduct", 4096, 0, 0, 0, 0),
+    ("fc7", "InnerProduct", 4096, 0, 0, 0, 0), ("fc8", "InnerProduct", 1000, 0, 0, 0, 0)]
+
+
+def _alexnet_deploy():
+    """models/bvlc_alexnet/deploy.prototxt's structure at WIDTHS."""
+    text = ['name: "AlexNet"', 'layer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } } }']
+    bottom = "data"
+    for name, kind, n, k, s, p, g in ALEXNET_LAYERS:
+        if kind == "Convolution":
+            text.append('layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" '
+                        'convolution_param { num_output: %d kernel_size: %d stride: %d pad: %d '
+                        'group: %d } }' % (name, bottom, name, WIDTHS[n], k, s, p, g))
+        else:
+            text.append('layer { name: "%s" type: "InnerProduct" bottom: "%s" top: "%s" '
+                        'inner_product_param { num_output: %d } }' % (name, bottom, name, WIDTHS[n]))
+        bottom = name
+        if name in ("conv1", "conv2", "conv5"):     # norm1 and norm2 keep the shape
+            pool = "pool" + name[-1]
+            text.append('layer { name: "%s" type: "Pooling" bottom: "%s" top: "%s" '
+                        'pooling_param { pool: MAX kernel_size: 3 stride: 2 } }'
+                        % (pool, bottom, pool))
+            bottom = pool
+    return "\n".join(text) + "\n"
+
+
+def _alexnet_v1_caffemodel(path, seed=0):
+    """Random weights saved as bvlc_alexnet.caffemodel is: a V1 net (`layers`), 4-d legacy
+    blob dims (an InnerProduct's weights as 1 x 1 x out x in, biases as 1 x 1 x 1 x out)."""
+    rng = np.random.default_rng(seed)
+    shapes = {}
+    channels, ip_in = 3, None
+    for name, kind, n, k, s, p, g in ALEXNET_LAYERS:
+        out = WIDTHS[n]
+        if kind == "Convolution":
+            shapes[name] = ((out, channels // g, k, k), (1, 1, 1, out))
+            channels = out
+            ip_in = channels * 6 * 6
+        else:
+            shapes[name] = ((1, 1, out, ip_in), (1, 1, 1, out))
+            ip_in = out
+    param = caffe_pb2.NetParameter(name="AlexNet")
+    V1 = caffe_pb2.V1LayerParameter
+    values = {}
+    for name, kind, *_ in ALEXNET_LAYERS:
+        layer = param.layers.add(name=name, type=V1.CONVOLUTION if kind == "Convolution"
+                                 else V1.INNER_PRODUCT)
+        values[name] = []
+        for shape in shapes[name]:
+            arr = rng.normal(0, 0.05, shape).astype(np.float32)
+            blob = layer.blobs.add(num=shape[0], channels=shape[1], height=shape[2],
+                                   width=shape[3])
+            blob.data.extend(arr.ravel().tolist())
+            values[name].append(arr)
+    with open(path, "wb") as f:
+        f.write(param.SerializeToString())
+    return values
+
+
+def _fcn_alexnet_small(tmp_path):
+    """The tutorial's FCN-AlexNet (DIGITS' net, 2 classes, Dice) at the same WIDTHS."""
+    text = Path(tutorial_copy(tmp_path)).read_text()
+    for n in (96, 256, 384, 4096):
+        text = text.replace("num_output: %d\n" % n, "num_output: %d\n" % WIDTHS[n])
+    path = tmp_path / "fcn_alexnet_small.prototxt"
+    path.write_text(text)
+    return str(path)
+
+
+def _params(path):
+    from protonet.io import blob_shape, blobproto_to_array, read_net_binary
+    return {lp.name: [blobproto_to_array(b).reshape(blob_shape(b)) for b in lp.blobs]
+            for lp in read_net_binary(path).layer if len(lp.blobs)}
+
+
+def test_surgery_alexnet_into_fcn_alexnet_then_finetune(tmp_path, datasets, capsys):
+    gray, _ = datasets
+    source = str(tmp_path / "bvlc_alexnet.caffemodel")
+    alexnet = _alexnet_v1_caffemodel(source)
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(_alexnet_deploy())
+    target = _fcn_alexnet_small(tmp_path)
+    init = str(tmp_path / "fcn_alexnet_init.caffemodel")
+
+    # a gray net: conv1's RGB weights do not fit, and the error says what to do
+    capsys.readouterr()
+    assert main(["surgery", "--source-weights", source, "--target-model", target,
+                 "--input-shape", "1,1,256,256", "--out", init]) == 1
+    captured = capsys.readouterr()
+    assert "conv1" in captured.out and "DOES NOT FIT" in captured.out
+    assert "3 input channels (8x3x11x11)" in captured.out and "(8x1x11x11)" in captured.out
+    assert "--sum-input-channels" in captured.out and "nothing written" in captured.err
+    assert not os.path.exists(init)
+
+    assert main(["surgery", "--source-weights", source, "--source-model", str(deploy),
+                 "--target-model", target, "--sum-input-channels", "--out", init]) == 0
+    out = capsys.readouterr().out
+    assert "reshaped 32x576 -> 32x16x6x6 (InnerProduct -> Convolution)" in out
+    assert "summed over 3 input channels: 8x3x11x11 -> 8x1x11x11" in out
+    assert re.search(r"fc8 +only in the source", out)
+    assert re.search(r"score_fr +only in the target", out) and re.search(r"upscore +only", out)
+    got = _params(init)
+    np.testing.assert_allclose(got["conv1"][0], alexnet["conv1"][0].sum(axis=1, keepdims=True),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got["conv1"][1], alexnet["conv1"][1].ravel())
+    for name in ("conv2", "conv3", "conv4", "conv5"):
+        np.testing.assert_array_equal(got[name][0], alexnet[name][0])
+    # fc6: the InnerProduct's row of 16*6*6 inputs is the convolution's 16 x 6 x 6 kernel
+    assert got["fc6"][0].shape == (32, 16, 6, 6)
+    np.testing.assert_array_equal(got["fc6"][0].reshape(32, -1), alexnet["fc6"][0][0, 0])
+    np.testing.assert_array_equal(got["fc7"][0][:, :, 0, 0], alexnet["fc7"][0][0, 0])
+    np.testing.assert_array_equal(got["fc7"][1], alexnet["fc7"][1].ravel())
+    assert "fc8" not in got and got["score_fr"][0].shape == (2, 32, 1, 1)
+    # refuses to overwrite; --force replaces
+    assert main(["surgery", "--source-weights", source, "--target-model", target,
+                 "--sum-input-channels", "--out", init]) == 1
+    assert "--force" in capsys.readouterr().err
+
+    # fine-tune on the gray dataset from the surgery's weights
+    run = tmp_path / "ft"
+    assert main(["train", "--network", target, "--dataset", gray, "--epochs", "1",
+                 "--base-lr", "1e-4", "--out", str(run), "--no-curve", "--weights", init,
+                 "--python-layers", str(SHARED / "plugins" / "digits_python_layers.py")]) == 0
+    tuned = _params(str(run / "snapshot_iter_4.caffemodel"))
+    for name in ("conv1", "conv3", "fc6", "fc7"):
+        start, end = got[name][0], tuned[name][0]
+        # the copied weights, moved a little by 4 iterations; DIGITS' net has no fillers, so a
+        # layer that was not copied would still be about zero
+        assert np.linalg.norm(end - start) < 0.05 * np.linalg.norm(start), name
+    assert np.any(tuned["score_fr"][0] != got["score_fr"][0])          # it trained
+
+
+def test_draw_writes_the_graph(tmp_path, capsys):
+    net = Path(__file__).resolve().parents[1] / "examples" / "sunnybrook" / "fcn8s.prototxt"
+    dot = tmp_path / "net.dot"
+    assert main(["draw", str(net), str(dot), "--phase", "TEST"]) == 0
+    text = dot.read_text()
+    assert text.startswith("digraph") and '"conv1_1_Convolution"' in text
+    assert '"score_fr_Convolution" -> "score_fr_blob"' in text
+    svg = tmp_path / "net.svg"
+    assert main(["draw", str(net), str(svg)]) == 0        # Graphviz's dot (.ci/run installs it)
+    body = svg.read_text()
+    assert body.lstrip().startswith("<?xml") and "<svg" in body and "conv1_1" in body
+    assert main(["draw", str(net), str(tmp_path / "net")]) == 1
+    assert "extension" in capsys.readouterr().err
