@@ -70,6 +70,14 @@ def _sync():
         backend.xp().cuda.runtime.deviceSynchronize()
 
 
+def _check_files(flag, value):
+    """Files named by a flag exist: said at once, not after the net is built."""
+    for path in (value.split(",") if value else []):
+        if not os.path.exists(path):
+            raise CommandError("%s: %s: no such file (working directory %s)"
+                               % (flag, path, os.getcwd()))
+
+
 # ------------------------------------------------------------------ train
 TRAIN_EXAMPLE = """example:
   protonet train --solver solver.prototxt --weights bvlc_alexnet.caffemodel
@@ -127,13 +135,18 @@ def train_arguments(p):
                         "'digits_python_layers' (as DIGITS does)")
     d.add_argument("--seed", type=int, default=None, help="random_seed of the solver")
     d.add_argument("--out", default="digits_run",
-                   help="folder for train_val.prototxt, solver.prototxt and snapshots")
+                   help="folder for train_val.prototxt, solver.prototxt and snapshots "
+                        "(one holding an earlier run is refused without --force)")
+    d.add_argument("--force", action="store_true",
+                   help="reuse --out: delete the earlier run's snapshots, curve and prototxts")
 
 
 def train_command(args):
     from .solver import SignalHandler, copy_weights, get_solver
     if args.snapshot and args.weights:
         raise CommandError("Give a snapshot to resume training or weights to finetune but not both.")
+    _check_files("--weights", args.weights)
+    _check_files("--snapshot", args.snapshot)
     from .python_layer import add_search_path, register_module_file
     for folder in args.python_path:
         add_search_path(folder)
@@ -151,7 +164,8 @@ def train_command(args):
                                   lr_policy=args.lr_policy, batch_size=args.batch_size,
                                   snapshot_epochs=args.snapshot_epochs,
                                   val_epochs=args.val_epochs, mean_file=args.mean_file,
-                                  random_seed=args.seed, template=template)
+                                  random_seed=args.seed, template=template,
+                                  force=args.force)
         log.info("Wrote %s (repeat this run with: protonet train --solver %s)",
                  args.solver, args.solver)
     if not args.solver:
@@ -230,8 +244,12 @@ def test_command(args):
     from .solver import copy_weights
     if args.iterations < 1:
         raise CommandError("--iterations must be at least 1")
+    _check_files("--model", args.model)
+    _check_files("--weights", args.weights)
     devices.use_devices(devices.gpu_ids(args.gpu))
-    net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=_stages(args.stage))
+    stages = _stages(args.stage)
+    net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=stages)
+    _hint_stage_excluded_outputs(args.model, stages, args.level)
     copy_weights(net, args.weights)
     log.info("Running for %d iterations.", args.iterations)
     scores, loss = None, np.float32(0)
@@ -254,6 +272,38 @@ def test_command(args):
             extra = " (* %s = %s loss)" % (fmt(weight), fmt(np.float32(weight) * mean)) if weight else ""
             log.info("%s = %s%s", name, fmt(mean), extra)
     return 0
+
+
+def _hint_stage_excluded_outputs(model, stages, level=0):
+    """Name the outputs a stage rule left out of the TEST net, and the --stage that adds them.
+
+    DIGITS nets compute their Dice metric in a Python layer with
+    ``include { stage: "val" }``: without ``--stage val`` the test prints
+    loss and accuracy only, which looks like Dice went missing.
+    """
+    from .io import read_net
+    from .netstate import layer_included
+    param = read_net(model)
+    state = caffe_pb2.NetState(phase=caffe_pb2.TEST, level=level, stage=stages)
+    named = sorted({s for lp in param.layer for rule in lp.include for s in rule.stage
+                    if s not in stages})
+    consumed = {b for lp in param.layer for b in lp.bottom}
+    for lp in param.layer:
+        if layer_included(lp, state):
+            continue
+        for stage in named:
+            more = caffe_pb2.NetState(phase=caffe_pb2.TEST, level=level,
+                                      stage=list(stages) + [stage])
+            if layer_included(lp, more):
+                outputs = [t for t in lp.top if t not in consumed]
+                if outputs:
+                    log.warning("Layer '%s' (%s) is only in the net with --stage %s: its "
+                                "output%s %s %s not computed here (DIGITS nets compute Dice in "
+                                "the val stage: add --stage %s)",
+                                lp.name, lp.type, stage, "s" if len(outputs) > 1 else "",
+                                ", ".join("'%s'" % t for t in outputs),
+                                "are" if len(outputs) > 1 else "is", stage)
+                break
 
 
 # ------------------------------------------------------------------ time
@@ -604,6 +654,10 @@ def build_parser():
         p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
                            epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
         arguments(p)
+        # glog's flag, which Caffe's tool takes with any verb
+        p.add_argument("--log-dir", metavar="DIR", default=None,
+                       help="also write the log to a glog-named file in DIR (glog's --log_dir, "
+                            "as GLOG_log_dir=DIR)")
         if name in CAFFE_VERBS:
             _accept_caffe_flags(p)
         p.set_defaults(_func=func)
@@ -632,7 +686,7 @@ def main(argv=None):
     if getattr(args, "_func", None) is None:
         parser.print_help(sys.stderr)
         return 1
-    setup_logging()
+    setup_logging(log_dir=getattr(args, "log_dir", None))
     _warn_ignored(args)
     try:
         return args._func(args) or 0

@@ -8,6 +8,7 @@ train = TRAIN + "train", val = TEST + "val", deploy = TEST + "deploy".
 """
 import math
 import os
+import re
 
 from .proto import caffe_pb2
 
@@ -183,10 +184,25 @@ DATASET_FIELDS = {"net", "net_param", "train_net", "test_net", "train_net_param"
                   "snapshot_prefix", "solver_type"}
 
 
+_RUN_FILE = re.compile(r"^(train_val\.prototxt|solver\.prototxt|snapshot_curve\.png|"
+                       r"snapshot_iter_\d+\.(caffemodel|solverstate)(\.h5)?)$")
+
+
+def run_files(out_dir):
+    """The files an earlier run left in ``out_dir`` (nets, solver, snapshots, curve)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [os.path.join(out_dir, n) for n in sorted(os.listdir(out_dir)) if _RUN_FILE.match(n)]
+
+
 def prepare_run(network, dataset_dir, out_dir, epochs, base_lr=None, solver_type=None,
                 lr_policy=None, batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
-                mean_file=None, random_seed=None, template=None):
+                mean_file=None, random_seed=None, template=None, force=False):
     """Write ``out_dir``/train_val.prototxt (bound to the dataset) and solver.prototxt.
+
+    An ``out_dir`` holding an earlier run is refused (DatasetError), unless
+    ``force``: then its snapshots, curve and prototxts are deleted first, so
+    that no stale snapshot of the old run sits beside the new ones.
 
     ``template`` (a SolverParameter, e.g. examples/sunnybrook/solver_*.prototxt)
     supplies the hyperparameters (type, base_lr, lr_policy, momentum, ...); the
@@ -197,11 +213,19 @@ def prepare_run(network, dataset_dir, out_dir, epochs, base_lr=None, solver_type
     """
     from google.protobuf import text_format
     from .io import read_net, write_text
+    stale = run_files(out_dir)
+    if stale and not force:
+        raise DatasetError("%s already holds a run (%s%s); pass --force to delete its snapshots "
+                           "and start again, or choose another --out"
+                           % (out_dir, ", ".join(os.path.basename(p) for p in stale[:3]),
+                              ", ..." if len(stale) > 3 else ""))
     net = read_net(network)
     bound = bind_dataset(net, dataset_dir, batch_size=batch_size, mean_file=mean_file)
     train_batch = batch_size or next(
         (l.data_param.batch_size for l in bound.layer if l.type == "Data"
          and _layer_phase(l) == caffe_pb2.TRAIN), 1)
+    for path in stale:                  # only after the network and dataset were read
+        os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
     train_val = os.path.abspath(os.path.join(out_dir, "train_val.prototxt"))
     with open(train_val, "w") as f:

@@ -549,7 +549,7 @@ def _copy_weights(net, weights_param, weights, model):
     if missing:
         print("protonet infer: warning: %s has no weights for layer(s) %s; they keep their "
               "fillers' values" % (weights, ", ".join(missing)), file=sys.stderr)
-    net.copy_from(weights_param)
+    net.copy_from(weights_param, origin=weights)
 
 
 def output_blob_name(net, requested=None):

@@ -228,7 +228,16 @@ def create_layer(layer_param, phase=TRAIN, dtype=np.float32, xp=None, search_dir
         return factory(layer_param, phase, dtype, xp, search_dirs)
     cls = layer_class(layer_param.type)
     if cls is None:
+        import difflib
+        known = known_types()
+        # case-insensitive, so "convolution" and "RELU" find Convolution and ReLU
+        lower = {t.lower(): t for t in known}
+        close = [lower[t] for t in difflib.get_close_matches(layer_param.type.lower(), lower, 3,
+                                                               0.6)]
         raise LayerError(
-            "layer '%s': unknown layer type '%s'. Known types: %s"
-            % (layer_param.name, layer_param.type, ", ".join(known_types())))
+            "layer '%s': unknown layer type '%s'. %s (%d types are known: the README's layer "
+            "catalogue lists them)"
+            % (layer_param.name, layer_param.type,
+               "Did you mean %s?" % " or ".join("'%s'" % t for t in close) if close
+               else "No known type is close", len(known)))
     return cls(layer_param, phase=phase, dtype=dtype, xp=xp)

@@ -35,6 +35,12 @@ def fmt(value):
     return "%g" % float(value)
 
 
+def plural(count, word, words=None):
+    """``1 epoch``, ``2 epochs``, ``0.5 epochs`` (``words``: an irregular plural)."""
+    text = fmt(count) if isinstance(count, float) else str(count)
+    return "%s %s" % (text, word if count == 1 else (words or word + "s"))
+
+
 class GlogFormatter(logging.Formatter):
     """``I1122 10:07:39.123456  1234 file.py:12] message``; later lines of a
     multi-line message carry no prefix, as with glog."""
@@ -108,7 +114,7 @@ def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y")
 
 
-def setup(level=logging.INFO, log_file=None, program="protonet"):
+def setup(level=logging.INFO, log_file=None, program="protonet", log_dir=None):
     """Send protonet's log lines to stderr in glog's format (idempotent).
 
     ``log_file``: also write them to this file (one at a time: a new call
@@ -116,6 +122,7 @@ def setup(level=logging.INFO, log_file=None, program="protonet"):
     environment can ask for less (``GLOG_minloglevel=1`` warnings and up,
     ``=2`` errors) and for a log file (``GLOG_log_dir=DIR``: see
     :func:`log_dir_file`; ``GLOG_logtostderr=1`` keeps to stderr).
+    ``log_dir`` is glog's ``--log_dir`` flag: as GLOG_log_dir, and wins over it.
     """
     if not _has_glog_handler(logger):
         handler = StderrHandler()
@@ -124,8 +131,9 @@ def setup(level=logging.INFO, log_file=None, program="protonet"):
     logger.setLevel(_env_level(level))
     close_log_file()
     try:
-        if log_file is None and os.environ.get("GLOG_log_dir") and not _env_flag("GLOG_logtostderr"):
-            log_file = log_dir_file(os.environ["GLOG_log_dir"], program)
+        folder = log_dir or os.environ.get("GLOG_log_dir")
+        if log_file is None and folder and not _env_flag("GLOG_logtostderr"):
+            log_file = log_dir_file(folder, program)
         if log_file:
             global _file_handler
             _file_handler = logging.FileHandler(log_file)
@@ -255,24 +263,28 @@ class ProgressBar:
             self.redraw()
 
     def _render(self):
+        """The bar and its numbers, each field padded to a fixed width so the line keeps
+        one length from the first draw to the last (numbers growing do not shift it)."""
         width = shutil.get_terminal_size((80, 20)).columns
         done = self.iteration - self.start_iter
         todo = self.total - self.start_iter
         elapsed = time.monotonic() - self._t0
         rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
         eta = (self.total - self.iteration) / rate if rate > 0 else None
-        info = " %d/%d" % (self.iteration, self.total)
-        if self.loss is not None:
-            info += "  loss %s" % fmt(self.loss)
-        if self.lr is not None:
-            info += "  lr %s" % fmt(self.lr)
-        if rate:
-            info += "  %.3g it/s" % rate
+        digits = len(str(self.total))
+        info = " %*d/%d" % (digits, self.iteration, self.total)
+        # %.4g / %.3g: at most 10 / 8 characters for any loss / positive lr
+        info += "  loss %-10s" % ("%.4g" % self.loss if self.loss is not None else "-")
+        info += "  lr %-8s" % ("%.3g" % self.lr if self.lr is not None else "-")
+        info += "  %8s it/s" % ("%.3g" % rate if rate else "-")
         if eta is not None:
             m, s = divmod(int(eta + 0.5), 60)
             h, m = divmod(m, 60)
-            info += "  ETA %s" % ("%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s))
-        slots = max(min(40, width - len(info) - 4), 0)
+            eta_text = "%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s)
+        else:
+            eta_text = "-"
+        info += "  ETA %7s" % eta_text
+        slots = max(min(30, width - len(info) - 3), 0)
         frac = min(max(done / todo, 0.0), 1.0) if todo > 0 else 1.0
         filled = int(round(frac * slots))
         bar = "[%s%s]" % ("#" * filled, "." * (slots - filled)) if slots >= 5 else ""

@@ -540,13 +540,14 @@ class Net:
                 diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
                 blob.set_diff(diff)
 
-    def copy_from(self, source):
+    def copy_from(self, source, origin=None):
         """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
 
         Layers absent from this net are ignored (as Caffe does, for fine-tuning).
+        ``origin``: the file a NetParameter was read from, for the errors.
         """
         if isinstance(source, caffe_pb2.NetParameter):
-            param, origin = source, "the given NetParameter"
+            param, origin = source, origin or "the given NetParameter"
         else:
             path = os.fspath(source)
             if _is_hdf5(path):           # as Caffe's CopyTrainedLayersFrom, by content

@@ -68,7 +68,7 @@ def read_source(weights, model=None):
     from .layer import TEST
     from .net import Net
     net = Net(model, phase=TEST)
-    net.copy_from(param)
+    net.copy_from(param, origin=weights)
     names = {lp.name for lp in stored}
     out = {}
     for name, layer in zip(net.layer_names, net.layers):
@@ -243,7 +243,7 @@ def _names(values):
     return [n for value in values or [] for n in value.split(",") if n]
 
 
-SURGERY_EXAMPLE = """example (ImageNet AlexNet -> FCN-AlexNet, as DIGITS' net_surgery.py):
+SURGERY_EXAMPLE = """example: ImageNet AlexNet -> FCN-AlexNet, as DIGITS' net_surgery.py does
   protonet surgery --source-weights bvlc_alexnet.caffemodel \\
       --source-model deploy.prototxt --target-model fcn_alexnet.prototxt \\
       --out fcn_alexnet_init.caffemodel
@@ -293,7 +293,7 @@ def _first_conv_channels(source):
 
 def run(args, echo=print):
     """``protonet surgery``; returns the exit status (raises SurgeryError on bad input)."""
-    from .log import quiet_net_setup
+    from .log import plural, quiet_net_setup
     if os.path.exists(args.out) and not args.force:
         raise SurgeryError("--out %s exists; pass --force to replace it" % args.out)
     shape = None
@@ -314,18 +314,19 @@ def run(args, echo=print):
     echo("Net surgery: %s -> %s" % (args.source_weights, args.target_model))
     echo(format_report(report))
     if report["unfit"]:
+        channels = any("--sum-input-channels" in why for _, _, why in report["unfit"])
         raise SurgeryError(
-            "%d layer(s) do not fit (listed above); nothing written. Rename a target layer "
-            "(then it starts from its fillers), --skip it, or --rename a source layer into it"
-            % len(report["unfit"]) + (" (--sum-input-channels: see above)" if any(
-                "--sum-input-channels" in why for _, _, why in report["unfit"]) else ""))
+            "%s not fit (listed above); nothing written. Rename a target layer (then it starts "
+            "from its fillers), --skip it, or --rename a source layer into it%s"
+            % (plural(len(report["unfit"]), "layer does", "layers do"),
+               " (--sum-input-channels: see above)" if channels else ""))
     if not report["copied"]:
         raise SurgeryError("no layer of %s is named as a layer of %s: nothing to copy (use "
                            "--rename SRC:DST)" % (args.target_model, args.source_weights))
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
     net.save(args.out)
-    echo("Wrote %s (%d layer(s) copied); fine-tune with: protonet train ... --weights %s"
-         % (args.out, len(report["copied"]), args.out))
+    echo("Wrote %s (%s copied); fine-tune with: protonet train ... --weights %s"
+         % (args.out, plural(len(report["copied"]), "layer"), args.out))
     return 0
 

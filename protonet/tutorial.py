@@ -7,12 +7,13 @@ validation set (``protonet infer``'s outputs, named by case and image).
 """
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from . import backend
-from .log import get_logger, quiet_net_setup
+from .log import get_logger, plural, quiet_net_setup
 
 log = get_logger()
 
@@ -38,10 +39,18 @@ def _network(name):
     return str(path)
 
 
+# what a run writes under --out; a rerun refuses to mix with them unless forced
+OUTPUTS = ("synth", "dataset", "train", "inference", "summary.json")
+
+
 def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr=1e-3,
                  solver_type="Adam", cases=30, images_per_case=8, channels="gray", seed=1,
-                 weights=None, echo=print):
-    """Run every step; returns the summary dict also written to ``out``/summary.json."""
+                 weights=None, echo=print, force=False):
+    """Run every step; returns the summary dict also written to ``out``/summary.json.
+
+    An ``out`` holding an earlier run is refused (TutorialError) unless
+    ``force``, which deletes that run's outputs (snapshots included) first.
+    """
     from .data.synth import synth_sunnybrook
     from .data.sunnybrook import convert
     from .digits import prepare_run
@@ -51,13 +60,27 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
 
     start = time.time()
     out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     network = _network(net)
     if (images is None) != (contours is None):
         raise TutorialError("give both --images and --contours (the real challenge data), or neither")
+    for path in weights.split(",") if weights else []:
+        if not os.path.exists(path):
+            raise TutorialError("--weights: %s: no such file (working directory %s)"
+                                % (path, os.getcwd()))
+    stale = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if stale and not force:
+        raise TutorialError("%s already holds a tutorial run (%s); pass --force to delete it and "
+                            "start again, or choose another --out" % (out, ", ".join(stale)))
+    for name in stale:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    os.makedirs(out, exist_ok=True)
     if images is None:
-        echo("[1/4] synthesizing a Sunnybrook-like dataset (%d cases x %d images)"
-             % (cases, images_per_case))
+        echo("[1/4] synthesizing a Sunnybrook-like dataset (%s x %s)"
+             % (plural(cases, "case"), plural(images_per_case, "image")))
         synth = synth_sunnybrook(os.path.join(out, "synth"), cases=cases, seed=seed,
                                  images_per_case=images_per_case, overwrite=True)
         images, contours = synth["images"], synth["contours"]
@@ -69,12 +92,17 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
                            progress=False, overwrite=True)
     if not data_summary["written"]:
         raise TutorialError("no image could be converted; see %s/summary.json" % dataset)
+    n_val = data_summary["splits"]["val"]["entries"]
+    echo("      %s for training, %s for validation (split by case: %s); contours: %s"
+         % (plural(data_summary["splits"]["train"]["entries"], "image"), plural(n_val, "image"),
+            plural(len(data_summary["val_cases"] or []), "val case"),
+            os.path.join(dataset, "preview", "contact_sheet.png")))
 
-    echo("[3/4] training %s for %g epochs (%s, base_lr %g); validation Dice every epoch"
-         % (os.path.basename(network), epochs, solver_type, base_lr))
+    echo("[3/4] training %s for %s (%s, base_lr %g); validation Dice every epoch"
+         % (os.path.basename(network), plural(float(epochs), "epoch"), solver_type, base_lr))
     run_dir = os.path.join(out, "train")
     solver_path = prepare_run(network, dataset, run_dir, epochs=epochs, base_lr=base_lr,
-                              solver_type=solver_type, random_seed=seed)
+                              solver_type=solver_type, random_seed=seed, force=True)
     set_random_seed(seed)
     solver = get_solver(solver_path)
     solver.draw_curve_beside_snapshots()
@@ -116,8 +144,8 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     echo("")
-    echo("Done in %.0f s (training %.0f s, %d iterations)." % (summary["total_seconds"],
-                                                              train_seconds, solver.iter))
+    echo("Done in %.0f s (training %.0f s, %s)." % (summary["total_seconds"], train_seconds,
+                                                   plural(solver.iter, "iteration")))
     if summary["final_validation_dice"] is not None:
         echo("Validation Dice by epoch: %s" % ", ".join("%.3f" % v for _, v in dice_curve))
     if summary["inference_mean_dice"] is not None:
@@ -126,6 +154,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     echo("Pictures:")
     echo("  training curve  %s" % summary["training_curve"])
     echo("  contact sheet   %s" % summary["contact_sheet"])
+    echo("  dataset preview %s" % os.path.join(dataset, "preview", "contact_sheet.png"))
     echo("  overlays/masks  %s" % pictures)
     echo("Weights %s; summary %s" % (final, os.path.join(out, "summary.json")))
     return summary
@@ -139,7 +168,11 @@ TUTORIAL_EXAMPLE = """example:
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="runs/tutorial", help="output folder (default runs/tutorial)")
+    p.add_argument("--out", default="runs/tutorial",
+                   help="output folder (default runs/tutorial); one holding an earlier run is "
+                        "refused without --force")
+    p.add_argument("--force", action="store_true",
+                   help="reuse --out: delete the earlier run (its snapshots included) first")
     p.add_argument("--images", help="the challenge's image folder (real data); default: synthesize")
     p.add_argument("--contours", help="the challenge's contour folder (real data)")
     p.add_argument("--net", default="fcn8s",
@@ -170,7 +203,8 @@ def run(args):
             run_tutorial(args.out, images=args.images, contours=args.contours, net=args.net,
                          epochs=args.epochs, base_lr=args.base_lr, solver_type=args.solver_type,
                          cases=args.cases, images_per_case=args.images_per_case,
-                         channels=args.channels, seed=args.seed, weights=args.weights)
+                         channels=args.channels, seed=args.seed, weights=args.weights,
+                         force=args.force)
     except TutorialError as exc:
         print("protonet tutorial: error: %s" % exc, file=sys.stderr)
         return 2

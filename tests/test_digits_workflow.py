@@ -316,3 +316,21 @@ def test_draw_writes_the_graph(tmp_path, capsys):
     assert body.lstrip().startswith("<?xml") and "<svg" in body and "conv1_1" in body
     assert main(["draw", str(net), str(tmp_path / "net")]) == 1
     assert "extension" in capsys.readouterr().err
+
+
+def test_a_rerun_into_an_earlier_run_is_refused_unless_forced(tmp_path, datasets, capsys):
+    from protonet.digits import prepare_run
+    gray, _ = datasets
+    net = tutorial_copy(tmp_path)
+    out = tmp_path / "run"
+    prepare_run(net, gray, str(out), 1)
+    (out / "snapshot_iter_9.caffemodel").write_bytes(b"stale")
+    (out / "snapshot_iter_9.solverstate").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["train", "--network", net, "--dataset", gray, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--force" in err
+    assert (out / "snapshot_iter_9.caffemodel").exists()
+    prepare_run(net, gray, str(out), 1, force=True)
+    assert sorted(os.listdir(out)) == ["notes.txt", "solver.prototxt", "train_val.prototxt"]

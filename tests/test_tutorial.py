@@ -11,10 +11,16 @@ from protonet.viz import dice
 
 def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
     out = tmp_path / "tut"
+    # an earlier run's snapshot: --force deletes it, so it cannot pass for this run's
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "snapshot_iter_999.caffemodel").write_bytes(b"stale")
     status = main(["tutorial", "--out", str(out), "--cases", "6", "--images-per-case", "6",
-                   "--epochs", "4", "--seed", "3"])
+                   "--epochs", "4", "--seed", "3", "--force"])
     assert status == 0
+    assert not (out / "train" / "snapshot_iter_999.caffemodel").exists()
     printed = capsys.readouterr().out
+    assert "for 4 epochs" in printed and "1 val case" in printed
+    assert (out / "dataset" / "preview" / "contact_sheet.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     # every promised file exists and is readable
     for key in ("weights", "solver", "training_curve", "contact_sheet", "report"):

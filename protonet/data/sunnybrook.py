@@ -67,6 +67,7 @@ import sys
 import numpy as np
 
 from ..io import write_binary
+from ..log import plural
 from ..proto import caffe_pb2
 from .datum import array_to_datum
 from .db import LMDBWriter
@@ -732,8 +733,8 @@ def format_summary(summary):
     for name in ("train", "val"):
         s = summary["splits"].get(name, {"entries": 0})
         if s["entries"]:
-            lines.append("  %-5s %5d entries  features %s  labels %s  LV pixels %.2f%%" % (
-                name, s["entries"], "x".join(map(str, s["feature_shape"])),
+            lines.append("  %-5s %5d %-7s  features %s  labels %s  LV pixels %.2f%%" % (
+                name, s["entries"], "entry" if s["entries"] == 1 else "entries", "x".join(map(str, s["feature_shape"])),
                 "x".join(map(str, s["label_shape"])), 100 * s["lv_fraction"]))
         else:
             lines.append("  %-5s     0 entries (no %s_db written)" % (name, name))
@@ -744,9 +745,10 @@ def format_summary(summary):
                      "both sides" % (100.0 * n_val / written))
     else:
         val_cases = summary.get("val_cases") or []
-        lines.append("  split by case (every slice of a patient on one side): %d of %d cases, "
+        lines.append("  split by case (every slice of a patient on one side): %d of %s, "
                      "%.1f%% of the images for val (asked %g%%)%s" % (
-                         len(val_cases), len(summary.get("cases", {})), 100.0 * n_val / written,
+                         len(val_cases), plural(len(summary.get("cases", {})), "case"),
+                         100.0 * n_val / written,
                          float(summary["val_pct"]),
                          ": " + ", ".join(val_cases) if 0 < len(val_cases) <= 8 else ""))
     if summary["mean_files"]:
@@ -754,8 +756,8 @@ def format_summary(summary):
     if summary.get("preview"):
         lines.append("  preview: check that the contours sit on the LV before training: %s"
                      % ", ".join(os.path.join(summary["out_dir"], p) for p in summary["preview"]))
-    lines.append("  %d of %d contours written; summary.json lists every entry"
-                 % (summary["written"], summary["contours_found"]))
+    lines.append("  %d of %s written; summary.json lists every entry"
+                 % (summary["written"], plural(summary["contours_found"], "contour")))
     skipped = summary["skipped"]
     if skipped:
         lines.append("  SKIPPED %d:" % len(skipped))

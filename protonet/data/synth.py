@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from ..log import plural
 from .sunnybrook import SAX_SERIES
 
 _CATEGORIES = ("SC-HF-I", "SC-HF-NI", "SC-HYP", "SC-N")
@@ -395,8 +396,9 @@ def run(args):
     except (ValueError, FileExistsError) as exc:
         print("protonet data synth-sunnybrook: error: %s" % exc, file=sys.stderr)
         return 2
-    print("wrote %d images of %d cases (LV %.2f%% of pixels)\n  images:   %s\n  contours: %s\n"
+    print("wrote %s of %s (LV %.2f%% of pixels)\n  images:   %s\n  contours: %s\n"
           "next: protonet data sunnybrook --images %s --contours %s --out %s"
-          % (s["images_written"], len(s["cases"]), 100 * s["lv_fraction"], s["images"],
+          % (plural(s["images_written"], "image"), plural(len(s["cases"]), "case"),
+             100 * s["lv_fraction"], s["images"],
              s["contours"], s["images"], s["contours"], os.path.join(args.out, "dataset")))
     return 0
