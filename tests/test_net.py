@@ -224,13 +224,14 @@ def test_lr_mult_zero_and_propagate_down(tmp_path):
     assert net.bottom_need_backward[net.layer_names.index("loss")] == [True, False]
 
 
-def test_unknown_type_lists_known_types(tmp_path):
+def test_unknown_type_suggests_close_known_types(tmp_path):
     p = write(tmp_path, 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
                         'layer { name: "bad" type: "Convolutionn" bottom: "x" top: "y" }\n')
     with pytest.raises(NetError) as err:
         Net(p, protonet.TEST)
     msg = str(err.value)
-    assert "'bad'" in msg and "Convolutionn" in msg and "Convolution," in msg
+    assert "'bad'" in msg and "Convolutionn" in msg and "Did you mean 'Convolution'" in msg
+    assert "Softmax" not in msg                       # the close names, not the whole list
     assert "net.prototxt:2" in msg
 
 
