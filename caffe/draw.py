@@ -2,8 +2,8 @@
 
 The graph is written in Graphviz's DOT language here, with no dependency;
 ``draw_net_to_file(net, 'net.dot')`` (or ``.gv``/``.raw``) writes that text.
-Rendering to an image (``.png``, ``.svg``, ``.pdf``...) needs ``pydot`` and
-Graphviz's ``dot`` program: ``pip install pydot`` and your system's graphviz.
+Rendering to an image (``.png``, ``.svg``, ``.pdf``...) needs Graphviz's ``dot``
+program (your system's graphviz package), through ``pydot`` when it is installed.
 Layers are boxes (labelled name, type and, for convolution/pooling, the
 geometry), blobs are octagons, in-place neuron layers are green boxes.
 """
@@ -145,10 +145,43 @@ def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lr
     return pydot.graph_from_dot_data(dot)[0]
 
 
+GRAPHVIZ_HINT = ("install Graphviz, which provides the `dot` program (Debian/Ubuntu: "
+                 "`sudo apt-get install graphviz`; macOS: `brew install graphviz`; conda: "
+                 "`conda install graphviz`), or write a .dot file and render it elsewhere")
+
+
+def render_dot(dot, ext):
+    """DOT text rendered by Graphviz's ``dot`` program in format ``ext`` (bytes).
+
+    RuntimeError when ``dot`` is not on the PATH (saying how to get it) or fails.
+    """
+    import shutil
+    import subprocess
+    program = shutil.which("dot")
+    if program is None:
+        raise RuntimeError("drawing a net as .%s needs Graphviz's `dot` program, which is not on "
+                           "the PATH: %s" % (ext, GRAPHVIZ_HINT))
+    done = subprocess.run([program, "-T" + ext], input=dot.encode(), capture_output=True)
+    if done.returncode:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError("Graphviz's dot could not write format '%s': %s"
+                           % (ext, said[-1] if said else "exit status %d" % done.returncode))
+    return done.stdout
+
+
 def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):
-    """The net drawn in format ``ext`` (bytes); DOT text for 'dot'/'gv'/'raw'."""
+    """The net drawn in format ``ext`` (bytes); DOT text for 'dot'/'gv'/'raw'.
+
+    Images come from pydot when it is installed, else from Graphviz's ``dot``
+    program directly (pydot runs that program too).
+    """
     if ext in _TEXT_FORMATS:
         return get_dot_source(caffe_net, rankdir, phase=phase, display_lrm=display_lrm).encode()
+    try:
+        import pydot  # noqa: F401
+    except ImportError:
+        return render_dot(get_dot_source(caffe_net, rankdir, phase=phase,
+                                         display_lrm=display_lrm), ext)
     return get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm).create(
         format=ext)
 

@@ -508,11 +508,6 @@ Caffe's python/draw_net.py: layers are boxes (convolutions red, pooling orange,
 inner products purple, in-place layers green), blobs are octagons. Images
 (.svg, .png, .pdf, ...) are rendered by Graphviz's `dot` program."""
 
-_GRAPHVIZ_HINT = ("install Graphviz, which provides the `dot` program (Debian/Ubuntu: "
-                  "`sudo apt-get install graphviz`; macOS: `brew install graphviz`; conda: "
-                  "`conda install graphviz`), or write a .dot file and render it elsewhere")
-
-
 def draw_arguments(p):
     p.add_argument("model", metavar="NET.prototxt", help="the net to draw")
     p.add_argument("output", metavar="OUT.svg|png|pdf|dot",
@@ -526,9 +521,7 @@ def draw_arguments(p):
 
 
 def draw_command(args):
-    import shutil
-    import subprocess
-    from caffe.draw import get_dot_source
+    from caffe.draw import get_dot_source, render_dot
     from .io import read_net
     ext = os.path.splitext(args.output)[1].lstrip(".").lower()
     if not ext:
@@ -539,19 +532,7 @@ def draw_command(args):
     phase = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
     dot = get_dot_source(read_net(args.model), args.rankdir, phase=phase,
                          display_lrm=args.display_lrm)
-    if ext in ("dot", "gv", "raw"):
-        data = dot.encode()
-    else:
-        program = shutil.which("dot")
-        if program is None:
-            raise CommandError("drawing %s needs Graphviz's `dot` program, which is not on the "
-                               "PATH: %s" % (args.output, _GRAPHVIZ_HINT))
-        done = subprocess.run([program, "-T" + ext], input=dot.encode(), capture_output=True)
-        if done.returncode:
-            said = done.stderr.decode(errors="replace").strip().splitlines()
-            raise CommandError("Graphviz's dot could not write %s: %s" % (
-                args.output, said[-1] if said else "exit status %d" % done.returncode))
-        data = done.stdout
+    data = dot.encode() if ext in ("dot", "gv", "raw") else render_dot(dot, ext)
     with open(args.output, "wb") as f:
         f.write(data)
     log.info("Drawing net to %s", args.output)

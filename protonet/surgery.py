@@ -56,6 +56,21 @@ def read_source(weights, model=None):
     if not os.path.exists(weights):
         raise SurgeryError("--source-weights: %s: no such file (working directory %s)"
                            % (weights, os.getcwd()))
+    from .layer import TEST
+    from .net import Net, _is_hdf5
+    if _is_hdf5(weights):
+        # an HDF5 model stores no layer types or names of empty layers: its net says them
+        if model is None:
+            raise SurgeryError("%s is an HDF5 model: give its net with --source-model too"
+                               % weights)
+        net = Net(model, phase=TEST)
+        net.copy_from(weights)
+        out = {}
+        for name, layer in zip(net.layer_names, net.layers):
+            if layer.blobs:
+                out.setdefault(name, (layer.type, [np.array(backend.to_host(b.data))
+                                                   for b in layer.blobs]))
+        return out
     param = read_net_binary(weights)
     stored = [lp for lp in param.layer if len(lp.blobs)]
     if not stored:
@@ -65,8 +80,6 @@ def read_source(weights, model=None):
         for lp in stored:
             out.setdefault(lp.name, (lp.type, [blobproto_to_array(b) for b in lp.blobs]))
         return out
-    from .layer import TEST
-    from .net import Net
     net = Net(model, phase=TEST)
     net.copy_from(param, origin=weights)
     names = {lp.name for lp in stored}

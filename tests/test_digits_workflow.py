@@ -284,6 +284,20 @@ def test_surgery_alexnet_into_fcn_alexnet_then_finetune(tmp_path, datasets, caps
     np.testing.assert_array_equal(got["fc7"][0][:, :, 0, 0], alexnet["fc7"][0][0, 0])
     np.testing.assert_array_equal(got["fc7"][1], alexnet["fc7"][1].ravel())
     assert "fc8" not in got and got["score_fr"][0].shape == (2, 32, 1, 1)
+    # --rename copies a layer of another name (here one that does not fit: 10 classes into 2);
+    # --skip leaves a layer at its initial values (DIGITS' net has no fillers: zeros)
+    other = str(tmp_path / "other.caffemodel")
+    assert main(["surgery", "--source-weights", source, "--target-model", target,
+                 "--input-shape", "1,1,256,256", "--skip", "conv1", "--rename", "fc8:score_fr",
+                 "--out", other]) == 1
+    assert re.search(r"score_fr +<- fc8 +DOES NOT FIT: param 0: source shape 10x32 \(320 values\), "
+                     r"target shape 2x32x1x1 \(64 values\)", capsys.readouterr().out)
+    assert main(["surgery", "--source-weights", source, "--target-model", target,
+                 "--input-shape", "1,1,256,256", "--skip", "conv1", "--out", other]) == 0
+    assert re.search(r"conv1 +skipped \(--skip\)", capsys.readouterr().out)
+    skipped = _params(other)
+    assert skipped["conv1"][0].shape == (8, 1, 11, 11) and not skipped["conv1"][0].any()
+    np.testing.assert_array_equal(skipped["fc6"][0], got["fc6"][0])
     # refuses to overwrite; --force replaces
     assert main(["surgery", "--source-weights", source, "--target-model", target,
                  "--sum-input-channels", "--out", init]) == 1
@@ -316,6 +330,23 @@ def test_draw_writes_the_graph(tmp_path, capsys):
     assert body.lstrip().startswith("<?xml") and "<svg" in body and "conv1_1" in body
     assert main(["draw", str(net), str(tmp_path / "net")]) == 1
     assert "extension" in capsys.readouterr().err
+    # pycaffe's caffe.draw renders through the same dot without pydot
+    import caffe.draw
+    from protonet.io import read_net
+    png = tmp_path / "net.png"
+    caffe.draw.draw_net_to_file(read_net(str(net)), str(png), "TB")
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_draw_without_graphviz_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    net = Path(__file__).resolve().parents[1] / "examples" / "sunnybrook" / "fcn8s.prototxt"
+    assert main(["draw", str(net), str(tmp_path / "net.svg")]) == 1
+    err = capsys.readouterr().err
+    assert "Graphviz's `dot` program" in err and "apt-get install graphviz" in err
+    assert not (tmp_path / "net.svg").exists()
+    assert main(["draw", str(net), str(tmp_path / "net.dot")]) == 0     # DOT needs nothing
 
 
 def test_a_rerun_into_an_earlier_run_is_refused_unless_forced(tmp_path, datasets, capsys):
