@@ -91,7 +91,7 @@ def read_source(weights, model=None):
 
 
 def build_target(model, input_shape=None, channels=None):
-    """The target net (phase TEST) and its prototxt's description.
+    """The target net, built in phase TEST.
 
     A deploy prototxt (an Input layer) is built as it is. A DIGITS train/val
     prototxt (data layers without sources) becomes its deploy net by DIGITS'
@@ -104,6 +104,8 @@ def build_target(model, input_shape=None, channels=None):
     if not os.path.exists(model):
         raise SurgeryError("--target-model: %s: no such file (working directory %s)"
                            % (model, os.getcwd()))
+    from . import python_layer
+    python_layer.add_search_path(os.path.dirname(os.path.abspath(model)))
     param = read_net(model)
     types = {lp.type for lp in param.layer}
     if "Input" in types and input_shape is None:
@@ -112,14 +114,12 @@ def build_target(model, input_shape=None, channels=None):
         raise SurgeryError("%s: neither a deploy net (an Input layer) nor a train/val net (data "
                            "layers)" % model)
     if "Input" in types:
-        param = caffe_input_dropped(param)
+        param = _without_input_layers(param)
     shape = tuple(input_shape) if input_shape else (1, int(channels or 3), 256, 256)
-    from . import python_layer
-    python_layer.add_search_path(os.path.dirname(os.path.abspath(model)))
     return Net(derive_deploy(param, shape), phase=TEST)
 
 
-def caffe_input_dropped(param):
+def _without_input_layers(param):
     """``param`` without its Input layers (derive_deploy adds one of the given shape)."""
     from .proto import caffe_pb2
     p = caffe_pb2.NetParameter()
@@ -130,7 +130,7 @@ def caffe_input_dropped(param):
     return p
 
 
-def _fit(name, src_type, dst_type, j, src, dst_shape, sum_channels):
+def _fit(src_type, dst_type, j, src, dst_shape, sum_channels):
     """(array of dst_shape, note or None), or (None, why it does not fit)."""
     src_shape = tuple(src.shape)
     if _squeeze_legacy(src_shape) == _squeeze_legacy(dst_shape):
@@ -162,7 +162,7 @@ def transplant(net, source, renames=(), sum_input_channels=False, skip=()):
 
     ``renames``: (source name, target name) pairs. ``skip``: target layers
     left at their initial values. The report is a dict of lists:
-    ``copied`` [(target, source, notes)], ``only_target``, ``only_source``,
+    ``copied`` [(target, source, shapes, notes)], ``only_target``, ``only_source``,
     ``skipped`` and ``unfit`` [(target, source, why)]; nothing is written
     into the net when a layer does not fit.
     """
@@ -201,7 +201,7 @@ def transplant(net, source, renames=(), sum_input_channels=False, skip=()):
             continue
         values, notes, why = [], [], None
         for j, (arr, blob) in enumerate(zip(arrays, layer.blobs)):
-            fitted, note = _fit(name, src_type, layer.type, j, np.asarray(arr, np.float32),
+            fitted, note = _fit(src_type, layer.type, j, np.asarray(arr, np.float32),
                                 tuple(blob.shape), sum_input_channels)
             if fitted is None:
                 why = note

@@ -594,7 +594,9 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
             progress=True, overwrite=False, val_by="case", preview=True):
     """Convert the Sunnybrook challenge data to a DIGITS segmentation dataset in ``out_dir``.
 
-    Returns the summary dict also written to ``out_dir/summary.json``:
+    ``val_by``: "case" (a patient's images all in train or all in val, see
+    :func:`choose_val_cases`) or "image" (DIGITS' split). ``preview``: write
+    ``out_dir/preview`` (:func:`write_preview`). Returns the summary dict also written to ``out_dir/summary.json``:
     ``splits`` (entries, shapes, LV pixel fraction, DB paths per split),
     ``entries`` (split, key, case, contour, DICOM, image number, slice and
     DICOM SliceLocation of every example), ``cases`` (images per case and
