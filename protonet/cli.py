@@ -159,13 +159,16 @@ def train_command(args):
         # the network's own folder holds its Python layers, as for a net given by --model
         add_search_path(os.path.dirname(os.path.abspath(args.network)))
         template = read_solver(args.solver) if args.solver else None
+        from . import comm, launch
+        # ranks of a multi-process run all write the same files: none refuses the others'
+        rank = all(k in os.environ for k in launch.SPAWN_ENV) or comm.mpi_launch_env() is not None
         args.solver = prepare_run(args.network, args.dataset, args.out, epochs=args.epochs,
                                   base_lr=args.base_lr, solver_type=args.solver_type,
                                   lr_policy=args.lr_policy, batch_size=args.batch_size,
                                   snapshot_epochs=args.snapshot_epochs,
                                   val_epochs=args.val_epochs, mean_file=args.mean_file,
                                   random_seed=args.seed, template=template,
-                                  force=args.force)
+                                  force=args.force, check_out=not rank)
         log.info("Wrote %s (repeat this run with: protonet train --solver %s)",
                  args.solver, args.solver)
     if not args.solver:

@@ -197,12 +197,14 @@ def run_files(out_dir):
 
 def prepare_run(network, dataset_dir, out_dir, epochs, base_lr=None, solver_type=None,
                 lr_policy=None, batch_size=None, snapshot_epochs=1.0, val_epochs=1.0,
-                mean_file=None, random_seed=None, template=None, force=False):
+                mean_file=None, random_seed=None, template=None, force=False, check_out=True):
     """Write ``out_dir``/train_val.prototxt (bound to the dataset) and solver.prototxt.
 
     An ``out_dir`` holding an earlier run is refused (DatasetError), unless
     ``force``: then its snapshots, curve and prototxts are deleted first, so
     that no stale snapshot of the old run sits beside the new ones.
+    ``check_out=False`` does neither (each rank of a multi-process run
+    writes the same files; the parent that spawned them checked).
 
     ``template`` (a SolverParameter, e.g. examples/sunnybrook/solver_*.prototxt)
     supplies the hyperparameters (type, base_lr, lr_policy, momentum, ...); the
@@ -213,7 +215,7 @@ def prepare_run(network, dataset_dir, out_dir, epochs, base_lr=None, solver_type
     """
     from google.protobuf import text_format
     from .io import read_net, write_text
-    stale = run_files(out_dir)
+    stale = run_files(out_dir) if check_out else []
     if stale and not force:
         raise DatasetError("%s already holds a run (%s%s); pass --force to delete its snapshots "
                            "and start again, or choose another --out"

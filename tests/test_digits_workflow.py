@@ -363,5 +363,9 @@ def test_a_rerun_into_an_earlier_run_is_refused_unless_forced(tmp_path, datasets
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--force" in err
     assert (out / "snapshot_iter_9.caffemodel").exists()
+    # the ranks of a multi-process run (--gpu 0,1 children, mpirun) write the same files
+    # without refusing or deleting each other's
+    prepare_run(net, gray, str(out), 1, check_out=False)
+    assert (out / "snapshot_iter_9.caffemodel").exists()
     prepare_run(net, gray, str(out), 1, force=True)
     assert sorted(os.listdir(out)) == ["notes.txt", "solver.prototxt", "train_val.prototxt"]
