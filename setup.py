@@ -33,6 +33,8 @@ setup(
         # data-parallel training over MPI (mpirun -np N protonet train): mpi4py and MPICH's
         # wheel (mpiexec lands in the environment's bin/); a system MPI works with mpi4py alone
         "mpi": ["mpi4py>=4", "mpich"],
+        # benchmarks/ record which BLAS (and how many threads) NumPy runs on
+        "bench": ["threadpoolctl"],
     },
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
 )
