@@ -16,6 +16,7 @@ off; callers then keep to NumPy. What it adds:
 import ctypes
 import glob
 import os
+import time
 
 import numpy as np
 
@@ -172,3 +173,41 @@ def get(dtype):
     if key not in _cache:
         _cache[key] = _load_blas(dtype)
     return _cache[key]
+
+
+class GemmClock:
+    """Seconds spent in GEMMs while active: NumPy's ``matmul`` and ``Blas.gemm``.
+
+    For ``protonet time``: every GEMM of the CPU path goes through one of the
+    two (layers call ``xp.matmul`` or this module's ``gemm``), so the rest of
+    a layer's time is what runs outside the BLAS. Both are patched for the
+    duration of the ``with`` block and restored after; a GEMM called from
+    inside another (none today) is counted once.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._depth = 0
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+        return timed
+
+    def __enter__(self):
+        self._saved = np.matmul, Blas.gemm
+        np.matmul = self._timed(self._saved[0])
+        Blas.gemm = self._timed(self._saved[1])
+        return self
+
+    def __exit__(self, *exc):
+        np.matmul, Blas.gemm = self._saved
+        return False

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import backend, devices
+from . import backend, blas as _blas, devices
 from .io import FormatError, read_solver
 from .layer import LayerError
 from .log import close_log_file, fmt, get_logger, setup as setup_logging
@@ -345,25 +345,34 @@ def time_command(args):
     log.info("Testing for %d iterations.", args.iterations)
     forward = [0.0] * n
     backward = [0.0] * n
+    # GEMM seconds per layer (CPU only: on the GPU the products run asynchronously)
+    gemm_clock = _blas.GemmClock() if backend.mode() == "cpu" else None
+    gemm_forward = [0.0] * n
+    gemm_backward = [0.0] * n
     forward_total = backward_total = 0.0
+
+    def timed(step, i, seconds, gemm):
+        before = gemm_clock.seconds if gemm_clock else 0.0
+        t = time.perf_counter()
+        step(i, i)
+        _sync()
+        seconds[i] += time.perf_counter() - t
+        if gemm_clock:
+            gemm[i] += gemm_clock.seconds - before
+
     total_start = time.perf_counter()
-    for j in range(args.iterations):
-        iter_start = time.perf_counter()
-        for i in range(n):
-            t = time.perf_counter()
-            net.forward_from_to(i, i)
-            _sync()
-            forward[i] += time.perf_counter() - t
-        forward_total += time.perf_counter() - iter_start
-        back_start = time.perf_counter()
-        for i in range(n - 1, -1, -1):
-            t = time.perf_counter()
-            net.backward_from_to(i, i)
-            _sync()
-            backward[i] += time.perf_counter() - t
-        backward_total += time.perf_counter() - back_start
-        log.info("Iteration: %d forward-backward time: %s ms.", j + 1,
-                 fmt((time.perf_counter() - iter_start) * 1e3))
+    with gemm_clock or _no_clock():
+        for j in range(args.iterations):
+            iter_start = time.perf_counter()
+            for i in range(n):
+                timed(net.forward_from_to, i, forward, gemm_forward)
+            forward_total += time.perf_counter() - iter_start
+            back_start = time.perf_counter()
+            for i in range(n - 1, -1, -1):
+                timed(net.backward_from_to, i, backward, gemm_backward)
+            backward_total += time.perf_counter() - back_start
+            log.info("Iteration: %d forward-backward time: %s ms.", j + 1,
+                     fmt((time.perf_counter() - iter_start) * 1e3))
     total = time.perf_counter() - total_start
     k = args.iterations
     log.info("Average time per layer: ")
@@ -374,22 +383,57 @@ def time_command(args):
     log.info("Average Backward pass: %s ms.", fmt(backward_total * 1e3 / k))
     log.info("Average Forward-Backward: %s ms.", fmt(total * 1e3 / k))
     log.info("Total Time: %s ms.", fmt(total * 1e3))
+    outside = [(forward[i] - gemm_forward[i] + backward[i] - gemm_backward[i]) * 1e3 / k
+               for i in range(n)]
+    net_ms = (forward_total + backward_total) * 1e3 / k
+    heavy = []
+    if gemm_clock:
+        # Where the time goes besides the BLAS: the part a faster engine can still win back.
+        log.info("Time outside GEMMs per layer (forward + backward, share of the net's %s ms):",
+                 fmt(net_ms))
+        for i, name in enumerate(net.layer_names):
+            share = outside[i] / net_ms if net_ms > 0 else 0.0
+            log.info("%10s\toutside GEMMs: %s ms (%.1f%%); GEMMs: %s ms.", name, fmt(outside[i]),
+                     100 * share, fmt((gemm_forward[i] + gemm_backward[i]) * 1e3 / k))
+            if share > 0.10:
+                heavy.append(name)
+        gemm_ms = (sum(gemm_forward) + sum(gemm_backward)) * 1e3 / k
+        log.info("GEMMs: %s ms, outside GEMMs: %s ms of the forward-backward.", fmt(gemm_ms),
+                 fmt(net_ms - gemm_ms))
+        log.info("Layers over 10%% of the net's time outside GEMMs: %s",
+                 ", ".join(heavy) if heavy else "none")
     log.info("*** Benchmark ends ***")
     if args.json:
+        layers = []
+        for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+            row = {"name": name, "type": layer.type,
+                   "forward_ms": forward[i] * 1e3 / k, "backward_ms": backward[i] * 1e3 / k}
+            if gemm_clock:
+                row.update(gemm_forward_ms=gemm_forward[i] * 1e3 / k,
+                           gemm_backward_ms=gemm_backward[i] * 1e3 / k, outside_gemm_ms=outside[i])
+            layers.append(row)
         report = {
             "model": args.model, "phase": args.phase, "iterations": k,
             "device": "gpu:%d" % backend.device() if backend.mode() == "gpu" else "cpu",
-            "layers": [{"name": name, "type": layer.type,
-                        "forward_ms": forward[i] * 1e3 / k, "backward_ms": backward[i] * 1e3 / k}
-                       for i, (name, layer) in enumerate(zip(net.layer_names, net.layers))],
+            "layers": layers,
             "forward_ms": forward_total * 1e3 / k,
             "backward_ms": backward_total * 1e3 / k,
             "forward_backward_ms": total * 1e3 / k,
             "total_ms": total * 1e3,
         }
+        if gemm_clock:
+            report["outside_gemm_over_10pct"] = heavy
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 0
+
+
+class _no_clock:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 # ------------------------------------------------------------------ device_query

@@ -170,6 +170,25 @@ def test_time_command_json(work, capsys):
     assert lines[-1] == "*** Benchmark ends ***"
 
 
+def test_time_command_splits_gemm_time(work, capsys):
+    matmul = np.matmul
+    assert main(["time", "--model", "net.prototxt", "--iterations", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    layers = {l["name"]: l for l in json.loads(captured.out)["layers"]}
+    ip, loss = layers["ip"], layers["loss"]
+    # the InnerProduct's forward is a GEMM (backward too when its bottom needs a diff)
+    assert 0 < ip["gemm_forward_ms"] <= ip["forward_ms"]
+    assert loss["gemm_forward_ms"] == 0 and loss["gemm_backward_ms"] == 0
+    for l in layers.values():
+        assert l["outside_gemm_ms"] == pytest.approx(
+            l["forward_ms"] + l["backward_ms"] - l["gemm_forward_ms"] - l["gemm_backward_ms"])
+    lines = _lines(captured.err)
+    assert any(re.match(r"\s+ip\toutside GEMMs: [\d.e+-]+ ms \([\d.]+%\); GEMMs: [\d.e+-]+ ms\.$", l)
+               for l in lines)
+    assert any(l.startswith("Layers over 10% of the net's time outside GEMMs: ") for l in lines)
+    assert np.matmul is matmul        # the clock is gone afterwards
+
+
 def test_device_query(capsys):
     assert main(["device_query"]) == 0
     lines = _lines(capsys.readouterr().err)
