@@ -23,6 +23,11 @@ from .. import blas as _blas, fillers
 from ._im2col import ColPlan, _fill_border, conv_out_size, deconv_out_size
 from ._scratch import scratch
 
+# The backward-data column scratch goes DCOL_BYTES of images at a time, at least
+# DCOL_MIN_COLUMNS GEMM columns (smaller products run below the GEMM's peak rate).
+DCOL_BYTES = 8 << 20
+DCOL_MIN_COLUMNS = 2048
+
 
 def conv_geometry(layer, bottom0):
     """Kernel, pad, stride, dilation and channel axis from convolution_param, with Caffe's checks.
@@ -246,13 +251,24 @@ class _ConvolutionBase(Layer):
             self._ungroup(product, img, Kg)
             return
         shape = (self.img_channels,) + self.kernel + (N,) + self.col_spatial
+        img = img.reshape((N, self.img_channels) + self.img_spatial)
         if spend_col and self._col is not None and self._plan.windowed:
-            dcol = self._col
             self._col_holds = None
-        else:
-            dcol = scratch("conv.dcol", self.xp, self.dtype, shape)
-        self.xp.matmul(wt, cs, out=dcol.reshape(G, Kg, N * P))
-        self._plan.col2im(dcol, img.reshape((N, self.img_channels) + self.img_spatial))
+            self.xp.matmul(wt, cs, out=self._col.reshape(G, Kg, N * P))
+            self._plan.col2im(self._col, img)
+            return
+        # A scratch for the whole batch would be as big as the column buffer
+        # (cifar10's conv2: 78 MB); col2im is per image, so go a few images
+        # at a time, enough columns for the GEMM to run at full speed.
+        per_image = G * Kg * P * self.dtype.itemsize
+        step = min(N, max(DCOL_BYTES // per_image, -(-DCOL_MIN_COLUMNS // P), 1))
+        for n0 in range(0, N, step):
+            n1 = min(N, n0 + step)
+            dcol = scratch("conv.dcol", self.xp, self.dtype, shape[:-1 - self.num_spatial]
+                           + (n1 - n0,) + self.col_spatial)
+            part = cs if step == N else cs[:, :, n0 * P:n1 * P]
+            self.xp.matmul(wt, part, out=dcol.reshape(G, Kg, (n1 - n0) * P))
+            self._plan.col2im(dcol, img[n0:n1])
 
     def _weight_grad(self, cols, colside):
         """blobs[0].diff += colside @ cols^T, summed over the batch in one GEMM per group."""
