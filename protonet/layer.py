@@ -19,6 +19,8 @@ parameters shared between layers) add. ``add_product_to_diff`` does this
 for a GEMM, and leaves a big low-rank gradient (FCN's fc6, fc7) as a
 promised product that the SGD step folds into its momentum.
 """
+import math
+
 import numpy as np
 
 from . import backend
@@ -187,7 +189,7 @@ def add_product_to_diff(blob, a, b):
     out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     out = diff.reshape(out_shape)
     if overwrite:
-        batch = int(np.prod(out_shape[:-2], dtype=np.int64))
+        batch = math.prod(out_shape[:-2])   # ints: no NumPy call per product
         if (xp is np and batch == 1 and out.size >= DEFER_PRODUCT_MIN
                 and 4 * (a.size + b.size) <= out.size):
             blob.defer_diff_product(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]))

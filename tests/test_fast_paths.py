@@ -546,3 +546,46 @@ def test_kernel_rows_only_for_wide_outputs(monkeypatch):
     assert not chosen("num_output: 8 kernel_size: 3 pad: 1", (1, 96, 56, 56))
     monkeypatch.setattr(blas_module, "USE_BLAS", False)        # no OpenBLAS: im2col
     assert not chosen("num_output: 8 group: 2 kernel_size: 5 pad: 2", (1, 96, 56, 56))
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+@pytest.mark.parametrize("type_,params", [
+    ("Convolution", "num_output: 4 group: 2 kernel_size: 3 pad: 2"),
+    ("Convolution", "num_output: 3 kernel_h: 3 kernel_w: 2 pad_h: 2 pad_w: 1 stride: 2"),
+    ("Deconvolution", "num_output: 4 group: 2 kernel_size: 3 pad: 1 stride: 2"),
+])
+def test_convolution_a_few_images_at_a_time_matches_the_whole_batch(type_, params, phase, monkeypatch):
+    # batch 5 in chunks of 2: two full chunks and a shorter last one
+    text = ('name: "c" type: "%s" top: "y" convolution_param { %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }'
+            % (type_, params))
+    r = np.random.default_rng(11)
+    x = r.standard_normal((5, 4, 6, 6))
+    chunked, whole = make_layer(text, phase=phase), make_layer(text, phase=phase)
+    bottom, top = build(chunked, [x])
+    wbottom, wtop = build(whole, [x])
+    for src, dst in zip(chunked.blobs, whole.blobs):
+        dst.data[...] = src.data
+    dy = r.standard_normal(top[0].shape)
+
+    def run(lay, b, t, chunk):
+        monkeypatch.setattr(conv_module, "DCOL_BYTES", 1 if chunk else 1 << 40)
+        monkeypatch.setattr(conv_module, "DCOL_MIN_COLUMNS", 2 * lay.P)
+        monkeypatch.setattr(conv_module, "TRAIN_KEEP_COLUMN_BYTES", 0 if chunk else 1 << 40)
+        assert lay._images_per_chunk() == (2 if chunk else 5)
+        b[0].data[...] = -x             # a first forward on other data: padding must stay zero
+        lay.forward(b, t)
+        b[0].data[...] = x
+        lay.forward(b, t)
+        t[0].diff[...] = dy
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True], b)
+    run(chunked, bottom, top, True)
+    run(whole, wbottom, wtop, False)
+    if type_ == "Convolution":     # TRAIN: the weight gradient redid the im2col in chunks
+        assert chunked._chunk_col is not None and chunked._col is None and whole._chunk_col is None
+    np.testing.assert_allclose(top[0].data, wtop[0].data, atol=1e-12)
+    np.testing.assert_allclose(bottom[0].diff, wbottom[0].diff, atol=1e-12)
+    for p, q in zip(chunked.blobs, whole.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)

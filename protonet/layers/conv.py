@@ -27,6 +27,9 @@ from ._scratch import scratch
 # DCOL_MIN_COLUMNS GEMM columns (smaller products run below the GEMM's peak rate).
 DCOL_BYTES = 8 << 20
 DCOL_MIN_COLUMNS = 2048
+# A TRAIN-phase convolution keeps its batch's column buffer from forward to
+# backward up to this size; a bigger one is redone in chunks (_forward_in_chunks).
+TRAIN_KEEP_COLUMN_BYTES = 16 << 20
 
 
 def conv_geometry(layer, bottom0):
@@ -114,9 +117,15 @@ class _ConvolutionBase(Layer):
             self.blobs.append(self.new_blob((self.num_output,)))
             fillers.fill(self.blobs[1], p.bias_filler)
         self._key = None
+        self._reshaped_for = None   # the bottom shape the last reshape saw (its tops: _top_shape)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
+        if shape == self._reshaped_for and all(b.shape == shape for b in bottom[1:]):
+            # the net reshapes before every forward: the same input needs only the tops
+            for t in top:
+                t.reshape(self._top_shape)
+            return
         if len(shape) != self.axis + 1 + self.num_spatial:
             raise self.error("bottom must keep %d axes, got shape %s"
                              % (self.axis + 1 + self.num_spatial, shape))
@@ -138,6 +147,7 @@ class _ConvolutionBase(Layer):
         top_shape = shape[:self.axis] + (self.num_output,) + out_spatial
         for t in top:
             t.reshape(top_shape)
+        self._reshaped_for, self._top_shape = shape, top_shape
         num = int(np.prod(shape[:self.axis], dtype=np.int64))
         img_spatial, col_spatial = (out_spatial, in_spatial) if self.reverse else (in_spatial, out_spatial)
         key = (num, img_spatial)
@@ -163,6 +173,7 @@ class _ConvolutionBase(Layer):
             self.Cg = self.col_channels // self.group
             self._rows = _KernelRows.maybe(self)
             self._col = None    # im2col target: padding entries stay zero
+            self._chunk_col = None  # the same for a few images (see _forward_in_chunks)
             self._col_holds = None  # which bottom's im2col the buffer holds (conv forward)
             self._direct = _DirectDeconv.maybe(self)
 
@@ -175,6 +186,65 @@ class _ConvolutionBase(Layer):
         warm in the cache from one layer and one forward to the next.
         """
         return self.phase == TEST and (self._plan is None or self._plan.windowed)
+
+    def _images_per_chunk(self):
+        """Images per chunk for a column-side pass: about DCOL_BYTES of columns, at
+        least DCOL_MIN_COLUMNS of them (the whole batch when that is all of it)."""
+        per_image = self.group * self.Kg * self.P * self.dtype.itemsize
+        return min(self.num, max(DCOL_BYTES // per_image, -(-DCOL_MIN_COLUMNS // self.P), 1))
+
+    def _forward_in_chunks(self):
+        """Whether this layer's im2col goes a few images at a time through a small
+        buffer of its own instead of holding the whole batch's columns (cifar10's
+        conv2 at batch 100: 78 MB; GoogLeNet's conv1: 28 MB).
+
+        TEST: when the im2col keeps padding zeros (so cannot share the column
+        scratch). TRAIN: when the batch's columns exceed TRAIN_KEEP_COLUMN_BYTES;
+        the backward then redoes the im2col for the weight gradient, as Caffe
+        does for every layer (smaller buffers stay, saving that second pass).
+        """
+        if self.is_1x1 or self._box is not None or self._images_per_chunk() >= self.num:
+            return False
+        if self.phase == TEST:
+            return not self._shares_columns()
+        return self.group * self.Kg * self.P * self.num * self.dtype.itemsize > TRAIN_KEEP_COLUMN_BYTES
+
+    def _chunk_columns(self, img, step):
+        """im2col of ``img`` (a few images) as a (G, Kg, n*P) matrix in the chunk buffer."""
+        n = img.shape[0]
+        lead = (self.img_channels,) + self.kernel
+        if n == step:
+            if self._chunk_col is None:
+                self._chunk_col = self.xp.zeros(lead + (step,) + self.col_spatial, self.dtype)
+            col = self._chunk_col
+        else:   # the last, shorter chunk: its padding entries lie elsewhere
+            col = scratch("conv.colrest", self.xp, self.dtype, lead + (n,) + self.col_spatial, zero=True)
+        self._plan.im2col(img, col)
+        return col.reshape(self.group, self.Kg, n * self.P)
+
+    def _image_to_colside_in_chunks(self, img, out):
+        G, N, P = self.group, self.num, self.P
+        step = self._images_per_chunk()
+        img = img.reshape((N, self.img_channels) + self.img_spatial)
+        out = out.reshape(N, G, self.Cg, P)
+        w = self._weights()
+        for n0 in range(0, N, step):
+            n = min(step, N - n0)
+            cols = self._chunk_columns(img[n0:n0 + n], step)
+            product = scratch("conv.product", self.xp, self.dtype, (G, self.Cg, n * P))
+            self.xp.matmul(w, cols, out=product)
+            out[n0:n0 + n] = product.reshape(G, self.Cg, n, P).transpose(2, 0, 1, 3)
+
+    def _weight_grad_in_chunks(self, img, colside):
+        """blobs[0].diff += colside @ im2col(img)^T, the im2col redone a few images at a time."""
+        N, P = self.num, self.P
+        step = self._images_per_chunk()
+        cs = self._colside_groups(colside)
+        img = img.reshape((N, self.img_channels) + self.img_spatial)
+        for n0 in range(0, N, step):
+            n = min(step, N - n0)
+            cols = self._chunk_columns(img[n0:n0 + n], step)
+            add_product_to_diff(self.blobs[0], cs[:, :, n0 * P:(n0 + n) * P], cols.transpose(0, 2, 1))
 
     def _col_buffer(self):
         shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
@@ -260,8 +330,7 @@ class _ConvolutionBase(Layer):
         # A scratch for the whole batch would be as big as the column buffer
         # (cifar10's conv2: 78 MB); col2im is per image, so go a few images
         # at a time, enough columns for the GEMM to run at full speed.
-        per_image = G * Kg * P * self.dtype.itemsize
-        step = min(N, max(DCOL_BYTES // per_image, -(-DCOL_MIN_COLUMNS // P), 1))
+        step = self._images_per_chunk()
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
             dcol = scratch("conv.dcol", self.xp, self.dtype, shape[:-1 - self.num_spatial]
@@ -311,6 +380,10 @@ class ConvolutionLayer(_ConvolutionBase):
                 self._rows.forward(b.data, t.data, i)
                 self._add_bias(t.data)
                 continue
+            if self._forward_in_chunks():
+                self._image_to_colside_in_chunks(b.data, t.data)
+                self._add_bias(t.data)
+                continue
             cols = None if self.is_1x1 else self._columns(b.data)
             if cols is not None and not self._shares_columns():
                 self._col_holds = i
@@ -355,10 +428,11 @@ class ConvolutionLayer(_ConvolutionBase):
                 td = self._gather_box(td)   # diffs outside the box reach neither weights nor bottom
             if self.param_needs_grad(0):
                 if self._col_holds == i:
-                    cols = self._col.reshape(self.group, self.Kg, self.num * self.P)
+                    self._weight_grad(self._col.reshape(self.group, self.Kg, self.num * self.P), td)
+                elif self._forward_in_chunks():
+                    self._weight_grad_in_chunks(bottom[i].data, td)
                 else:
-                    cols = self._columns(bottom[i].data)
-                self._weight_grad(cols, td)
+                    self._weight_grad(self._columns(bottom[i].data), td)
             if propagate_down[i]:
                 self._colside_to_image(td, bottom[i].diff, spend_col=True)
 
