@@ -79,8 +79,41 @@ def fill_array(param, shape, dtype=np.float32):
     return np.ascontiguousarray(out, dtype=dtype)
 
 
+# Big random fills go a block at a time straight into the blob: one draw for
+# CaffeNet's fc6 would hold 302 MB of float64 and a 151 MB float32 copy beside
+# the blob (the peak RSS of a forward-only run). Generator draws in blocks give
+# the same values as one draw.
+FILL_BLOCK = 1 << 20
+
+
+def _sampler(param, shape):
+    """``draw(n)``: the next n values of ``param``'s i.i.d. distribution, or None."""
+    rng = get_rng()
+    kind = param.type
+    if kind == "uniform":
+        return lambda n: rng.uniform(param.min, param.max, n)
+    if kind == "gaussian" and param.sparse < 0:
+        return lambda n: rng.normal(param.mean, param.std, n)
+    if kind == "xavier":
+        bound = np.sqrt(3.0 / _scale_n(param, shape))
+        return lambda n: rng.uniform(-bound, bound, n)
+    if kind == "msra":
+        std = np.sqrt(2.0 / _scale_n(param, shape))
+        return lambda n: rng.normal(0.0, std, n)
+    return None
+
+
 def fill(blob, param):
     """Fill ``blob.data`` in place."""
+    count = blob.count
+    draw = _sampler(param, blob.shape) if count > FILL_BLOCK else None
+    if draw is not None:
+        flat = blob.data.reshape(-1)
+        device = backend.is_device_array(flat)
+        for lo in range(0, count, FILL_BLOCK):
+            values = draw(min(FILL_BLOCK, count - lo)).astype(blob.dtype)
+            flat[lo:lo + values.size] = blob.xp.asarray(values) if device else values
+        return
     values = fill_array(param, blob.shape, blob.dtype)
     if backend.is_device_array(blob.data):
         blob.data[...] = blob.xp.asarray(values)

@@ -76,3 +76,21 @@ def test_bilinear_closed_form():
 def test_unknown_filler_is_an_error():
     with pytest.raises(FillerError, match="unknown filler type 'nope'"):
         fill_array(filler('type: "nope"'), (2, 2))
+
+
+@pytest.mark.parametrize("text", [
+    'type: "uniform" min: -2 max: 3', 'type: "gaussian" mean: 1 std: 0.5',
+    'type: "xavier"', 'type: "msra" variance_norm: AVERAGE', 'type: "gaussian" std: 1 sparse: 3',
+    'type: "constant" value: 2'])
+def test_big_fills_in_blocks_equal_one_draw(text, monkeypatch):
+    from protonet import fillers
+    from protonet.blob import Blob
+    param = text_format.Parse(text, caffe_pb2.FillerParameter())
+    protonet.set_random_seed(5)
+    expected = fill_array(param, (10, 13), np.float32)
+    monkeypatch.setattr(fillers, "FILL_BLOCK", 7)      # 130 values: 19 blocks, the last of 4
+    blob = Blob((10, 13), dtype=np.float32)
+    protonet.set_random_seed(5)
+    fillers.fill(blob, param)
+    np.testing.assert_array_equal(blob.data, expected)
+    assert blob.data.std() > 0 or param.type == "constant"
