@@ -173,8 +173,13 @@ def randomize(net, seed=0):
             if len(b.shape) < 2 or net.xp.any(b.data):
                 continue
             fan_in = max(1, int(np.prod(b.shape[1:])))
-            values = r.standard_normal(b.shape, dtype=np.float32) * np.float32((2.0 / fan_in) ** 0.5)
-            b.data[...] = net.xp.asarray(values.astype(b.data.dtype))
+            scale = np.float32((2.0 / fan_in) ** 0.5)
+            flat = b.data.reshape(-1)
+            # a block at a time: a whole-blob draw would add its own copies to the peak RSS
+            for lo in range(0, flat.size, 1 << 20):
+                values = r.standard_normal(min(1 << 20, flat.size - lo), dtype=np.float32)
+                values *= scale
+                flat[lo:lo + values.size] = net.xp.asarray(values.astype(b.data.dtype))
 
 
 def fill_inputs(net, seed=1):
