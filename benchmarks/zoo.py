@@ -208,6 +208,10 @@ def resolve(net, batch, shapes):
         raise BenchError("%s: not a zoo net (%s) nor a prototxt file" % (net, ", ".join(zoo)))
     text = path.read_text()
     p = with_inputs(text, batch, shapes, str(path))
+    if batch is None:   # the batch the net's first input has
+        dims = [list(s.dim) for l in p.layer if l.type == "Input" for s in l.input_param.shape]
+        dims += [list(s.dim) for s in p.input_shape] + [list(p.input_dim)]
+        batch = next((d[0] for d in dims if d), None)
     return path.stem, p, p, batch
 
 
@@ -329,8 +333,9 @@ def caffe_child(caffe, name, batch, phase, a, workdir):
     text = out + err
     fwd, fb = CAFFE_FWD.search(text), CAFFE_FB.search(text)
     if rc != 0 or not fwd or not fb:
-        raise BenchError("%s failed on %s (exit %d):\n%s" % (" ".join(cmd), net, rc, text[-3000:]))
-    return {"net": name, "tool": "caffe", "phase": phase, "batch": batch, "forward_ms": float(fwd.group(1)), "forward_backward_ms": float(fb.group(1)),
+        raise BenchError("%s failed on %s (exit %d):\n%s" % (" ".join(cmd), name, rc, text[-3000:]))
+    return {"net": name, "tool": "caffe", "phase": phase, "batch": batch,
+            "forward_ms": float(fwd.group(1)), "forward_backward_ms": float(fb.group(1)),
             "peak_rss_mb": round(rss, 1), "iterations": a.iterations}
 
 
@@ -377,7 +382,7 @@ def table(rows, caffe_rows):
         c_fw = _median([r["forward_ms"] for r in c["TEST"]]) if "TEST" in c else None
         c_rss = [max(r["peak_rss_mb"] for r in c[p]) if p in c else None for p in ("TRAIN", "TEST")]
         fb, fw = ms("fwd_bwd", d), ms("forward", d)
-        lines.append("| %s | %d | %s | %s | %s | %s / %s | %s | %s | %s / %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s / %s | %s | %s | %s / %s | %s | %s |" % (
             key[0], key[1], f(ms("train", d)), f(fb), f(fw), f(rss("train", d), 0),
             f(rss("forward", d), 0), f(c_fb), f(c_fw), f(c_rss[0], 0), f(c_rss[1], 0),
             f(fb / c_fb if fb and c_fb else None, 2), f(fw / c_fw if fw and c_fw else None, 2)))
