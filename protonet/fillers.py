@@ -23,45 +23,56 @@ def _fans(shape):
     return fan_in, fan_out
 
 
-def _scale_n(param, shape):
+def _scale_n(param, shape, T):
+    """Caffe's n for xavier/msra, in the net's real type T."""
     fan_in, fan_out = _fans(shape)
     # VarianceNorm: FAN_IN = 0, FAN_OUT = 1, AVERAGE = 2
     if param.variance_norm == 1:
-        return float(fan_out)
+        return T(fan_out)
     if param.variance_norm == 2:
-        return (fan_in + fan_out) / 2.0
-    return float(fan_in)
+        return T(fan_in + fan_out) / T(2)
+    return T(fan_in)
 
 
 def fill_array(param, shape, dtype=np.float32):
-    """A host array of ``shape`` filled as ``param`` (a FillerParameter) says."""
+    """A host array of ``shape`` filled as ``param`` (a FillerParameter) says.
+
+    Random fillers draw from protonet.rng's main stream exactly as Caffe's do
+    (values in C order, computed in the blob's real type), so a seeded run
+    gets Caffe's values.
+    """
     shape = tuple(int(s) for s in shape)
+    count = int(np.prod(shape)) if shape else 1
+    # Caffe fills Dtype blobs; other dtypes get float32 draws
+    T = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     rng = get_rng()
     kind = param.type
     if kind == "constant":
         out = np.full(shape, param.value, dtype)
     elif kind == "uniform":
-        out = rng.uniform(param.min, param.max, shape)
+        out = rng.uniform(count, param.min, param.max, T)
     elif kind == "gaussian":
-        out = rng.normal(param.mean, param.std, shape)
+        out = rng.gaussian(count, param.mean, param.std, T)
         if param.sparse >= 0:
-            # Keep each weight with probability sparse / num_outputs (shape[0]).
-            if len(shape) < 2:
-                raise FillerError("sparse gaussian filler needs a blob with at least 2 axes, got %s" % (shape,))
-            keep = rng.random(shape) < (param.sparse / float(shape[0]))
-            out = out * keep
+            # Keep each weight with probability sparse / num_outputs (shape[0]);
+            # a dropped negative weight becomes -0.0, as Caffe's data[i] *= mask[i].
+            if len(shape) < 1:
+                raise FillerError("sparse gaussian filler needs a blob with at least 1 axis, got %s"
+                                  % (shape,))
+            keep = rng.bernoulli(count, T(param.sparse) / T(shape[0]), T)
+            out *= keep.astype(T)
     elif kind == "positive_unitball":
-        out = rng.uniform(0.0, 1.0, shape)
+        out = rng.uniform(count, 0, 1, T)
         rows = shape[0] if shape else 1
         flat = out.reshape(rows, -1)
-        flat /= flat.sum(axis=1, keepdims=True)
+        # each row over its sum, summed in order in T as Caffe does
+        flat /= np.cumsum(flat, axis=1, dtype=T)[:, -1:]
     elif kind == "xavier":
-        n = _scale_n(param, shape)
-        bound = np.sqrt(3.0 / n)
-        out = rng.uniform(-bound, bound, shape)
+        bound = np.sqrt(T(3) / _scale_n(param, shape, T))
+        out = rng.uniform(count, -bound, bound, T)
     elif kind == "msra":
-        n = _scale_n(param, shape)
-        out = rng.normal(0.0, np.sqrt(2.0 / n), shape)
+        std = np.sqrt(T(2) / _scale_n(param, shape, T))
+        out = rng.gaussian(count, 0, std, T)
     elif kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
             raise FillerError("bilinear filler needs a 4-axis blob with square kernels, got %s" % (shape,))
@@ -76,7 +87,7 @@ def fill_array(param, shape, dtype=np.float32):
     else:
         raise FillerError("unknown filler type '%s' (known: constant, uniform, gaussian, "
                           "positive_unitball, xavier, msra, bilinear)" % kind)
-    return np.ascontiguousarray(out, dtype=dtype)
+    return np.ascontiguousarray(out.reshape(shape), dtype=dtype)
 
 
 # Big random fills go a block at a time straight into the blob: one draw for
