@@ -440,7 +440,7 @@ def test_pooling_stochastic(params, shape):
     bottom, top = build(lay, [x])
     forward(lay, bottom, top, seed=5)
     rng.set_random_seed(5)
-    u = rng.get_rng().random(top[0].shape)
+    u = rng.get_rng().uniform(top[0].data.size, 0, 1, top[0].data.dtype).reshape(top[0].shape)
     H, W = shape[2:]
     for n, c, i, j in itertools.product(*map(range, top[0].shape)):
         win = x[n, c, i * s:min(i * s + k, H), j * s:min(j * s + k, W)].ravel()

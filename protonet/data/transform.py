@@ -9,6 +9,8 @@ at the *source* pixel, i.e. cropped with the data's offsets and flipped with
 it; mean_value gives one mean per channel instead of a per-pixel mean.
 Offsets: random in [0, H - crop] at TRAIN, (H - crop) // 2 at TEST.
 Mirroring is a coin flip per item whenever ``mirror`` is set, in TEST too.
+The random draws are Caffe's, from the transformer's own generator (a
+protonet.rng.Mt19937 the data layer seeds as Caffe's InitRand does).
 """
 import numpy as np
 
@@ -90,15 +92,18 @@ class DataTransformer:
         self.check((c, h, w))
         crop = self.crop_size
         oh, ow = (crop, crop) if crop else (h, w)
-        random_crop = bool(crop) and self.phase == TRAIN and (h > crop or w > crop)
+        random_crop = bool(crop) and self.phase == TRAIN
         if self.needs_rand and rng is None:
             raise ValueError("this transform (mirror or a random crop) needs an rng")
-        # Draw order differs from Caffe's per-item (mirror, h_off, w_off); the
-        # distributions are the same and one seed repeats a run.
-        flip = rng.integers(0, 2, size=n).astype(bool) if self.mirror else None
+        # Caffe's order, item by item: mirror = rng() % 2 (if mirror), then
+        # h_off = rng() % (H - crop + 1) and w_off = rng() % (W - crop + 1) (a
+        # TRAIN crop, drawn even when the crop is the whole image).
+        per = int(self.mirror) + 2 * int(random_crop)
+        draws = rng.raw(n * per).reshape(n, per).astype(np.int64) if per else None
+        flip = draws[:, 0] % 2 == 1 if self.mirror else None
         if random_crop:
-            h_off = rng.integers(0, h - crop + 1, size=n)
-            w_off = rng.integers(0, w - crop + 1, size=n)
+            h_off = draws[:, per - 2] % (h - crop + 1)
+            w_off = draws[:, per - 1] % (w - crop + 1)
         else:
             h_off = np.full(n, (h - oh) // 2)
             w_off = np.full(n, (w - ow) // 2)

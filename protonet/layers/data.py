@@ -84,6 +84,32 @@ class Prefetcher:
             self._thread.join(timeout)
 
 
+def init_transform_rng(transformer):
+    """DataTransformer::InitRand: a generator seeded from one main-stream draw, if needed."""
+    if transformer.needs_rand:
+        return _rng.Mt19937(_rng.rng_rand())
+    return None
+
+
+def seed_data_layer_rngs(transformer, in_setup=None):
+    """The main-stream draws of a Caffe prefetching data layer's set-up, in Caffe's order.
+
+    BaseDataLayer::LayerSetUp seeds a transformer generator (replaced below),
+    then the layer's own set-up runs (``in_setup``, e.g. ImageData's shuffle
+    seed), then BasePrefetchingDataLayer::LayerSetUp seeds the transformer
+    generator that is used and StartInternalThread draws the prefetch
+    thread's seed. Returns the transformer's generator (None without mirror
+    or a TRAIN crop). The batches are transformed in order on the prefetch
+    thread with that generator, so they do not depend on thread timing.
+    """
+    init_transform_rng(transformer)
+    if in_setup is not None:
+        in_setup()
+    transform_rng = init_transform_rng(transformer)
+    _rng.rng_rand()        # the prefetch thread's seed; nothing on that thread draws from it
+    return transform_rng
+
+
 def assemble_batch(items, names, transformer, rng, dtype):
     """Stack C x H x W ``items`` and transform them into one N x C x h x w batch.
 
@@ -239,11 +265,9 @@ class DataLayer(PrefetchingDataLayer):
             if dp.rand_skip:
                 log.info("layer '%s': data_param.rand_skip is deprecated and ignored, as in "
                          "Caffe 1.0: reading starts at the first record", self.name)
-            # The thread gets its own generator, seeded from the engine's, so a
-            # seed repeats a run whatever the threads' timing (Caffe does the same).
-            thread_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
+            transform_rng = seed_data_layer_rngs(transformer)
             batches = _DatumBatches(db, cursor, transformer, dp.batch_size, len(top) > 1,
-                                    thread_rng, data_share(self.phase == TEST))
+                                    transform_rng, data_share(self.phase == TEST))
             first, _ = batches.read()
             shape = transformer.infer_shape(first.shape)
         except DataError as exc:

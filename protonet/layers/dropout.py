@@ -15,6 +15,12 @@ class Dropout(NeuronLayer):
     dy/dx uses the same mask. TEST: y = x and dx = dy. Caffe 1.0's
     DropoutParameter has no scale_train switch, so training always scales.
     Shapes: top = bottom; may run in place.
+
+    The mask is Caffe's CPU draw: ``count`` bernoulli(1. - p) values (in
+    double) from protonet.rng's main stream at every TRAIN forward, so a
+    seeded run drops Caffe's units. On a GPU the mask is drawn the same way
+    on the host and copied over: a GPU run repeats the CPU run (Caffe's own
+    GPU path draws with cuRAND instead and matches neither).
     """
 
     def setup(self, bottom, top):
@@ -24,8 +30,6 @@ class Dropout(NeuronLayer):
         self.ratio = ratio
         # Caffe computes 1 / (1 - p) in double and stores it as Dtype.
         self.scale = self.scalar(1.0 / (1.0 - ratio))
-        self._device_rng = None
-        self._device_rng_source = None
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
@@ -34,10 +38,9 @@ class Dropout(NeuronLayer):
                 y[...] = x
             return
         # mask holds scale where a unit is kept and 0 where it is dropped
+        keep = get_rng().bernoulli(x.size, 1.0 - self.ratio, np.float64).reshape(x.shape)
         mask = self.scratch("mask", x.shape)
-        self._uniform(mask)
-        self.xp.greater_equal(mask, self.ratio, out=mask)
-        mask *= self.scale
+        self.xp.multiply(keep if self.xp is np else self.xp.asarray(keep), self.scale, out=mask)
         self.xp.multiply(x, mask, out=y)
 
     def backward(self, top, propagate_down, bottom):
@@ -49,17 +52,3 @@ class Dropout(NeuronLayer):
                 dx[...] = dy
             return
         self.xp.multiply(dy, self.scratch("mask", dy.shape), out=dx)
-
-    def _uniform(self, out):
-        """Fill ``out`` with U[0, 1) draws from protonet.rng (repeatable under one seed)."""
-        host = get_rng()
-        if self.xp is np:
-            host.random(dtype=out.dtype, out=out)
-            return
-        # Draw on the device; reseed its stream whenever protonet.rng was reseeded
-        # (set_random_seed installs a new host Generator), so one seed repeats a run.
-        if self._device_rng_source is not host:
-            seed = host.integers(2 ** 63, dtype=np.uint64)  # a uint64 seed, as curand takes
-            self._device_rng = self.xp.random.RandomState(seed)
-            self._device_rng_source = host
-        out[...] = self._device_rng.random_sample(out.shape, dtype=out.dtype)

@@ -14,6 +14,11 @@ def _h5py():
     return h5py
 
 
+def _shuffle(order):
+    # Caffe shuffles with std::random_shuffle, i.e. C's rand(), not its seeded generator
+    _rng.c_rand().random_shuffle(order)
+
+
 @register("HDF5Data", "HDF5_DATA")
 class HDF5DataLayer(Layer):
     """One row per batch item from each top's dataset, file after file.
@@ -25,7 +30,10 @@ class HDF5DataLayer(Layer):
     shape (batch_size,) + dataset_j.shape[1:]. As Caffe, a whole file is
     loaded into memory and no transform_param is allowed. With N solvers, a
     TRAIN-phase layer of rank r takes the rows whose running offset (counted
-    over files and passes) is r mod N, as Caffe's Skip().
+    over files and passes) is r mod N, as Caffe's Skip(). Shuffles are
+    Caffe's: std::random_shuffle driven by C's rand(), which Caffe never
+    seeds, so the orders are the same in every run whatever random_seed
+    (as in Caffe); they draw nothing from protonet.rng's main stream.
     """
 
     exact_num_bottom = 0
@@ -53,7 +61,7 @@ class HDF5DataLayer(Layer):
         self.shuffle = bool(p.shuffle)
         self.file_order = np.arange(len(self.files))
         if self.shuffle:
-            _rng.get_rng().shuffle(self.file_order)
+            _shuffle(self.file_order)
         self.current_file = 0
         self.rank, self.count = data_share(self.phase == TEST)
         self.offset = 0
@@ -92,7 +100,7 @@ class HDF5DataLayer(Layer):
         self.arrays = arrays
         self.perm = np.arange(rows)
         if self.shuffle:
-            _rng.get_rng().shuffle(self.perm)
+            _shuffle(self.perm)
         self.row = 0
 
     def _next_file(self):
@@ -101,12 +109,12 @@ class HDF5DataLayer(Layer):
             if self.current_file == len(self.files):
                 self.current_file = 0
                 if self.shuffle:
-                    _rng.get_rng().shuffle(self.file_order)
+                    _shuffle(self.file_order)
             self._load(self.files[self.file_order[self.current_file]])
-        else:
-            self.row = 0
-            if self.shuffle:
-                _rng.get_rng().shuffle(self.perm)
+        # Caffe's Next() shuffles the rows once more here, also right after loading a file
+        self.row = 0
+        if self.shuffle:
+            _shuffle(self.perm)
 
     def allow_force_backward(self, bottom_index):
         return False

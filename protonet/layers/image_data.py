@@ -6,7 +6,7 @@ from ..data.datum import DataError, image_to_chw, read_image_file
 from ..data.transform import DataTransformer, resize_bilinear
 from ..comm import data_share
 from ..layer import TEST, register
-from .data import PrefetchingDataLayer, assemble_batch
+from .data import PrefetchingDataLayer, assemble_batch, seed_data_layer_rngs
 
 
 def read_image_list(path):
@@ -87,6 +87,9 @@ class ImageDataLayer(PrefetchingDataLayer):
     bilinear like OpenCV's INTER_LINEAR; both or neither), is_color (3-channel
     BGR, else 1 gray channel), shuffle (at start and every epoch), batch_size,
     rand_skip; transform_param applies. Tops: data N x C x h x w, label (N,).
+    Shuffles, the skip and the transformer's draws are Caffe's for one seed:
+    caffe::shuffle with prefetch_rng_ (again at every wrap of the list, inside
+    a batch if the wrap falls there).
     """
 
     exact_num_top = 2
@@ -104,21 +107,26 @@ class ImageDataLayer(PrefetchingDataLayer):
             transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                           self.dtype, what="transform_param")
             lines = read_image_list(p.source)
-            shuffle_rng = None
-            if p.shuffle:
-                shuffle_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
-                shuffle_rng.shuffle(lines)
-            thread_rng = np.random.default_rng(int(_rng.get_rng().integers(2 ** 63)))
+            state = {"shuffle_rng": None, "skip": 0}
+
+            def in_setup():
+                # ImageDataLayer::DataLayerSetUp's draws: prefetch_rng_'s seed (then the
+                # list is shuffled at once), then rand_skip's offset
+                if p.shuffle:
+                    state["shuffle_rng"] = _rng.Mt19937(_rng.rng_rand())
+                    state["shuffle_rng"].shuffle(lines)
+                if p.rand_skip:
+                    state["skip"] = _rng.rng_rand() % p.rand_skip
+
+            transform_rng = seed_data_layer_rngs(transformer, in_setup)
             size = (p.new_height, p.new_width) if p.new_height > 0 else None
-            batches = _ImageBatches(lines, p.root_folder, size, bool(p.is_color), shuffle_rng,
-                                    transformer, p.batch_size, thread_rng,
+            batches = _ImageBatches(lines, p.root_folder, size, bool(p.is_color),
+                                    state["shuffle_rng"], transformer, p.batch_size, transform_rng,
                                     data_share(self.phase == TEST))
-            if p.rand_skip:
-                skip = int(_rng.get_rng().integers(p.rand_skip))
-                if skip >= len(lines):
-                    raise DataError("rand_skip drew %d but the list %s has only %d images"
-                                    % (skip, p.source, len(lines)))
-                batches.pos = skip
+            if state["skip"] >= len(lines):
+                raise DataError("rand_skip drew %d but the list %s has only %d images"
+                                % (state["skip"], p.source, len(lines)))
+            batches.pos = state["skip"]
             first, name = batches.read(batches.pos)
             shape = transformer.infer_shape(first.shape)
         except DataError as exc:

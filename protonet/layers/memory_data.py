@@ -1,7 +1,8 @@
 """MemoryData: batches cut from arrays handed over by Python (pycaffe's set_input_arrays)."""
 import numpy as np
 
-from ..layer import Layer, register
+from .. import rng as _rng
+from ..layer import TRAIN, Layer, register
 
 
 @register("MemoryData", "MEMORY_DATA")
@@ -26,6 +27,11 @@ class MemoryDataLayer(Layer):
             raise self.error("batch_size, channels, height, and width must be specified and "
                              "positive in memory_data_param (got %d, %d, %d, %d)"
                              % (self.batch_size, self.channels, self.height, self.width))
+        tp = self.layer_param.transform_param
+        if tp.mirror or (self.phase == TRAIN and tp.crop_size):
+            # Caffe's BaseDataLayer seeds a transformer generator here (one main-stream
+            # draw); the arrays are never transformed, but the stream moves on as in Caffe.
+            _rng.rng_rand()
         top[0].reshape((self.batch_size, self.channels, self.height, self.width))
         top[1].reshape((self.batch_size,))
         self._data = self._labels = None

@@ -310,7 +310,10 @@ class Pool2d:
         # Pick the first cell (row-major in its window) where the running sum
         # reaches u * window sum, u ~ U[0, 1): a draw proportional to the values.
         xp = self.xp
-        u = xp.asarray(rng.get_rng().random(self.out_shape).astype(self.dtype))
+        # Caffe draws these on the GPU only (cuRAND; its CPU path is not implemented):
+        # here they are caffe_rng_uniform(0, 1) draws from the main stream.
+        count = int(np.prod(self.out_shape))
+        u = xp.asarray(rng.get_rng().uniform(count, 0, 1, self.dtype).reshape(self.out_shape))
         thres = xp.empty_like(top)
         self._window_sums(x, thres)
         thres *= u

@@ -19,7 +19,7 @@ from ..data.transform import DataTransformer, resize_bilinear
 from ..comm import data_share
 from ..layer import TEST, register
 from ..log import get_logger
-from .data import PrefetchingDataLayer
+from .data import PrefetchingDataLayer, seed_data_layer_rngs
 
 # Columns of the window tables (one row per kept window).
 IMAGE, LABEL, X1, Y1, X2, Y2, LINE = range(7)
@@ -258,10 +258,9 @@ class _WindowBatches:
         self.images, self.fg, self.bg, self.num_fg = images, fg, bg, num_fg
         self.cache = cache
         self.mean, self.mean_off, self.mean_values = mean, mean_off, mean_values
-        # Caffe's prefetch generator is a boost::mt19937 whose raw 32-bit draws
-        # pick windows (draw % count) and mirroring (draw % 2); RandomState is
-        # the same generator with the same seeding, so one seed gives Caffe's sequence.
-        self.rand = np.random.RandomState(seed)
+        # Caffe's prefetch_rng_: a boost::mt19937 whose raw 32-bit draws pick
+        # windows (draw % count) and mirroring (draw % 2)
+        self.rand = _rng.Mt19937(seed)
 
     def image(self, index):
         path = self.images[index][0]
@@ -272,7 +271,7 @@ class _WindowBatches:
     def __call__(self):
         n, crop = self.batch_size, self.crop
         per = 2 if self.mirror else 1
-        draws = self.rand.randint(0, 2 ** 32, size=n * per, dtype=np.uint32)
+        draws = self.rand.raw(n * per)
         picks = draws[::per].astype(np.int64)
         flips = draws[1::2] % 2 == 1 if self.mirror else np.zeros(n, bool)
         num_bg = n - self.num_fg
@@ -398,8 +397,15 @@ class WindowDataLayer(PrefetchingDataLayer):
         top[0].reshape((p.batch_size, 3, crop, crop))
         top[1].reshape((p.batch_size,))
         self.images, self.fg_windows, self.bg_windows, self.num_fg = images, fg, bg, num_fg
-        # Like Caffe's prefetch_rng seed (caffe_rng_rand), drawn from the engine's generator.
-        self.prefetch_seed = int(_rng.get_rng().integers(2 ** 32))
+        # The main-stream draws of Caffe's set-up: the transformer's InitRand (its
+        # generator is never used: WindowData crops and mirrors with prefetch_rng_),
+        # prefetch_rng_'s seed (crop_size is always set), InitRand again, the thread's seed.
+        state = {}
+
+        def in_setup():
+            state["seed"] = _rng.rng_rand()
+        seed_data_layer_rngs(loader, in_setup)
+        self.prefetch_seed = state["seed"]
         batches = _WindowBatches(self, images, fg, bg, num_fg, cache, mean, mean_off,
                                  mean_values, self.prefetch_seed)
         self.start_prefetch(batches, 4)
