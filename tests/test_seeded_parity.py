@@ -213,3 +213,86 @@ def test_seeded_case(name):
     folder, meta, io = load_case("seeded", name)
     with cwd(folder):
         RUNNERS[meta["type"]](folder, meta, io)
+
+
+# -- a seeded training run from scratch ------------------------------------------------------
+
+TRAIN_NET = """name: "seeded_train"
+layer { name: "data" type: "Data" top: "data" top: "label"
+  transform_param { crop_size: 5 mirror: true }
+  data_param { source: "%s" batch_size: 4 backend: LMDB } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3
+    weight_filler { type: "xavier" } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "drop" type: "Dropout" bottom: "conv" top: "drop" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "ip" type: "InnerProduct" bottom: "drop" top: "ip"
+  inner_product_param { num_output: 5 weight_filler { type: "msra" }
+    bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _train_from_scratch(tmp_path, steps):
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    initial = {name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()}
+    run = {"data": [], "keep": [], "conv": [], "loss": []}
+    for _ in range(steps):
+        solver.step(1)
+        run["data"].append(solver.net.blobs["data"].data.copy())
+        run["conv"].append(solver.net.blobs["conv"].data.copy())
+        run["keep"].append(solver.net.blobs["drop"].data != 0)
+        run["loss"].append(float(solver.net.blobs["loss"].data))
+    final = {name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()}
+    return initial, run, final, rng.get_rng().draws
+
+
+def test_a_seeded_training_run_from_scratch_draws_as_caffe(tmp_path):
+    """Data (random crop + mirror) -> conv -> Dropout -> ip, from random_seed, 4 steps.
+
+    The reference is the README's model of Caffe's stream (every step of it pinned by
+    the real-Caffe cases above): the Data layer's three set-up draws, the fillers layer by
+    layer, then one Dropout mask per step; the crops and mirrors come from the
+    transformer's generator, item by item.
+    """
+    from protonet.data import array_to_datum
+    from protonet.data.db import write_lmdb
+    records = list(np.random.default_rng(0).integers(0, 256, (6, 3, 8, 10), dtype=np.uint8))
+    write_lmdb(str(tmp_path / "db"), [array_to_datum(a, i % 5) for i, a in enumerate(records)])
+    (tmp_path / "net.prototxt").write_text(TRAIN_NET % (tmp_path / "db"))
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "%s" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" max_iter: 10 display: 0 '
+        'snapshot_after_train: false solver_mode: CPU random_seed: 77' % (tmp_path / "net.prototxt"))
+    steps = 4
+    initial, run, final, draws = _train_from_scratch(tmp_path, steps)
+
+    g = rng.Mt19937(77)
+    g.rand()                                   # BaseDataLayer::LayerSetUp's InitRand (replaced)
+    transformer = rng.Mt19937(g.rand())        # BasePrefetchingDataLayer's InitRand
+    g.rand()                                   # the prefetch thread's seed
+    scale = np.sqrt(np.float32(3) / np.float32(27))
+    expected = {"conv": [g.uniform(108, -scale, scale).reshape(4, 3, 3, 3),
+                         g.gaussian(4, 0, np.float32(0.1))],
+                "ip": [g.gaussian(5 * 36, 0, np.sqrt(np.float32(2) / np.float32(36))).reshape(5, 36),
+                       np.full(5, 0.1, np.float32)]}
+    for name, blobs in expected.items():
+        for i, values in enumerate(blobs):
+            assert_bits(initial[name][i], values, "param/%s/%d" % (name, i))
+    item = 0
+    for step in range(steps):
+        keep = g.bernoulli(4 * 4 * 3 * 3, 1.0 - np.float64(np.float32(0.5)))
+        assert (run["conv"][step] != 0).all()     # so drop != 0 is the mask
+        np.testing.assert_array_equal(run["keep"][step].ravel(), keep)
+        for n in range(4):
+            mirror = transformer.rand() % 2
+            h, w = transformer.rand() % 4, transformer.rand() % 6
+            crop = records[item % 6][:, h:h + 5, w:w + 5].astype(np.float32)
+            np.testing.assert_array_equal(run["data"][step][n], crop[:, :, ::-1] if mirror else crop)
+            item += 1
+    assert draws == g.draws
+    # and the run repeats itself, loss for loss and weight for weight
+    again_initial, again, again_final, again_draws = _train_from_scratch(tmp_path, steps)
+    assert again["loss"] == run["loss"] and again_draws == draws
+    for name in final:
+        for a, b in zip(final[name], again_final[name]):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(final["ip"][0], initial["ip"][0])
