@@ -228,6 +228,21 @@ def test_dropout_at_train_time_on_device(device, tmp_path):
     assert (y_other != 0).mean() == pytest.approx(0.7, abs=0.02) and (y_other != y).any()
 
 
+def test_dropout_on_device_drops_the_units_a_cpu_run_drops(device, tmp_path):
+    # the mask is Caffe's CPU draw, made on the host and copied over: one seed, one run
+    x, y, dx = _dropout(device, tmp_path, 9)
+    backend.set_mode_cpu()
+    try:
+        protonet.set_random_seed(9)
+        net = protonet.Net(str(tmp_path / "dropout.prototxt"), protonet.TRAIN)
+        net.blobs["x"].data[...] = x
+        net.forward_from_to()
+        np.testing.assert_array_equal(y, net.blobs["y"].data)
+        assert protonet.rng.get_rng().draws == x.size
+    finally:
+        backend.set_mode_gpu()
+
+
 def test_python_layer_net_on_device_gets_host_copies(device, tmp_path):
     from test_python_layer_host_copies import NET
     path = tmp_path / "net.prototxt"
