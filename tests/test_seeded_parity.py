@@ -296,3 +296,40 @@ def test_a_seeded_training_run_from_scratch_draws_as_caffe(tmp_path):
         for a, b in zip(final[name], again_final[name]):
             np.testing.assert_array_equal(a, b)
     assert not np.array_equal(final["ip"][0], initial["ip"][0])
+
+
+RECURRENT_NET = """name: "r"
+layer { name: "in" type: "Input" top: "x" top: "cont"
+  input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } } }
+layer { name: "rec" type: "%s" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 5 weight_filler { type: "uniform" min: -0.2 max: 0.3 }
+    bias_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_recurrent_layers_draw_as_their_unrolled_nets(tmp_path, kind):
+    # Caffe builds an unrolled net: its per-step InnerProducts (RNN: W_hh_h_{t-1} and
+    # W_ho_h_t, LSTM: transform_t) each fill their blobs before sharing step 1's, so
+    # the stream moves on by T fills of them; the layer keeps step 1's values
+    (tmp_path / "net.prototxt").write_text(RECURRENT_NET % kind)
+    protonet.set_random_seed(21)
+    net = protonet.Net(str(tmp_path / "net.prototxt"), protonet.TRAIN)
+    g = rng.Mt19937(21)
+    H, D, T = 5, 4, 3
+    lo, hi = np.float32(-0.2), np.float32(0.3)
+    G = H if kind == "RNN" else 4 * H
+    expected = [g.uniform(G * D, lo, hi).reshape(G, D), g.gaussian(G, 0, np.float32(0.5))]
+    for t in range(T):
+        if kind == "RNN":
+            step = [g.uniform(H * H, lo, hi).reshape(H, H), g.uniform(H * H, lo, hi).reshape(H, H),
+                    g.gaussian(H, 0, np.float32(0.5))]
+        else:
+            step = [g.uniform(G * H, lo, hi).reshape(G, H)]
+        if t == 0:
+            expected += step
+    params = net.params["rec"]
+    assert len(params) == len(expected)
+    for i, values in enumerate(expected):
+        assert_bits(params[i].data, values, "param/rec/%d" % i)
+    assert rng.get_rng().draws == g.draws

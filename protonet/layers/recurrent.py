@@ -123,10 +123,17 @@ class _Recurrent(Layer):
                                  % (x.shape[1], xs.shape))
             self.Ds = xs.count_range(1)
         self.blobs = []
-        for shape, filler in self._param_specs(rp):
+        specs = self._param_specs(rp)
+        for shape, filler in specs:
             blob = self.new_blob(shape)
             fillers.fill(blob, filler)
             self.blobs.append(blob)
+        # Caffe's unrolled net fills the per-step layers' blobs at every time step
+        # before they share the first step's: draw the other T - 1 fills too, so the
+        # random stream moves on as in Caffe
+        for _ in range(self.T - 1):
+            for shape, filler in specs[len(specs) - self.per_step_params:]:
+                fillers.fill_array(filler, shape, self.dtype)
         self._carry = None
         self._ws_key = None
 
@@ -248,6 +255,8 @@ class RNNLayer(_Recurrent):
 
     num_states = 1
 
+    per_step_params = 3       # W_hh, W_ho, b_o: the unrolled net's W_hh_h_{t-1}, W_ho_h_t
+
     def _param_specs(self, rp):
         H = self.H
         specs = [((H, self.D), rp.weight_filler), ((H,), rp.bias_filler)]
@@ -326,6 +335,8 @@ class LSTMLayer(_Recurrent):
     """
 
     num_states = 2
+
+    per_step_params = 1       # W_hc: the unrolled net's transform_t
 
     def _param_specs(self, rp):
         G = 4 * self.H
