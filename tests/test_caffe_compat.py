@@ -1085,6 +1085,8 @@ def test_pycaffe_script_runs_unchanged_on_the_device(device, tmp_path):
 def test_pycaffe_mirrors_follow_caffe_syncing(device, tmp_path):
     proto = tmp_path / "net.prototxt"
     proto.write_text(_SYNC_NET)
+    # seeded: with some weights (about 1 draw in 9) every ReLU is off and both runs agree
+    caffe.set_random_seed(2)
     net = caffe.Net(str(proto), caffe.TEST)
     data = net.blobs["data"].data
     data[...] = 1.0
