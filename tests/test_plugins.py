@@ -94,7 +94,7 @@ def fcn_inputs(seed):
 
 def test_digits_dice_layer_runs_unchanged_in_train_val_net(tmp_path, plugin_path):
     prototxt = write(tmp_path, "train_val.prototxt", FCN_TRAIN_VAL)
-    caffe.set_random_seed(3)
+    caffe.set_random_seed(4)      # weights whose predictions give 0 < dice < 1 on these inputs
     val = caffe.Net(prototxt, caffe.TEST, stages=["val"])
     assert [l.type for l in val.layers][-2:] == ["Python", "Python"]
     assert val.layer_dict["dice"].plugin_name == "digits_python_layers.Dice"

@@ -286,6 +286,10 @@ def test_sampling_follows_caffes_prefetch_rand(tmp_path):
     fg = [(0, 5, (1, 1, 8, 9)), (1, 6, (3, 2, 10, 8))]
     bg = [(0, 0, (0, 0, 13, 11)), (1, 0, (4, 4, 6, 6)), (1, 0, (0, 1, 7, 8))]
     assert len(layer.fg_windows) == 2 and len(layer.bg_windows) == 3
+    # Caffe's set-up draws: the transformer's InitRand (mirror), prefetch_rng_'s seed,
+    # InitRand again, the prefetch thread's seed
+    assert layer.prefetch_seed == int(rng.Mt19937(4).raw(2)[1])
+    assert rng.get_rng().draws == 4
     draws = mt19937(layer.prefetch_seed)
     for _ in range(3):
         data, label = forward(net)
