@@ -36,10 +36,21 @@ with boost 1.56 - 1.63, gaussian fillers agree until the first value from
 the normal's tail (about 1 value in 1,750) and may differ after it; with
 boost >= 1.64 (tested against boost 1.74) every value agrees.
 
+HDF5Data is the exception Caffe makes: it shuffles with std::random_shuffle,
+i.e. C's rand(), which Caffe never seeds; ``CRand`` is glibc's rand() and
+libstdc++'s random_shuffle, one state per process as in C.
+
 Not reproduced: Caffe's GPU draws (cuRAND; protonet's GPU Dropout draws its
-mask with this generator on the host, so a GPU run repeats a CPU run instead),
+mask with this generator on the host, so a GPU run repeats a CPU run instead,
+and STOCHASTIC pooling, which Caffe has on the GPU only, draws uniforms here),
 and Caffe keeping one main stream per thread (protonet has one for the
 process: nets are built and run on the thread that draws).
+
+Use: ``get_rng()`` is the main stream; draw with its methods (``uniform``,
+``gaussian``, ``bernoulli``, ``rand``, ``rand_mod``, ``uniform_int``,
+``shuffle``, ``raw``), never with NumPy's global or default generators, where
+Caffe draws from caffe_rng(). A generator of one's own, as Caffe's layers seed
+theirs, is ``Mt19937(rng_rand())``.
 """
 import math
 import os
