@@ -198,7 +198,8 @@ class Solver(Snapshots):
         self._check_settings()
         self._check_snapshot_prefix()
         if p.random_seed >= 0:
-            rng.set_random_seed(p.random_seed)
+            # as Caffe's Solver::Init: random_seed + solver_rank
+            rng.set_random_seed(p.random_seed + comm.solver_rank())
         self.net = self._init_train_net()
         # as Caffe, only the root solver of several has test nets (only it tests)
         self.test_nets = self._init_test_nets() if comm.solver_rank() == 0 else []

@@ -333,3 +333,22 @@ def test_recurrent_layers_draw_as_their_unrolled_nets(tmp_path, kind):
     for i, values in enumerate(expected):
         assert_bits(params[i].data, values, "param/rec/%d" % i)
     assert rng.get_rng().draws == g.draws
+
+
+def test_each_rank_seeds_with_random_seed_plus_its_rank():
+    from protonet import comm
+    from protonet.solver import SGDSolver
+
+    folder, meta, _ = load_case("seeded", "solver_seed")
+    with cwd(folder):
+        comm.set_solver_count(3)
+        comm.set_solver_rank(2)
+        try:
+            solver = SGDSolver("solver.prototxt")
+        finally:
+            comm.set_solver_rank(0)
+            comm.set_solver_count(1)
+        assert rng.get_seed() == meta["random_seed"] + 2
+        caffe.set_random_seed(meta["random_seed"] + 2)
+        net = caffe.Net("net.prototxt", caffe.TRAIN)
+    assert_bits(solver.net.params["conv1"][0].data, net.params["conv1"][0].data, "conv1")
