@@ -97,27 +97,32 @@ def fill_array(param, shape, dtype=np.float32):
 FILL_BLOCK = 1 << 20
 
 
-def _sampler(param, shape):
-    """``draw(n)``: the next n values of ``param``'s i.i.d. distribution, or None."""
+def _sampler(param, shape, T):
+    """``draw(n)``: the next n values of ``param``'s distribution in type T, or None.
+
+    Only fillers whose values are drawn one after another qualify: the main
+    stream continues across blocks, so the blocks are exactly one draw's values.
+    """
     rng = get_rng()
     kind = param.type
     if kind == "uniform":
-        return lambda n: rng.uniform(param.min, param.max, n)
+        return lambda n: rng.uniform(n, param.min, param.max, T)
     if kind == "gaussian" and param.sparse < 0:
-        return lambda n: rng.normal(param.mean, param.std, n)
+        return lambda n: rng.gaussian(n, param.mean, param.std, T)
     if kind == "xavier":
-        bound = np.sqrt(3.0 / _scale_n(param, shape))
-        return lambda n: rng.uniform(-bound, bound, n)
+        bound = np.sqrt(T(3) / _scale_n(param, shape, T))
+        return lambda n: rng.uniform(n, -bound, bound, T)
     if kind == "msra":
-        std = np.sqrt(2.0 / _scale_n(param, shape))
-        return lambda n: rng.normal(0.0, std, n)
+        std = np.sqrt(T(2) / _scale_n(param, shape, T))
+        return lambda n: rng.gaussian(n, 0, std, T)
     return None
 
 
 def fill(blob, param):
     """Fill ``blob.data`` in place."""
     count = blob.count
-    draw = _sampler(param, blob.shape) if count > FILL_BLOCK else None
+    T = np.float64 if np.dtype(blob.dtype) == np.float64 else np.float32
+    draw = _sampler(param, blob.shape, T) if count > FILL_BLOCK else None
     if draw is not None:
         flat = blob.data.reshape(-1)
         device = backend.is_device_array(flat)
