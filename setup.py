@@ -27,14 +27,19 @@ setup(
         # CuPy's prebuilt wheels, by the CUDA major version the driver supports
         "cuda12": ["cupy-cuda12x"],
         "cuda13": ["cupy-cuda13x"],
-        # selenium drives the system's chromium (.ci/run installs it) for the report tests
-        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py", "selenium"],
+        # selenium drives the system's chromium (.ci/run installs it) for the report tests;
+        # the TensorBoard tests write with the writer and read with TensorBoard's reader
+        "test": ["pytest", "opencv-python-headless<5", "grpcio-tools>=1.85", "h5py", "selenium",
+                 "tensorboardX>=2.6", "tensorboard"],
         "hdf5": ["h5py"],
         # data-parallel training over MPI (mpirun -np N protonet train): mpi4py and MPICH's
         # wheel (mpiexec lands in the environment's bin/); a system MPI works with mpi4py alone
         "mpi": ["mpi4py>=4", "mpich"],
         # benchmarks/ record which BLAS (and how many threads) NumPy runs on
         "bench": ["threadpoolctl"],
+        # live curves: train writes TensorBoard event files beside the snapshots
+        # (tensorboardX writes them; tensorboard shows them; crc32c makes the writing cheap)
+        "tensorboard": ["tensorboardX>=2.6", "tensorboard", "crc32c"],
     },
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
 )
