@@ -107,6 +107,10 @@ def train_arguments(p):
                    help="what SIGHUP does (default snapshot)")
     p.add_argument("--no-curve", action="store_true",
                    help="do not draw <snapshot_prefix>_curve.png")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard events here (default: the snapshots' folder; needs "
+                        "pip install \"protonet[tensorboard]\")")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     p.add_argument("--python-path", action="append", default=[], metavar="DIR",
                    help="a folder to search for Python layer modules (repeatable)")
     d = p.add_argument_group("DIGITS-style quick start (with these, --solver is an optional "
@@ -209,6 +213,8 @@ def train_command(args):
         solver.action_request_function = handler
         if not args.no_curve:
             solver.draw_curve_beside_snapshots()
+        if not args.no_tensorboard:
+            solver.write_events_beside_snapshots(args.tensorboard)
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)

@@ -2,7 +2,7 @@
 
 :class:`Snapshots` is a mixin of :class:`protonet.solver.Solver`; it uses the
 solver's ``param``, ``net``, ``iter``, ``current_step``, ``history``,
-``type`` and ``_draw_curve()``. Files are ``<snapshot_prefix>_iter_<N>``
+``type``, ``_draw_curve()`` and ``_reload_curve()``. Files are ``<snapshot_prefix>_iter_<N>``
 ``.caffemodel`` and ``.solverstate`` (or their ``.h5`` forms with
 ``snapshot_format: HDF5``); SolverState holds iter, learned_net, history and
 current_step. Both files are staged beside their names and renamed into place
@@ -131,6 +131,7 @@ class Snapshots:
         self.iter = iteration
         if learned:
             copy_weights(self.net, self._learned_net_path(learned, state_file))
+        self._reload_curve()        # the curve's history up to here, when it is kept
         self.current_step = step
         if len(history) != len(self.history):
             raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "

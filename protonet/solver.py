@@ -39,7 +39,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from . import backend, comm, rng
-from .curve import TrainingCurve
+from .curve import BackgroundDrawer, TrainingCurve, iterations_per_epoch
 from .hdf5_weights import copy_weights, host_f32 as _host_f32, load_hdf5_weights, open_h5py, \
     save_hdf5_weights
 from .io import SolverError, read_net, read_solver
@@ -225,6 +225,10 @@ class Solver(Snapshots):
         self.test_results = [[] for _ in self.test_nets]
         self.curve = TrainingCurve(title=self.net.name)
         self.curve_path = None      # Caffe writes no picture; the command line asks for one
+        self.events_dir = None      # nor TensorBoard events: see write_events_beside_snapshots
+        self.events = None          # the open EventWriter while solve() runs
+        self._samplers = None       # per test net: the SegmentationSamples drawn as overlays
+        self._drawer = None         # draws the curve PNG in a thread while solve() runs
         self._warned_poly = False
         self.progress = True
         self._display_names = _param_display_names(self.net)
@@ -432,6 +436,9 @@ class Solver(Snapshots):
                 if root:
                     self.curve.add_train(self.iter - 1, self.last_loss, self.smoothed_loss,
                                          self.last_lr)
+                    if self.events is not None:
+                        self.events.on_train(self.iter - 1, self.last_loss, self.smoothed_loss,
+                                             self.last_lr)
                 bar.update(self.iter, self.smoothed_loss, self.last_lr)
                 request = self.parallel.agree_on_action(self._requested_action())
                 if root and ((p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT):
@@ -461,6 +468,22 @@ class Solver(Snapshots):
         if p.snapshot_after_train:
             # solve() ends with a snapshot: find a missing folder now, not after the run
             self._check_snapshot_folder()
+        if root:
+            self._open_events()
+            self._drawer = BackgroundDrawer()
+        try:
+            self._solve(max_iter)
+        finally:
+            drawer, self._drawer = self._drawer, None
+            if drawer is not None:
+                drawer.wait()           # the picture is on disk when solve() returns
+            if self.events is not None:
+                self.events.close()
+                self.events = None
+
+    def _solve(self, max_iter):
+        p = self.param
+        root = self.parallel.is_root
         start_iter = self.iter
         stop = p.max_iter if max_iter is None else int(max_iter)
         self.step(stop - self.iter, _total=stop)
@@ -563,6 +586,7 @@ class Solver(Snapshots):
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         net = self.test_nets[test_net_id]
         iterations = p.test_iter[test_net_id]
+        samples = self._overlay_samples(test_net_id)
         scores, loss = None, _F32(0)
         names = _param_display_names(net) if p.debug_info else None
         for i in range(iterations):
@@ -585,6 +609,8 @@ class Solver(Snapshots):
             if p.test_compute_loss:
                 loss += _F32(iter_loss)
             outputs = _output_values(net)
+            if samples is not None:
+                samples.take(net)
             if scores is None:
                 scores = [(name, values.copy()) for name, values in outputs]
             else:
@@ -599,22 +625,93 @@ class Solver(Snapshots):
         results = self._log_outputs(net, scores or [], "Test", divisor=iterations)
         self.test_results[test_net_id] = results
         self.curve.add_test(test_net_id, self.iter, results)
+        if self.events is not None:
+            self.events.on_test(test_net_id, self.iter, results)
+            if samples is not None:
+                self.events.on_overlays(test_net_id, self.iter, samples.samples)
         return results
+
+    def _overlay_samples(self, test_net_id):
+        """The SegmentationSamples to fill during this test (None: nothing to draw)."""
+        if self.events is None:
+            return None
+        if self._samplers is None:
+            from .tensorboard import SegmentationSamples
+            self._samplers = [SegmentationSamples.find(net) for net in self.test_nets]
+        sampler = self._samplers[test_net_id]
+        if sampler is not None:
+            sampler.reset()
+        return sampler
 
     # ------------------------------------------------------------ update
     def apply_update(self):
         raise NotImplementedError
 
 
-    def draw_curve_beside_snapshots(self):
-        """Draw the training curve to ``<snapshot_prefix>_curve.png`` at each test and snapshot."""
+    # ------------------------------------------------------------ curve and events
+    def draw_curve_beside_snapshots(self, iters_per_epoch=None):
+        """Draw the training curve to ``<snapshot_prefix>_curve.png`` at each test and snapshot.
+
+        Its history goes to ``<snapshot_prefix>_curve.json`` beside it, which a
+        resumed run (:meth:`restore`) reads back up to its iteration. The x axis
+        is in epochs when ``iters_per_epoch`` is given or the train net's LMDB
+        tells it.
+        """
         p = self.param
         self.curve_path = (p.snapshot_prefix + "_curve.png") if p.snapshot_prefix else None
+        self.curve.iters_per_epoch = (iters_per_epoch if iters_per_epoch is not None
+                                      else iterations_per_epoch(p, self.net, self.parallel.count))
+        if self.iter > 0:
+            self._reload_curve()
+
+    def _curve_history_path(self):
+        return self.curve_path[:-len(".png")] + ".json" if self.curve_path else None
+
+    def _reload_curve(self):
+        history = self._curve_history_path()
+        if history and self.parallel.is_root and os.path.exists(history):
+            self.curve.load(history, before=self.iter)
+            log.info("Training curve history up to iteration %d read from %s", self.iter, history)
 
     def _draw_curve(self):
-        if self.curve_path and self.parallel.is_root:
-            try:
-                self.curve.draw(self.curve_path)
-            except OSError as exc:
-                log.warning("could not write the training curve %s: %s", self.curve_path, exc)
+        if not self.curve_path or not self.parallel.is_root:
+            return
+        try:
+            # the history now, in step with the snapshot a resume will start from
+            self.curve.save(self._curve_history_path())
+        except OSError as exc:
+            log.warning("could not write the training curve's history %s: %s",
+                        self._curve_history_path(), exc)
+        if not self.curve.iters or not self.curve.can_draw():
+            return
+        if self._drawer is not None:
+            self._drawer.request(self.curve.copy(), self.curve_path)
+            return
+        try:
+            self.curve.draw(self.curve_path)
+        except OSError as exc:
+            log.warning("could not write the training curve %s: %s", self.curve_path, exc)
+
+    def write_events_beside_snapshots(self, logdir=None):
+        """Write TensorBoard events to ``logdir`` (default: the snapshots' folder) while
+        :meth:`solve` runs; ``tensorboard --logdir`` that folder, or its parent to
+        compare runs. Needs tensorboardX (``pip install "protonet[tensorboard]"``);
+        without it training goes on and says so once. See :mod:`protonet.tensorboard`."""
+        p = self.param
+        if logdir is None:
+            logdir = os.path.dirname(p.snapshot_prefix) if p.snapshot_prefix else ""
+        self.events_dir = logdir or "."
+
+    def _open_events(self):
+        if not self.events_dir or self.events is not None:
+            return
+        from .tensorboard import open_writer, run_texts
+        run = os.path.basename(self.param.snapshot_prefix) if self.param.snapshot_prefix else None
+        self.events = open_writer(self.events_dir, start_iter=self.iter, run=run)
+        if self.events is None:
+            return
+        log.info("TensorBoard events in %s (tensorboard --logdir %s)", self.events_dir,
+                 self.events_dir)
+        for tag, text in run_texts(self.param):
+            self.events.on_text(tag, text)
 

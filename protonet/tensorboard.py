@@ -336,15 +336,19 @@ class SegmentationSamples:
     def find(cls, net, count=OVERLAYS):
         shapes = {name: tuple(b.shape) for name, b in net.blobs.items()}
         sourced = set(net.inputs)       # blobs from data layers (no bottoms) or net inputs
+        origin = {}                     # a Split's top -> the blob it copies
         for li, bottoms in enumerate(net.bottom_names):
             if not bottoms:
                 sourced.update(net.top_names[li])
+            elif net.param.layer[li].type == "Split":
+                for top in net.top_names[li]:
+                    origin[top] = origin.get(bottoms[0], bottoms[0])
         outputs = set(net.outputs)
         for li, bottoms in enumerate(net.bottom_names):
             tops = net.top_names[li]
             if len(bottoms) < 2 or not tops or tops[0] not in outputs:
                 continue
-            score, label = bottoms[0], bottoms[1]
+            score, label = (origin.get(b, b) for b in bottoms[:2])
             s, l = shapes.get(score, ()), shapes.get(label, ())
             if len(s) != 4 or s[2] <= 1 or s[3] <= 1 or label not in sourced:
                 continue

@@ -57,6 +57,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     from .infer import infer
     from .rng import set_random_seed
     from .solver import copy_weights, get_solver
+    from .tensorboard import available as tensorboard_available
 
     start = time.time()
     out = os.path.abspath(out)
@@ -106,6 +107,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     set_random_seed(seed)
     solver = get_solver(solver_path)
     solver.draw_curve_beside_snapshots()
+    solver.write_events_beside_snapshots()
     if weights:
         for path in weights.split(","):
             copy_weights(solver.net, path)
@@ -137,6 +139,7 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
         "weights": final,
         "solver": solver_path,
         "training_curve": solver.curve_path,
+        "tensorboard": solver.events_dir if tensorboard_available() else None,
         "overlays": pictures,
         "contact_sheet": os.path.join(pictures, "contact_sheet.png"),
         "report": result["report"],
@@ -157,7 +160,19 @@ def run_tutorial(out, images=None, contours=None, net="fcn8s", epochs=5, base_lr
     echo("  dataset preview %s" % os.path.join(dataset, "preview", "contact_sheet.png"))
     echo("  overlays/masks  %s" % pictures)
     echo("Weights %s; summary %s" % (final, os.path.join(out, "summary.json")))
+    if summary["tensorboard"]:
+        echo("Live curves, test Dice and validation overlays:")
+        echo("  tensorboard --logdir %s" % _shell_path(out))
+    else:
+        echo("For live curves in TensorBoard: pip install \"protonet[tensorboard]\"")
     return summary
+
+
+def _shell_path(path):
+    """``path`` relative to the working directory when under it (shorter to type), quoted if needed."""
+    import shlex
+    rel = os.path.relpath(path)
+    return shlex.quote(path if rel.startswith("..") else rel)
 
 
 TUTORIAL_EXAMPLE = """example:

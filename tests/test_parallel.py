@@ -118,6 +118,7 @@ def test_a_rank_other_than_the_root_trains_silently():
         solver = make_solver(p)
         solver.parallel = strategy
         solver.draw_curve_beside_snapshots()
+        solver.write_events_beside_snapshots("tb%d" % strategy.rank)
         with captured_log() as stream:
             solver.solve()
         return solver, stream.getvalue()
@@ -128,9 +129,11 @@ def test_a_rank_other_than_the_root_trains_silently():
         np.testing.assert_array_equal(a, b)                 # the same training...
     assert "Iteration 2 (" in root_log and "Testing net (#0)" in root_log
     assert os.path.exists("r0_iter_4.caffemodel") and os.path.exists("r0_curve.png")
+    assert os.path.exists("r0_curve.json") and os.listdir("tb0")     # TensorBoard events
     # ...without iteration lines, tests, snapshots or a curve
     assert "Iteration 2 (" not in other_log and "Testing net" not in other_log
     assert "lr = " not in other_log and "Snapshotting" not in other_log
     assert not [f for f in os.listdir(".") if f.startswith("r1")]
+    assert not os.path.exists("tb1")
     assert other.curve.iters == [] and other.test_results == [[]]
     assert "Optimization Done." in other_log

@@ -1,5 +1,6 @@
 """TensorBoard event files, read back with TensorBoard's own reader."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -151,6 +152,8 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "up"
 layer { name: "score" type: "Crop" bottom: "up" bottom: "data" top: "score" }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
   loss_param { ignore_label: 255 } }
+layer { name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc"
+  accuracy_param { ignore_label: 255 } }
 """
 
 
@@ -164,7 +167,8 @@ def test_segmentation_samples_find_score_label_and_image(tmp_path):
     net = _seg_net(tmp_path)
     found = tb.SegmentationSamples.find(net, count=4)
     # Crop(up, data) also pairs a score-like blob with a data-layer blob: only a layer
-    # whose top is a net output counts
+    # whose top is a net output counts; score, label and data reach theirs through Splits
+    assert len(net.layers) == 8 and net.param.layer[1].type == "Split"
     assert (found.image, found.score, found.label) == ("data", "score", "label")
     rng = np.random.RandomState(1)
     data = rng.rand(3, 1, 6, 5).astype(np.float32)
@@ -194,3 +198,135 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "score" inner_produc
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
 """
     assert tb.SegmentationSamples.find(_seg_net(tmp_path, text)) is None
+
+
+# -- protonet train: what the events hold, against the log ---------------------------------
+NET = """name: "tiny"
+layer { name: "data" type: "DummyData" top: "data" top: "target"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 }
+    data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0.5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
+layer { name: "half" type: "Power" bottom: "ip" top: "half" power_param { scale: 0.5 }
+  include { phase: TEST } }
+"""
+
+SOLVER = """net: "net.prototxt"
+type: "SGD"
+base_lr: 0.05
+momentum: 0.9
+lr_policy: "step"
+gamma: 0.5
+stepsize: 4
+max_iter: 10
+display: 1
+average_loss: 3
+snapshot: 5
+snapshot_prefix: "runs/a/snap"
+test_iter: 2
+test_interval: 5
+solver_mode: CPU
+random_seed: 3
+"""
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(NET)
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    os.makedirs("runs/a")
+    return tmp_path
+
+
+def _train(*args):
+    from protonet.cli import main
+    with captured_log() as out:
+        assert main(["train", "--solver", "solver.prototxt"] + list(args)) == 0
+    return out.getvalue()
+
+
+def _logged(text, pattern):
+    import re
+    return [(int(m.group(1)), float(m.group(2))) for m in re.finditer(pattern, text)]
+
+
+def test_train_events_equal_the_logged_values(work):
+    text = _train()
+    acc = read_run("runs/a")
+    # "Iteration N (...), loss = X": the smoothed loss, as Caffe prints it (%g)
+    logged = _logged(text, r"Iteration (\d+) \(.*\), loss = (\S+)")
+    assert [s for s, _ in logged] == list(range(10))
+    got = scalars(acc, "train/smoothed_loss")
+    assert [s for s, _ in got] == list(range(10))
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in logged], rtol=1e-5)
+    # the raw loss: its mean over the last 3 iterations is the smoothed loss
+    raw = [v for _, v in scalars(acc, "train/loss")]
+    np.testing.assert_allclose(np.mean(raw[7:10]), got[9][1], rtol=1e-5)
+    assert raw[0] == got[0][1]
+    lrs = _logged(text, r"Iteration (\d+), lr = (\S+)")
+    assert scalars(acc, "train/lr") == [(s, float(np.float32(0.05 * 0.5 ** (s // 4))))
+                                        for s in range(10)]
+    assert [(s, float(np.float32(v))) for s, v in lrs] == scalars(acc, "train/lr")
+    # "Test net output #k: name = X" at iterations 0, 5 and 10; "half" has a value per sample
+    tests = _logged(text, r"Iteration (\d+), Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
+                          r"half = (\S+)")
+    assert [s for s, _ in tests] == [0, 5, 10]
+    np.testing.assert_allclose([v for _, v in scalars(acc, "test/half_0")],
+                               [v for _, v in tests], rtol=1e-5)
+    assert [s for s, _ in scalars(acc, "test/half_3")] == [0, 5, 10]
+    assert [s for s, _ in scalars(acc, "test/loss")] == [0, 5, 10]
+    got = dict(texts(acc, "solver"))
+    assert list(got) == [0] and "base_lr: 0.05" in got[0] and "stepsize: 4" in got[0]
+    assert texts(acc, "net") == [(0, "```\n%s\n```" % NET.rstrip("\n"))]
+    assert acc.Tags()["images"] == []           # a regression net: no overlays
+    assert "tensorboard --logdir runs/a" in text
+
+
+def test_resumed_train_continues_the_curves(work):
+    _train()
+    straight = scalars(read_run("runs/a"), "train/loss")
+    # resume from iteration 5 and stop at 8: the first run's 8, 9 and its test at 10 go
+    _train("--snapshot", "runs/a/snap_iter_5.solverstate", "--iterations", "8")
+    acc = read_run("runs/a")
+    got = scalars(acc, "train/loss")
+    assert got == straight[:8]          # resuming is bit exact: the same values, once each
+    smoothed = scalars(acc, "train/smoothed_loss")
+    assert [s for s, _ in smoothed] == list(range(8))
+    # the smoothing starts again at a resume, as Caffe's: iteration 5's is the second run's
+    assert smoothed[5][1] == got[5][1] != np.mean([v for _, v in got[3:6]])
+    assert [s for s, _ in scalars(acc, "test/half_0")] == [0, 5]
+    assert [s for s, _ in texts(acc, "solver")] == [0, 5]
+    # the PNG curve's history is the whole run too, up to the resumed run's end
+    history = json.loads(open("runs/a/snap_curve.json").read())
+    assert history["train"]["iter"] == list(range(8))
+    np.testing.assert_array_equal(np.float32(history["train"]["loss"]),
+                                  np.float32([v for _, v in straight[:8]]))
+    half, = [t for t in history["tests"] if t["output"] == "half[0]"]
+    assert half["iter"] == [0, 5]
+
+
+def test_two_runs_compare_in_one_tensorboard(work):
+    _train("--iterations", "3")
+    with open("solver.prototxt", "a") as f:
+        f.write('snapshot_prefix: "runs/b/snap"\nbase_lr: 0.01\n')
+    text = open("solver.prototxt").read().replace('snapshot_prefix: "runs/a/snap"\n', "")
+    text = text.replace("base_lr: 0.05\n", "")
+    open("solver.prototxt", "w").write(text)
+    os.makedirs("runs/b")
+    _train("--iterations", "3")
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory("runs")
+    mux.Reload()
+    assert sorted(mux.Runs()) == ["a", "b"]
+    lr = {run: [e.value for e in mux.Scalars(run, "train/lr")] for run in ("a", "b")}
+    assert lr == {"a": [np.float32(0.05)] * 3, "b": [np.float32(0.01)] * 3}
+
+
+def test_no_tensorboard_flag_and_other_folder(work):
+    _train("--iterations", "2", "--no-tensorboard")
+    assert not glob.glob("runs/a/events*")
+    _train("--iterations", "2", "--tensorboard", "tb")
+    assert [s for s, _ in scalars(read_run("tb"), "train/loss")] == [0, 1]

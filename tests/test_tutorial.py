@@ -61,6 +61,26 @@ def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
     # it learns: all-background scores 0 on every image (each has an LV); a trained net far more
     assert summary["final_validation_dice"] > 0.5
     assert inference["mean_dice"] > 0.5
+    # TensorBoard: it says how to look, and the events hold Dice, the overlays and the prototxts
+    assert "tensorboard --logdir %s" % out in printed
+    assert summary["tensorboard"] == str(out / "train")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(summary["tensorboard"], size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    dice_events = [(e.step, e.value) for e in acc.Scalars("test/dice")]
+    assert [(s, v) for s, v in dice_events if s > 0] == \
+        [(s, float(np.float32(v))) for s, v in summary["validation_dice_per_epoch"]]
+    assert dice_events[0][0] == 0                   # DIGITS tests before training too
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(summary["iterations"]))
+    for j in range(4):
+        shots = acc.Images("test/overlay_%d" % j)
+        assert [e.step for e in shots] == [s for s, _ in dice_events]
+        assert (shots[0].width, shots[0].height) == (256, 256)
+    assert {"solver/text_summary", "net/text_summary"} <= set(acc.Tags()["tensors"])
+    # the PNG curve's history, with the epoch known
+    history = json.loads((out / "train" / "snapshot_curve.json").read_text())
+    assert history["train"]["iter"] == list(range(summary["iterations"]))
+    assert history["iters_per_epoch"] == summary["iterations"] / 4
 
 
 def test_tutorial_runs_on_the_gpu_path(tmp_path, capsys, device):
