@@ -19,8 +19,9 @@ What a run holds (tags):
 
 The training loop only appends to a queue; a thread of the writer builds
 the events, draws the overlays and writes the file, so logging costs the
-loop microseconds. A resumed run (``start_iter`` > 0) first drops the steps
-at or after ``start_iter`` from its earlier event files and starts its own
+loop microseconds. A run first drops the steps at or after its
+``start_iter`` from the earlier event files of its name (a resumed run
+redoes them; a run from iteration 0 replaces them all) and starts its own
 file with TensorBoard's purge marker (a SessionLog START at that step), so
 the curves go on without a gap or a duplicated step whichever reader shows
 them.
@@ -95,19 +96,24 @@ def _records(path):
 def drop_steps_from(path, first_stale):
     """Rewrite the event file ``path`` without its events at step >= ``first_stale``.
 
-    The file's version record stays. Records are copied byte for byte (their
-    checksums stay valid); the file is replaced in one step. Returns the
-    number of events dropped.
+    Records are copied byte for byte (their checksums stay valid) and the file
+    is replaced in one step; a file left with nothing but its version record
+    is removed. Returns the number of events dropped.
     """
     from tensorboardX.proto.event_pb2 import Event
-    kept, dropped = [], 0
+    kept, dropped, events = [], 0, 0
     for raw, payload in _records(path):
         event = Event.FromString(payload)
-        if event.step >= first_stale and not event.HasField("file_version"):
+        if event.HasField("file_version"):
+            kept.append(raw)
+        elif event.step >= first_stale:
             dropped += 1
         else:
             kept.append(raw)
-    if dropped:
+            events += event.HasField("summary")     # a purge marker alone is no content
+    if dropped and not events:
+        os.remove(path)
+    elif dropped:
         from .io import write_bytes_atomic
         write_bytes_atomic(path, b"".join(kept))
     return dropped
@@ -132,10 +138,8 @@ class EventWriter:
         tag = "protonet-" + _safe(run or "run")
         pattern = os.path.join(self.logdir, "events.out.tfevents.*.%s.*" % tag)
         earlier = sorted(glob.glob(pattern))
-        dropped = 0
-        if self.start_iter > 0:
-            for path in earlier:
-                dropped += drop_steps_from(path, self.start_iter)
+        # a run resumed at iteration N redoes N and on; one started afresh (N = 0) redoes all
+        dropped = sum(drop_steps_from(path, self.start_iter) for path in earlier)
         if dropped:
             log.info("TensorBoard: dropped %d events at iterations >= %d written by an earlier "
                      "run in %s", dropped, self.start_iter, self.logdir)
@@ -144,11 +148,10 @@ class EventWriter:
         suffix = ".%s.%04d" % (tag, max(numbers, default=0) + 1)
         self._file = EventsWriter(os.path.join(self.logdir, "events"), suffix)
         self.path = self._file._file_name
-        if self.start_iter > 0:
-            # What TensorBoard's Python reader purges by: a restart at this step drops
-            # every later step read before it (a TensorBoard already showing the old run).
-            self._file.write_event(Event(wall_time=time.time(), step=self.start_iter,
-                                         session_log=SessionLog(status=SessionLog.START)))
+        # What TensorBoard's Python reader purges by: a restart at this step drops every
+        # later step it read before (a TensorBoard that was already showing the old run).
+        self._file.write_event(Event(wall_time=time.time(), step=self.start_iter,
+                                     session_log=SessionLog(status=SessionLog.START)))
         self._file.flush()
         self._queue = collections.deque()
         self._lock = threading.Lock()      # the thread and flush()/close() both drain

@@ -103,6 +103,21 @@ def test_resume_rewrites_only_its_own_run(tmp_path):
     with tb.EventWriter(tmp_path, start_iter=3, run="b"):
         pass
     assert {p: os.path.getsize(p) for p in glob.glob(str(tmp_path / "*protonet-a*"))} == before
+    # b's first file held only step 7: nothing of it is left
+    assert len(glob.glob(str(tmp_path / "*protonet-b*"))) == 1
+
+
+def test_a_run_from_iteration_0_replaces_the_earlier_curves(tmp_path):
+    with tb.EventWriter(tmp_path, run="r") as w:
+        for it in range(6):
+            w.on_train(it, 1.0, 1.0, 0.1)
+        w.on_text("solver", "old")
+    with tb.EventWriter(tmp_path, run="r") as w:
+        for it in range(3):
+            w.on_train(it, 2.0, 2.0, 0.1)
+    acc = read_run(tmp_path)
+    assert scalars(acc, "train/loss") == [(0, 2.0), (1, 2.0), (2, 2.0)]
+    assert "solver/text_summary" not in acc.Tags()["tensors"]
 
 
 def test_a_torn_last_record_is_dropped_on_resume(tmp_path):
@@ -240,10 +255,11 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _train(*args):
+def _train(*args, curve=False):
     from protonet.cli import main
+    more = [] if curve else ["--no-curve"]          # matplotlib's drawing: only where it is looked at
     with captured_log() as out:
-        assert main(["train", "--solver", "solver.prototxt"] + list(args)) == 0
+        assert main(["train", "--solver", "solver.prototxt"] + list(args) + more) == 0
     return out.getvalue()
 
 
@@ -285,10 +301,10 @@ def test_train_events_equal_the_logged_values(work):
 
 
 def test_resumed_train_continues_the_curves(work):
-    _train()
+    _train(curve=True)
     straight = scalars(read_run("runs/a"), "train/loss")
     # resume from iteration 5 and stop at 8: the first run's 8, 9 and its test at 10 go
-    _train("--snapshot", "runs/a/snap_iter_5.solverstate", "--iterations", "8")
+    _train("--snapshot", "runs/a/snap_iter_5.solverstate", "--iterations", "8", curve=True)
     acc = read_run("runs/a")
     got = scalars(acc, "train/loss")
     assert got == straight[:8]          # resuming is bit exact: the same values, once each
@@ -330,3 +346,13 @@ def test_no_tensorboard_flag_and_other_folder(work):
     assert not glob.glob("runs/a/events*")
     _train("--iterations", "2", "--tensorboard", "tb")
     assert [s for s, _ in scalars(read_run("tb"), "train/loss")] == [0, 1]
+
+
+def test_train_without_tensorboardx_trains_and_says_how_to_get_curves(work, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)     # import tensorboardX -> ImportError
+    monkeypatch.setattr(tb, "_warned_missing", False)
+    text = _train("--iterations", "2") + _train("--iterations", "2")
+    assert text.count('pip install "protonet[tensorboard]"') == 1
+    assert os.path.exists("runs/a/snap_iter_2.caffemodel")
+    assert not glob.glob("runs/a/events*")
