@@ -670,7 +670,11 @@ class Solver(Snapshots):
     def _reload_curve(self):
         history = self._curve_history_path()
         if history and self.parallel.is_root and os.path.exists(history):
-            self.curve.load(history, before=self.iter)
+            try:
+                self.curve.load(history, before=self.iter)
+            except SolverError as exc:    # a picture's history is no reason to stop a resume
+                log.warning("%s; the training curve starts again here", exc)
+                return
             log.info("Training curve history up to iteration %d read from %s", self.iter, history)
 
     def _draw_curve(self):

@@ -90,3 +90,26 @@ def test_epoch_length_from_the_train_nets_lmdb(tmp_path):
     path.write_text('layer { name: "d" type: "DummyData" top: "d" '
                     'dummy_data_param { shape { dim: 1 } } }')
     assert iterations_per_epoch(p, Net(str(path), caffe_pb2.TRAIN)) is None
+
+
+def test_a_resume_with_a_damaged_history_trains_on_with_a_warning(tmp_path, monkeypatch):
+    from protonet.cli import main
+    from logcapture import captured_log
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "d" type: "DummyData" top: "d" top: "t" dummy_data_param { '
+        'shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "d" top: "ip" '
+        'inner_product_param { num_output: 1 } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "t" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 4 snapshot: 2 '
+        'snapshot_prefix: "s" solver_mode: CPU display: 0\n')
+    assert main(["train", "--solver", "solver.prototxt", "--no-tensorboard"]) == 0
+    assert json.loads((tmp_path / "s_curve.json").read_text())["train"]["iter"] == [0, 1, 2, 3]
+    (tmp_path / "s_curve.json").write_text("{not json")
+    with captured_log() as out:
+        assert main(["train", "--solver", "solver.prototxt", "--no-tensorboard",
+                     "--snapshot", "s_iter_2.solverstate"]) == 0
+    assert "s_curve.json: not a training curve history" in out.getvalue()
+    assert json.loads((tmp_path / "s_curve.json").read_text())["train"]["iter"] == [2, 3]
