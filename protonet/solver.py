@@ -711,7 +711,10 @@ class Solver(Snapshots):
             return
         from .tensorboard import open_writer, run_texts
         run = os.path.basename(self.param.snapshot_prefix) if self.param.snapshot_prefix else None
-        self.events = open_writer(self.events_dir, start_iter=self.iter, run=run)
+        try:
+            self.events = open_writer(self.events_dir, start_iter=self.iter, run=run)
+        except OSError as exc:      # curves for people are no reason to stop the training
+            log.warning("TensorBoard events are not written to %s: %s", self.events_dir, exc)
         if self.events is None:
             return
         log.info("TensorBoard events in %s (tensorboard --logdir %s)", self.events_dir,

@@ -122,10 +122,10 @@ def drop_steps_from(path, first_stale):
 class EventWriter:
     """One run's event file in ``logdir``, written by a thread.
 
-    ``run`` (default ``"protonet"``) names this writer's files
-    (``events.out.tfevents.<time>.<host>.<run>.<n>``): a resumed run rewrites
-    only files of its own name, and ``n`` keeps files made within one second
-    in the order TensorBoard must read them.
+    ``run`` (default ``"run"``; the solver passes its snapshot prefix's last
+    part) names its files (``events.out.tfevents.<time>.<host>.protonet-<run>.<n>``):
+    a run rewrites only files of its own name, and ``n`` keeps files made
+    within one second in the order TensorBoard must read them.
     """
 
     def __init__(self, logdir, start_iter=0, run=None):

@@ -356,3 +356,10 @@ def test_train_without_tensorboardx_trains_and_says_how_to_get_curves(work, monk
     assert text.count('pip install "protonet[tensorboard]"') == 1
     assert os.path.exists("runs/a/snap_iter_2.caffemodel")
     assert not glob.glob("runs/a/events*")
+
+
+def test_an_unwritable_events_folder_stops_no_training(work):
+    open("blocked", "w").close()                  # a file where the folder should be
+    text = _train("--iterations", "2", "--tensorboard", "blocked/tb")
+    assert "TensorBoard events are not written to blocked/tb" in text
+    assert os.path.exists("runs/a/snap_iter_2.caffemodel")
