@@ -72,7 +72,9 @@ def test_tutorial_small_run_learns_and_writes_everything(tmp_path, capsys):
         [(s, float(np.float32(v))) for s, v in summary["validation_dice_per_epoch"]]
     assert dice_events[0][0] == 0                   # DIGITS tests before training too
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(summary["iterations"]))
-    for j in range(4):
+    shown = min(4, summary["entries"]["val"])      # the first 4 validation images, or all
+    assert sorted(acc.Tags()["images"]) == ["test/overlay_%d" % j for j in range(shown)]
+    for j in range(shown):
         shots = acc.Images("test/overlay_%d" % j)
         assert [e.step for e in shots] == [s for s, _ in dice_events]
         assert (shots[0].width, shots[0].height) == (256, 256)
