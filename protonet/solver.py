@@ -174,7 +174,9 @@ class Solver(Snapshots):
     arrays a solverstate stores), ``smoothed_loss``, ``curve``
     (:class:`TrainingCurve`), ``curve_path`` (a PNG of it written at each
     test and snapshot; None, the default, writes none: see
-    :meth:`draw_curve_beside_snapshots`), ``progress`` (terminal progress bar,
+    :meth:`draw_curve_beside_snapshots`), ``events_dir`` (where :meth:`solve`
+    writes TensorBoard events; None, the default, writes none: see
+    :meth:`write_events_beside_snapshots`), ``progress`` (terminal progress bar,
     default on when stderr is a terminal), ``action_request_function``
     (a callable returning "none"/"stop"/"snapshot"; see :class:`SignalHandler`),
     ``parallel`` (the data-parallel strategy, :class:`protonet.parallel.Solo`
