@@ -176,7 +176,10 @@ def test_sigint_to_rank_0_stops_both_with_one_snapshot_that_resumes_anywhere(tmp
     # Ctrl-C reaches rank 0 during its third forward pass (iteration 2)
     code, out, _ = train_ranks(tmp_path, solver, env={"PARALLEL_TEST_SIGNAL": "SIGINT:0:3"})
     check_ok(code, out)
-    assert sorted(os.listdir(tmp_path / "two")) == ["s_iter_3.caffemodel", "s_iter_3.solverstate"]
+    files = sorted(os.listdir(tmp_path / "two"))
+    events = [f for f in files if f.startswith("events.out.tfevents.")]
+    assert len(events) == 1 and events[0].endswith(".protonet-s.0001")    # rank 0's TensorBoard
+    assert [f for f in files if f not in events] == ["s_iter_3.caffemodel", "s_iter_3.solverstate"]
     assert "Optimization stopped early." in out
     # the uninterrupted run: one process at the double batch, to max_iter 6
     reference = train_here(tmp_path, write_case(tmp_path, "SGD", 2 * B, 6, "one/s"), monkeypatch)
