@@ -184,12 +184,14 @@ DATASET_FIELDS = {"net", "net_param", "train_net", "test_net", "train_net_param"
                   "snapshot_prefix", "solver_type"}
 
 
-_RUN_FILE = re.compile(r"^(train_val\.prototxt|solver\.prototxt|snapshot_curve\.png|"
-                       r"snapshot_iter_\d+\.(caffemodel|solverstate)(\.h5)?)$")
+_RUN_FILE = re.compile(r"^(train_val\.prototxt|solver\.prototxt|snapshot_curve\.(png|json)|"
+                       r"snapshot_iter_\d+\.(caffemodel|solverstate)(\.h5)?|"
+                       r"events\.out\.tfevents\..*\.protonet-snapshot\.\d+)$")
 
 
 def run_files(out_dir):
-    """The files an earlier run left in ``out_dir`` (nets, solver, snapshots, curve)."""
+    """The files an earlier run left in ``out_dir`` (nets, solver, snapshots, curve and its
+    history, TensorBoard events)."""
     if not os.path.isdir(out_dir):
         return []
     return [os.path.join(out_dir, n) for n in sorted(os.listdir(out_dir)) if _RUN_FILE.match(n)]

@@ -357,6 +357,8 @@ def test_a_rerun_into_an_earlier_run_is_refused_unless_forced(tmp_path, datasets
     prepare_run(net, gray, str(out), 1)
     (out / "snapshot_iter_9.caffemodel").write_bytes(b"stale")
     (out / "snapshot_iter_9.solverstate").write_bytes(b"stale")
+    (out / "snapshot_curve.json").write_text("{}")
+    (out / "events.out.tfevents.1796640000.host.protonet-snapshot.0001").write_bytes(b"stale")
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
     assert main(["train", "--network", net, "--dataset", gray, "--out", str(out)]) == 1
