@@ -205,8 +205,6 @@ class Solver(Snapshots):
         self.net = self._init_train_net()
         # as Caffe, only the root solver of several has test nets (only it tests)
         self.test_nets = self._init_test_nets() if comm.solver_rank() == 0 else []
-        for test_net in self.test_nets:
-            test_net.share_with(self.net)
         for path in p.weights:
             log.info("Finetuning from %s", path)
             copy_weights(self.net, path)
@@ -587,6 +585,9 @@ class Solver(Snapshots):
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         net = self.test_nets[test_net_id]
+        # As Caffe's Solver::Test: the test net takes the trained weights only when it tests;
+        # until then it keeps its own fill (a seeded run's later draws)
+        net.share_with(self.net)
         iterations = p.test_iter[test_net_id]
         samples = self._overlay_samples(test_net_id)
         scores, loss = None, _F32(0)

@@ -301,8 +301,11 @@ def test_voc_data_layer_reshapes_every_iteration_and_trains(voc, tmp_path):
     assert np.isfinite(losses).all() and solver.iter == 8
     assert not np.array_equal(net.params["conv1_1"][0].data, w0)
 
-    # The test net shares the weights and walks the val split in order.
+    # The test net shares the weights once told (FCN's scripts call share_with, since Caffe's
+    # test net takes the trained weights only when the solver tests) and walks the val split in order.
     val = solver.test_nets[0]
+    assert not np.shares_memory(val.params["conv1_1"][0].data, net.params["conv1_1"][0].data)
+    val.share_with(net)
     assert np.shares_memory(val.params["conv1_1"][0].data, net.params["conv1_1"][0].data)
     for h, w in VAL_SIZES * 2:
         out = val.forward()
@@ -1099,11 +1102,13 @@ def test_pycaffe_mirrors_follow_caffe_syncing(device, tmp_path):
     second = net.forward()["prob"]
     assert not np.allclose(second, out)
     assert second is net.blobs["prob"].data          # one host array per blob, as Caffe's CPU copy
-    # a solver's test net shares the train net's weights: an edit through one reaches the other
+    # a solver's test net that shares the train net's weights (as after a test, or FCN's
+    # share_with call): an edit through one reaches the other
     solver_txt = tmp_path / "solver.prototxt"
     solver_txt.write_text('net: "%s" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 0 '
                           'snapshot_after_train: false test_iter: 1 test_interval: 1000' % proto)
     solver = caffe.SGDSolver(str(solver_txt))
+    solver.test_nets[0].share_with(solver.net)
     solver.net.params["ip"][0].data[...] = 0
     solver.net.params["ip"][1].data[...] = 0          # uniform scores: the loss is log 3
     solver.test_nets[0].forward()

@@ -178,10 +178,14 @@ def _run_solver(folder, meta, io):
     solver = caffe.SGDSolver("solver.prototxt")     # random_seed: 301
     assert rng.get_seed() == meta["random_seed"]
     assert rng.get_rng().draws == meta["mt19937_draws"]["train+test nets"]
+    # Solver::Init is: seed, build the train net, build the test net; the test net keeps its
+    # own fill (Caffe's test_param/*) until it first tests
     for key, expected in io.items():
-        if key.startswith("param/"):
-            _, layer, i = key.split("/")
+        kind, layer, i = key.split("/") if key.count("/") == 2 else (None, None, None)
+        if kind == "param":
             check(solver.net.params[layer][int(i)].data, expected, meta, key)
+        elif kind == "test_param":
+            check(solver.test_nets[0].params[layer][int(i)].data, expected, meta, key)
     recorded = {"blob/conv1": [], "blob/drop1": [], "mask/drop1": []}
     for _ in range(meta["steps"]):
         solver.net.blobs["data"].data[...] = io["in/data"]
@@ -193,15 +197,6 @@ def _run_solver(folder, meta, io):
     assert rng.get_rng().draws == meta["mt19937_draws"]["after steps"]
     for key, values in recorded.items():
         check(np.stack(values), io[key], meta, key)
-    # The test net drew its own fillers after the train net (Caffe's test_param/*);
-    # Solver::Init is: seed, build the train net, build the test net.
-    caffe.set_random_seed(meta["random_seed"])
-    caffe.Net("net.prototxt", caffe.TRAIN)
-    test_net = caffe.Net("net.prototxt", caffe.TEST)
-    for key, expected in io.items():
-        if key.startswith("test_param/"):
-            _, layer, i = key.split("/")
-            check(test_net.params[layer][int(i)].data, expected, meta, key)
 
 
 RUNNERS = {"filler": _run_filler, "net": _run_net, "dropout": _run_dropout, "data": _run_data,

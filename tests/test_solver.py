@@ -440,8 +440,9 @@ def test_test_nets_share_params_and_average_outputs():
     test_net = solver.test_nets[0]
     assert "val_only" in test_net.layer_names and "val_only" not in solver.net.layer_names
     assert test_net.phase == caffe_pb2.TEST and solver.net.phase == caffe_pb2.TRAIN
+    # as Caffe, a test net keeps its own weights until it first tests, then shares the train net's
     for a, b in zip(test_net.params["ip"], solver.net.params["ip"]):
-        assert np.shares_memory(a.data, b.data)
+        assert not np.shares_memory(a.data, b.data)
     X, y = problem(1)
     test_net.blobs["data"].data[...] = X
     test_net.blobs["targets"].data[...] = y
@@ -453,6 +454,8 @@ def test_test_nets_share_params_and_average_outputs():
     assert values[0] == pytest.approx(expected0, rel=1e-5)
     names = [r[0] for r in solver.test_results[0]]
     assert names == ["loss"] + ["val_out"] * N     # one line per value, as Caffe prints them
+    for a, b in zip(test_net.params["ip"], solver.net.params["ip"]):
+        assert np.shares_memory(a.data, b.data)
 
 
 def test_train_state_merges_over_the_net_state():
