@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import backend, devices
+from . import argtypes, backend, devices
 from .io import FormatError, read_solver
 from .layer import LayerError
 from .log import close_log_file, fmt, get_logger, setup as setup_logging
@@ -49,7 +49,7 @@ def _add_gpu(parser, what):
 def _add_net_state(parser):
     parser.add_argument("--stage", action="append", metavar="NAME",
                         help="NetState stage(s), comma separated or repeated")
-    parser.add_argument("--level", type=int, default=0, help="NetState level (default 0)")
+    parser.add_argument("--level", type=argtypes.int32, default=0, help="NetState level (default 0)")
 
 
 def _net_phase(name):
@@ -97,7 +97,7 @@ def train_arguments(p):
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
     _add_gpu(p, "training")
     _add_net_state(p)
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None,
                    help="stop at this iteration instead of the solver's max_iter "
                         "(lr policies keep using max_iter)")
     p.add_argument("--sigint-effect", choices=("stop", "snapshot", "none"), default="stop",
@@ -114,8 +114,8 @@ def train_arguments(p):
     d.add_argument("--network", help="a DIGITS network prototxt (Data layers without source)")
     d.add_argument("--dataset", help="a DIGITS dataset folder (train_db/, val_db/ with features "
                                      "and labels LMDBs)")
-    d.add_argument("--epochs", type=float, default=30, help="training epochs (default 30)")
-    d.add_argument("--base-lr", type=float, default=None,
+    d.add_argument("--epochs", type=argtypes.positive_float, default=30, help="training epochs (default 30)")
+    d.add_argument("--base-lr", type=argtypes.positive_float, default=None,
                    help="base learning rate (default: the --solver template's, else 0.01)")
     d.add_argument("--solver-type", default=None,
                    choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"),
@@ -123,17 +123,17 @@ def train_arguments(p):
     d.add_argument("--lr-policy", default=None, choices=("fixed", "step", "exp", "inv", "poly"),
                    help="with DIGITS' defaults for its gamma/power/step (default: the --solver "
                         "template's, else fixed)")
-    d.add_argument("--batch-size", type=int, default=None,
+    d.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                    help="override the Data layers' batch_size")
-    d.add_argument("--snapshot-epochs", type=float, default=1.0,
+    d.add_argument("--snapshot-epochs", type=argtypes.nonneg_float, default=1.0,
                    help="snapshot interval in epochs (default 1)")
-    d.add_argument("--val-epochs", type=float, default=1.0,
+    d.add_argument("--val-epochs", type=argtypes.nonneg_float, default=1.0,
                    help="validation interval in epochs (default 1)")
     d.add_argument("--mean-file", help="subtract this .binaryproto mean from the features")
     d.add_argument("--python-layers", metavar="FILE",
                    help="a Python layer file, importable as its own name and as "
                         "'digits_python_layers' (as DIGITS does)")
-    d.add_argument("--seed", type=int, default=None, help="random_seed of the solver")
+    d.add_argument("--seed", type=argtypes.seed, default=None, help="random_seed of the solver")
     d.add_argument("--out", default="digits_run",
                    help="folder for train_val.prototxt, solver.prototxt and snapshots "
                         "(one holding an earlier run is refused without --force)")
@@ -237,7 +237,7 @@ means over the batches (as `caffe test`)."""
 def test_arguments(p):
     p.add_argument("--model", required=True, help="the net definition (prototxt)")
     p.add_argument("--weights", required=True, help="the trained weights (.caffemodel)")
-    p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=50, help="batches to run (default 50)")
     _add_gpu(p, "the test")
     _add_net_state(p)
 
@@ -321,7 +321,7 @@ their zeros; data layers read their sources."""
 
 def time_arguments(p):
     p.add_argument("--model", required=True, help="the net definition (prototxt)")
-    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN",
                    help="NetState phase (default TRAIN)")
     p.add_argument("--json", action="store_true", help="also print the timings as JSON on stdout")
@@ -660,25 +660,34 @@ def _user_errors():
 
 
 def main(argv=None):
-    """Entry point of the ``protonet`` console script; returns the exit status."""
-    parser = build_parser()
-    as_program = argv is None     # the console script, not a call from Python code
-    argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
-    args._as_program = as_program
-    if getattr(args, "_func", None) is None:
-        parser.print_help(sys.stderr)
-        return 1
-    setup_logging(log_dir=getattr(args, "log_dir", None))
-    _warn_ignored(args)
+    """Entry point of the ``protonet`` console script; returns the exit status.
+
+    Ctrl-C at any moment, the start-up included, prints one line and returns 130.
+    """
+    logging_ready = False
     try:
+        parser = build_parser()
+        as_program = argv is None     # the console script, not a call from Python code
+        argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
+        args._as_program = as_program
+        if getattr(args, "_func", None) is None:
+            parser.print_help(sys.stderr)
+            return 1
+        setup_logging(log_dir=getattr(args, "log_dir", None))
+        logging_ready = True
+        _warn_ignored(args)
         return args._func(args) or 0
     except KeyboardInterrupt:
-        log.error("Interrupted.")
+        if logging_ready:
+            log.error("Interrupted.")
+        else:
+            sys.stderr.write("protonet: interrupted\n")
         return 130
     except _user_errors() as exc:
         log.error("%s", exc)
         return 1
     finally:
-        close_log_file()
+        if logging_ready:
+            close_log_file()

@@ -50,6 +50,7 @@ def bind_dataset(net_param, dataset_dir, batch_size=None, mean_file=None):
     """
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
+    bound = {}                  # phase -> {"features": path, "labels": path}
     for layer in out.layer:
         if layer.type != "Data" or layer.data_param.source:
             continue
@@ -73,7 +74,36 @@ def bind_dataset(net_param, dataset_dir, batch_size=None, mean_file=None):
             layer.data_param.batch_size = 1
         if mean_file and kind == "features":
             layer.transform_param.mean_file = os.path.abspath(mean_file)
+        bound.setdefault(phase, {})[kind] = source
+    for phase, sources in bound.items():
+        if len(sources) == 2:
+            check_pair(sources["features"], sources["labels"])
     return out
+
+
+def check_net_pairs(layer_params):
+    """check_pair for the Data layers of one built net that read a DIGITS split's
+    ``features`` and ``labels`` (a train_val.prototxt the quick start wrote, run again)."""
+    folders = {}
+    for lp in layer_params:
+        if lp.type == "Data" and lp.data_param.backend == caffe_pb2.DataParameter.LMDB:
+            source = os.path.normpath(lp.data_param.source)
+            head, tail = os.path.split(source)
+            if tail in ("features", "labels"):
+                folders.setdefault(head, {})[tail] = source
+    for sources in folders.values():
+        if len(sources) == 2 and all(os.path.isdir(p) for p in sources.values()):
+            check_pair(sources["features"], sources["labels"])
+
+
+def check_pair(features, labels):
+    """Features and labels are read side by side, record i with record i: databases of
+    different sizes would pair an image with another image's label from the first gap on."""
+    nf, nl = db_entries(features), db_entries(labels)
+    if nf != nl:
+        raise DatasetError("%s holds %d records but %s holds %d: a DIGITS dataset's features "
+                           "and labels pair up one to one, so these would train on images with "
+                           "other images' labels. Rebuild the dataset" % (features, nf, labels, nl))
 
 
 def has_val(dataset_dir):

@@ -76,7 +76,7 @@ import sys
 
 import numpy as np
 
-from . import backend, viz
+from . import argtypes, backend, viz
 from .log import quiet_net_setup
 
 EXAMPLE = """example:
@@ -835,10 +835,10 @@ def add_arguments(parser):
                         help="blob holding the class scores (default: the last net output)")
     parser.add_argument("--gpu", metavar="N", default=None,
                         help="run on GPU N (CuPy); -1 or absent: the CPU")
-    parser.add_argument("--limit", type=int, metavar="N", help="only the first N inputs")
-    parser.add_argument("--sheet-cols", type=int, default=8, metavar="N",
+    parser.add_argument("--limit", type=argtypes.positive_int, metavar="N", help="only the first N inputs")
+    parser.add_argument("--sheet-cols", type=argtypes.positive_int, default=8, metavar="N",
                         help="contact sheet tiles per row (default 8)")
-    parser.add_argument("--sheet-max", type=int, default=256, metavar="N",
+    parser.add_argument("--sheet-max", type=argtypes.nonneg_int, default=256, metavar="N",
                         help="at most N tiles on the contact sheet, 0 for all (default 256)")
     parser.add_argument("--embed-mb", type=float, default=25, metavar="MB",
                         help="index.html embeds its pictures up to MB megabytes (default 25) "

@@ -66,6 +66,91 @@ def read_text(path, message):
     return parse_text(_read(path, "r"), message, source=str(path))
 
 
+# -- non-finite numbers in settings ----------------------------------------
+# Text format takes `nan`, `inf` and numbers too big for a float (1e39 becomes
+# inf): a learning rate, a momentum or an LRN beta like that trains on garbage
+# without a word. Every float field of a NetParameter / SolverParameter is
+# checked when the file is read, except blob values (weights may be anything).
+_SKIP_MESSAGES = ("caffe.BlobProto",)
+_FLOAT_TYPES = None
+
+
+def _non_finite_fields(message, path=""):
+    """[(dotted path, field name, value, layer name or None)] of the non-finite floats."""
+    global _FLOAT_TYPES
+    from google.protobuf.descriptor import FieldDescriptor as F
+    if _FLOAT_TYPES is None:
+        _FLOAT_TYPES = (F.TYPE_FLOAT, F.TYPE_DOUBLE)
+    out = []
+    if message.DESCRIPTOR.full_name in _SKIP_MESSAGES:
+        return out
+    for field, value in message.ListFields():
+        where = path + ("." if path else "") + field.name
+        repeated = field.is_repeated if hasattr(field, "is_repeated") \
+            else field.label == F.LABEL_REPEATED
+        if field.type in _FLOAT_TYPES:
+            values = list(value) if repeated else [value]
+            for i, v in enumerate(values):
+                if not np.isfinite(np.float32(v) if field.type == F.TYPE_FLOAT else v):
+                    out.append(("%s[%d]" % (where, i) if repeated else where, field.name, v))
+        elif field.type == F.TYPE_MESSAGE:
+            for i, sub in enumerate(value if repeated else [value]):
+                out.extend(_non_finite_fields(sub, "%s[%d]" % (where, i) if repeated else where))
+    return out
+
+
+_NUMBER = r"([-+]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)f?)"
+
+
+def _line_of(text, field, value):
+    """The line of ``field: <a value that is not finite>`` in ``text``, or None."""
+    import re
+    for m in re.finditer(r"(?<![\w.])%s\s*:?\s*%s(?![\w.])" % (re.escape(field), _NUMBER), text,
+                         re.IGNORECASE):
+        token = m.group(1)
+        if token[-1] in "fF" and not token.lower().endswith("inf"):
+            token = token[:-1]          # text format's float suffix: 1e39f
+        try:
+            number = float(token)
+        except ValueError:
+            continue
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float32(number)) or not np.isfinite(number):
+                return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+def check_finite(message, source, text=None):
+    """Refuse (FormatError) a NaN or infinite number in any setting of ``message``.
+
+    The error names ``source``, the line (when ``text`` is the file's text),
+    the field's path and, inside a net, the layer.
+    """
+    bad = _non_finite_fields(message)
+    if not bad:
+        return message
+    path, field, value = bad[0]
+    line = _line_of(text, field, value) if text is not None else None
+    layer = ""
+    if path.startswith("layer[") and isinstance(message, caffe_pb2.NetParameter):
+        index = int(path[len("layer["):path.index("]")])
+        lp = message.layer[index]
+        layer = " of layer '%s' (type %s)" % (lp.name, lp.type)
+        path = path[path.index("]") + 2:]
+    where = "%s:%d" % (source, line) if line else str(source)
+    more = " (and %d more)" % (len(bad) - 1) if len(bad) > 1 else ""
+    raise FormatError("%s: %s%s is %s; %s settings must be finite numbers%s"
+                      % (where, path, layer, _show_float(value), message.DESCRIPTOR.name, more))
+
+
+def _show_float(value):
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "infinite" if value > 0 else "-infinite"
+    return "%r, which does not fit a 32-bit float (it reads as infinite)" % value
+
+
 def read_binary(path, message):
     data = _read(path, "rb")
     try:
@@ -141,11 +226,14 @@ def _upgrade_net(param, source):
 
 def read_net(path):
     """A NetParameter from a prototxt, upgraded to the current format."""
-    return _upgrade_net(read_text(path, caffe_pb2.NetParameter()), path)
+    text = _read(path, "r")
+    param = check_finite(parse_text(text, caffe_pb2.NetParameter(), str(path)), path, text)
+    return _upgrade_net(param, path)
 
 
 def parse_net(text, source="<string>"):
-    return _upgrade_net(parse_text(text, caffe_pb2.NetParameter(), source), source)
+    param = check_finite(parse_text(text, caffe_pb2.NetParameter(), source), source, text)
+    return _upgrade_net(param, source)
 
 
 def read_net_binary(path):
@@ -155,7 +243,8 @@ def read_net_binary(path):
 
 def read_solver(path):
     from .upgrade import upgrade_solver
-    param = read_text(path, caffe_pb2.SolverParameter())
+    text = _read(path, "r")
+    param = check_finite(parse_text(text, caffe_pb2.SolverParameter(), str(path)), path, text)
     upgrade_solver(param, source=str(path))
     return param
 

@@ -14,7 +14,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from . import backend
-from .blob import Blob
+from .blob import Blob, BlobSizeError
 from .hdf5_weights import load_hdf5_weights
 from .io import (FormatError, blob_shape, blobproto_to_array, decode_text, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
@@ -161,6 +161,11 @@ class Net:
             param = insert_splits(filtered, locate=self._where)
         except ValueError as exc:
             raise NetError(str(exc)) from None
+        from .digits import DatasetError, check_net_pairs
+        try:              # before any Data layer opens them
+            check_net_pairs(param.layer)
+        except DatasetError as exc:
+            raise NetError("net %s%s: %s" % (self.name, self._where(""), exc)) from None
         self.param = param
         memory = 0                          # bytes of top data, as Caffe reports it
         self._layers = []           # the engine's; ``layers`` names the same list (see _blob_dict)
@@ -254,11 +259,11 @@ class Net:
                 self._set_loss_weights(layer, tops)
                 if len(lp.blobs):
                     self._load_layer_blobs(layer, lp.blobs, "the prototxt")
-            except (LayerError, ValueError) as exc:
+            except (LayerError, ValueError, MemoryError) as exc:
                 # a plugin's own error keeps its type; the engine's (no reshape()) names the line
                 if getattr(layer, "plugin_name", None) and getattr(exc, "from_plugin", True):
                     raise self._plugin_error(layer, "setup", exc) from exc
-                raise NetError("%s%s" % (exc, where)) from None
+                raise NetError("%s%s" % (_name_layer(layer, exc), where)) from None
             except Exception as exc:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "setup", exc) from exc
@@ -420,8 +425,9 @@ class Net:
             except Exception as exc:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "forward", exc) from exc
-                if isinstance(exc, LayerError):
-                    raise NetError("%s%s" % (exc, self._where(layer.name))) from None
+                if isinstance(exc, (LayerError, BlobSizeError, MemoryError)):
+                    raise NetError("%s%s" % (_name_layer(layer, exc, "forward"),
+                                             self._where(layer.name))) from None
                 raise
             for w, t in zip(layer.loss_weights, top):
                 if w:
@@ -443,6 +449,9 @@ class Net:
                 except Exception as exc:
                     if getattr(layer, "plugin_name", None):
                         raise self._plugin_error(layer, "backward", exc) from exc
+                    if isinstance(exc, (BlobSizeError, MemoryError)):
+                        raise NetError("%s%s" % (_name_layer(layer, exc, "backward"),
+                                                 self._where(layer.name))) from None
                     raise
             for hook in self.after_backward_hooks:
                 hook(li)
@@ -462,13 +471,9 @@ class Net:
         si = self._layer_index(start, 0)
         ei = self._layer_index(end, len(self._layers) - 1)
         old_shapes = {}
-        for name, value in kwargs.items():
-            blob = self._blob_dict[name]
-            if tuple(np.shape(value)) != blob.shape:
-                old_shapes[name] = blob.shape
-                blob.reshape(np.shape(value))
-            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
         try:
+            for name, value in kwargs.items():
+                self._set_input(name, value, old_shapes)
             self.last_loss = self.forward_from_to(si, ei)
         except Exception:
             # an input the net cannot take must not stay behind to fail the next run too
@@ -479,12 +484,36 @@ class Net:
         names += [b for b in (blobs or []) if b not in names]
         return {n: self._blob_dict[n].data for n in names}
 
+    def _set_input(self, name, value, old_shapes):
+        blob = self._blob_dict[name]
+        shape = tuple(np.shape(value))
+        try:
+            if shape != blob.shape:
+                old_shapes[name] = blob.shape
+                blob.reshape(shape)
+            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
+        except BlobSizeError as exc:
+            raise NetError("forward: input blob '%s' of net %s: %s" % (name, self.name, exc)) from None
+        except (ValueError, TypeError) as exc:
+            kind = getattr(np.asarray(value), "dtype", None)
+            raise NetError("forward: input blob '%s' of net %s takes numbers of shape %s; got %s "
+                           "of shape %s (%s)" % (name, self.name, _shape_text(blob.shape),
+                                                 kind, _shape_text(shape), exc)) from None
+
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
         self._check_blob_names(list(kwargs) + list(diffs or []), "backward")
         for name, value in kwargs.items():
-            # a host array goes to a device blob as a copy (CuPy fills only from scalars)
-            self._blob_dict[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
+            blob = self._blob_dict[name]
+            try:
+                # a host array goes to a device blob as a copy (CuPy fills only from scalars)
+                blob.diff[...] = self.xp.asarray(value) if self.xp is not np else value
+            except (ValueError, TypeError) as exc:
+                raise NetError("backward: the diff given for blob '%s' of net %s must fit its "
+                               "shape %s; got %s of shape %s (%s)"
+                               % (name, self.name, _shape_text(blob.shape),
+                                  getattr(np.asarray(value), "dtype", type(value).__name__),
+                                  _shape_text(np.shape(value)), exc)) from None
         si = self._layer_index(start, len(self._layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)
@@ -600,6 +629,25 @@ class Net:
     def save(self, path, write_diff=False):
         """Write a .caffemodel (binary NetParameter) that Caffe can load."""
         write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _shape_text(shape):
+    return "x".join(map(str, shape)) if shape else "() (a scalar)"
+
+
+def _name_layer(layer, exc, stage=None):
+    """``exc`` as a message that names ``layer``: LayerErrors do already; a blob too big to
+    hold (BlobSizeError) or NumPy's MemoryError does not know whose blob it was."""
+    if isinstance(exc, LayerError):
+        return str(exc)
+    if isinstance(exc, MemoryError) and not isinstance(exc, BlobSizeError):
+        what = "out of memory%s (%s)" % (" in " + stage if stage else "",
+                                         str(exc) or type(exc).__name__)
+    else:
+        what = str(exc)
+    if ("layer '%s'" % layer.name) in what:
+        return what
+    return "layer '%s' (type %s): %s" % (layer.name, layer.type, what)
 
 
 def _shape_string(shape):

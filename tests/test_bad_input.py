@@ -115,3 +115,241 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
     assert net.blobs["data"].shape == (2, 3)
     out = net.forward(data=np.full((2, 3), 2.0, np.float32))
     np.testing.assert_array_equal(out["ip"], np.full((2, 2), 6.0))
+
+
+# ---------------------------------------------------------------- the fuzz's classes (issue #15)
+from protonet.data.datum import DataError, array_to_datum  # noqa: E402
+from protonet.data.db import LMDBReader, write_lmdb  # noqa: E402
+from protonet.digits import DatasetError, bind_dataset  # noqa: E402
+from protonet.io import FormatError, parse_net, read_net, read_solver  # noqa: E402
+
+INPUT_NET = """name: "b"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+%s
+"""
+
+
+def _small_lmdb(path, n=40, size=8):
+    return write_lmdb(str(path), [array_to_datum(np.full((1, size, size), i % 256, np.uint8), label=i)
+                                  for i in range(n)])
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 4096, 6000, 8192, 12288, 0.5, -4096, -1])
+def test_a_truncated_lmdb_is_refused_before_lmdb_maps_it(tmp_path, keep):
+    # lmdb maps the file as long as its header says: reading past the end is SIGBUS
+    _small_lmdb(tmp_path / "db", n=300, size=16)
+    data = (tmp_path / "db" / "data.mdb").read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data) if keep < 0 else keep
+    (tmp_path / "db" / "data.mdb").write_bytes(data[:cut])
+    with pytest.raises(DataError) as exc:
+        LMDBReader(str(tmp_path / "db"))
+    message = str(exc.value)
+    assert str(tmp_path / "db" / "data.mdb") in message
+    assert ("truncated" in message or "empty" in message or "not an LMDB" in message), message
+    if cut >= 8192:      # both header pages present: the sizes are given
+        assert "%d bytes, but its header says the database fills %d" % (cut, len(data)) in message
+
+
+def test_an_intact_lmdb_still_opens(tmp_path):
+    _small_lmdb(tmp_path / "db", n=5)
+    with LMDBReader(str(tmp_path / "db")) as reader:
+        assert len(reader) == 5 and [k for k, _ in reader.items()][-1] == b"000000004"
+
+
+@pytest.mark.parametrize("layer, blob, layer_name", [
+    ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+     'inner_product_param { num_output: 3000000000 } }', "3000000000x192", "ip"),
+    ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+     'convolution_param { num_output: 4 kernel_size: 3 pad: 100000 } }', "1x4x200006x200006", "conv"),
+])
+def test_absurd_sizes_name_the_layer_and_the_bytes(tmp_path, monkeypatch, capsys, layer, blob,
+                                                   layer_name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % layer)
+    with pytest.raises(NetError) as exc:
+        protonet.Net("net.prototxt", phase="TEST")
+    message = str(exc.value)
+    assert message.startswith("layer '%s' (type " % layer_name)
+    assert "a blob of shape %s" % blob in message and "INT_MAX" in message
+    assert "TiB" in message and message.endswith("at net.prototxt:3")
+    assert main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "a blob of shape %s" % blob in err and "Traceback" not in err
+
+
+def test_a_blob_bigger_than_the_memory_is_refused_before_it_is_filled(tmp_path, monkeypatch):
+    import protonet.blob as blob_module
+    monkeypatch.setattr(blob_module, "_physical_memory", lambda: 1 << 20)       # 1 MiB
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % (
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 1000 } }'))
+    with pytest.raises(NetError, match=r"^layer 'ip' \(type InnerProduct\): a blob of shape "
+                                       r"1000x192 needs 1\.5 MiB \(data and diff\), more than "
+                                       r"this machine's 1\.0 MiB of memory at "):
+        protonet.Net(str(tmp_path / "net.prototxt"), phase="TEST")
+
+
+def test_a_failed_allocation_names_the_layer_and_leaves_the_blob_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % (
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 2 } }'))
+    net = protonet.Net(str(tmp_path / "net.prototxt"), phase="TEST")
+    zeros = np.zeros
+
+    def no_memory_for(count):
+        def fake(n, *args, **kwargs):
+            if n == count:
+                raise MemoryError()
+            return zeros(n, *args, **kwargs)
+        return fake
+    monkeypatch.setattr(net.blobs["data"].xp, "zeros", no_memory_for(4 * 3 * 8 * 8))
+    with pytest.raises(NetError, match=r"^forward: input blob 'data' of net b: cannot allocate a "
+                                       r"blob of shape 4x3x8x8: 6\.0 KiB \(data and diff\)"):
+        net.forward(data=np.ones((4, 3, 8, 8), np.float32))
+    assert net.blobs["data"].shape == (1, 3, 8, 8)
+    # a top the layer reshapes: the layer is named
+    monkeypatch.setattr(net.blobs["data"].xp, "zeros", no_memory_for(9 * 2))
+    with pytest.raises(NetError, match=r"^layer 'ip' \(type InnerProduct\): cannot allocate a "
+                                       r"blob of shape 9x2: 144 bytes \(data and diff\) .* at "):
+        net.forward(data=np.ones((9, 3, 8, 8), np.float32))
+    monkeypatch.undo()
+    assert net.blobs["data"].shape == (1, 3, 8, 8) and net.blobs["ip"].shape == (1, 2)
+    out = net.forward(data=np.ones((1, 3, 8, 8), np.float32))
+    assert out["ip"].shape == (1, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "sunnybrook", "--images", "i", "--contours", "c", "--out", "o", "--size", "0"],
+     "argument --size: 0: must be at least 1"),
+    (["data", "sunnybrook", "--images", "i", "--contours", "c", "--out", "o", "--size", "-5"],
+     "argument --size: -5: must be at least 1"),
+    (["data", "sunnybrook", "--images", "i", "--contours", "c", "--out", "o", "--val-pct", "nan"],
+     "argument --val-pct: nan: must be a finite number"),
+    (["data", "sunnybrook", "--images", "i", "--contours", "c", "--out", "o", "--seed", "-1"],
+     "argument --seed: -1: must be 0 or more"),
+    (["data", "synth-sunnybrook", "--out", "o", "--cases", "0"], "argument --cases: 0: must be"),
+    (["train", "--network", "n", "--dataset", "d", "--epochs", "0"],
+     "argument --epochs: 0: must be greater than 0"),
+    (["train", "--network", "n", "--dataset", "d", "--base-lr", "inf"],
+     "argument --base-lr: inf: must be a finite number"),
+    (["train", "--network", "n", "--dataset", "d", "--batch-size", "-2"],
+     "argument --batch-size: -2: must be at least 1"),
+    (["train", "--network", "n", "--dataset", "d", "--val-epochs", "-1"],
+     "argument --val-epochs: -1: must be 0 or more"),
+    (["train", "--solver", "s", "--iterations", "0"], "argument --iterations: 0: must be"),
+    (["test", "--model", "m", "--weights", "w", "--iterations", "x"],
+     "argument --iterations: 'x' is not a whole number"),
+    (["time", "--model", "m", "--level", "99999999999"], "argument --level: 99999999999: must be"),
+    (["infer", "x", "--model", "m", "--weights", "w", "--out", "o", "--limit", "0"],
+     "argument --limit: 0: must be at least 1"),
+    (["tutorial", "--epochs", "-1"], "argument --epochs: -1: must be greater than 0"),
+])
+def test_command_line_numbers_are_checked_where_they_are_typed(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sunnybrook_convert_refuses_a_size_of_zero(tmp_path):
+    from protonet.data.sunnybrook import SunnybrookError, convert
+    for bad in (0, -5, 2.5):
+        with pytest.raises(SunnybrookError, match="size must be a whole number of pixels"):
+            convert(str(tmp_path), str(tmp_path), str(tmp_path / "out"), size=bad)
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    import protonet.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    # while the parser is built (plugins of `data` are imported then): before logging is set up
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["time", "--model", "x"]) == 130
+    assert capsys.readouterr().err == "protonet: interrupted\n"
+    monkeypatch.undo()
+    # inside a command
+    monkeypatch.setattr(cli, "time_command", interrupted)
+    monkeypatch.setattr(cli, "COMMANDS", [c if c[0] != "time" else (c[0], interrupted) + c[2:]
+                                          for c in cli.COMMANDS])
+    assert main(["time", "--model", "x"]) == 130
+    err = capsys.readouterr().err
+    assert "Interrupted." in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "Infinity", "1e39", "-NaN"])
+@pytest.mark.parametrize("field, line", [("base_lr", 2), ("momentum", 4), ("gamma", 5),
+                                         ("weight_decay", 6), ("clip_gradients", 7),
+                                         ("delta", 8)])
+def test_non_finite_solver_settings_are_refused_naming_file_line_field(tmp_path, field, line,
+                                                                       value):
+    fields = ["base_lr: 0.1", 'lr_policy: "step"', "momentum: 0.9", "gamma: 0.1",
+              "weight_decay: 0.0005", "clip_gradients: 10", "delta: 1e-8", "stepsize: 10"]
+    text = 'net: "n.prototxt"\n' + "\n".join(f if not f.startswith(field + ":")
+                                            else "%s: %s" % (field, value) for f in fields) + "\n"
+    (tmp_path / "solver.prototxt").write_text(text)
+    with pytest.raises(FormatError) as exc:
+        read_solver(str(tmp_path / "solver.prototxt"))
+    assert str(exc.value).startswith("%s:%d: %s is " % (tmp_path / "solver.prototxt", line, field))
+    assert "must be finite numbers" in str(exc.value)
+
+
+@pytest.mark.parametrize("layer, field", [
+    ('layer { name: "norm" type: "LRN" bottom: "data" top: "n"\n  lrn_param { beta: nan } }',
+     "lrn_param.beta"),
+    ('layer { name: "conv" type: "Convolution" bottom: "data" top: "c"\n  convolution_param '
+     '{ num_output: 1 kernel_size: 1 weight_filler { type: "gaussian" std: inf } } }',
+     "convolution_param.weight_filler.std"),
+    ('layer { name: "scale" type: "Power" bottom: "data" top: "p"\n  power_param { scale: -inf } }',
+     "power_param.scale"),
+    ('layer { name: "relu" type: "ReLU" bottom: "data" top: "r"\n  relu_param '
+     '{ negative_slope: 1e40 } }', "relu_param.negative_slope"),
+])
+def test_non_finite_layer_parameters_are_refused_naming_the_layer(tmp_path, layer, field):
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % layer)
+    name = layer.split('"')[1]
+    for read in (lambda: read_net(str(tmp_path / "net.prototxt")),
+                 lambda: protonet.Net(str(tmp_path / "net.prototxt"), phase="TEST")):
+        with pytest.raises(FormatError) as exc:
+            read()
+        assert str(exc.value).startswith("%s:4: %s of layer '%s' (type "
+                                          % (tmp_path / "net.prototxt", field, name))
+    with pytest.raises(FormatError, match=r"^<string>:4: %s of layer '%s'" % (field, name)):
+        parse_net(INPUT_NET % layer)
+
+
+def test_finite_extremes_still_load(tmp_path):
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % (
+        'layer { name: "p" type: "Power" bottom: "data" top: "p"\n  power_param '
+        '{ scale: 3.4e38 shift: -1e-45 } }'))
+    net = read_net(str(tmp_path / "net.prototxt"))
+    assert net.layer[1].power_param.scale == pytest.approx(3.4e38, rel=1e-6)
+
+
+def test_a_digits_dataset_whose_features_and_labels_differ_in_count_is_an_error(tmp_path):
+    for split, (nf, nl) in (("train_db", (6, 5)), ("val_db", (2, 2))):
+        _small_lmdb(tmp_path / "ds" / split / "features", n=nf)
+        _small_lmdb(tmp_path / "ds" / split / "labels", n=nl)
+    param = parse_net("""name: "d"
+layer { name: "data" type: "Data" top: "data" include { phase: TRAIN } data_param { batch_size: 1 } }
+layer { name: "label" type: "Data" top: "label" include { phase: TRAIN } data_param { batch_size: 1 } }
+layer { name: "data" type: "Data" top: "data" include { phase: TEST } data_param { batch_size: 1 } }
+layer { name: "label" type: "Data" top: "label" include { phase: TEST } data_param { batch_size: 1 } }
+""")
+    features, labels = tmp_path / "ds" / "train_db" / "features", tmp_path / "ds" / "train_db" / "labels"
+    with pytest.raises(DatasetError) as exc:
+        bind_dataset(param, str(tmp_path / "ds"))
+    assert "%s holds 6 records but %s holds 5" % (features, labels) in str(exc.value)
+    # the train_val.prototxt a quick start wrote, run again with --solver: the net checks too
+    bound = param.__class__()
+    bound.CopyFrom(param)
+    for lp in bound.layer:
+        lp.data_param.source = str(tmp_path / "ds" / "train_db" / ("features" if lp.top[0] == "data"
+                                                                   else "labels"))
+        lp.data_param.backend = lp.data_param.LMDB
+    with pytest.raises(NetError, match="holds 6 records but .* holds 5"):
+        protonet.Net(bound, phase="TRAIN")
+    # with equal counts both bind and build
+    _small_lmdb(labels, n=6)
+    bound = bind_dataset(param, str(tmp_path / "ds"))
+    assert protonet.Net(bound, phase="TRAIN").blobs["data"].shape == (1, 1, 8, 8)

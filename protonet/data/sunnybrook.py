@@ -66,6 +66,7 @@ import sys
 
 import numpy as np
 
+from .. import argtypes
 from ..io import write_binary
 from ..log import plural
 from ..proto import caffe_pb2
@@ -613,6 +614,10 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
         raise SunnybrookError("val_by must be 'case' or 'image', not %r" % (val_by,))
     if not 0 <= float(val_pct) <= 100:
         raise SunnybrookError("val_pct must be between 0 and 100, not %r" % (val_pct,))
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise SunnybrookError("size must be a whole number of pixels, at least 1, not %r" % (size,))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SunnybrookError("seed must be a whole number 0 or more, not %r" % (seed,))
     for what, folder in (("images", images_dir), ("contours", contours_dir)):
         if not os.path.isdir(folder):
             raise SunnybrookError("%s folder %s does not exist or is not a folder" % (what, folder))
@@ -795,15 +800,15 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     parser.add_argument("--channels", choices=("gray", "rgb"), default="gray",
                         help="features as 1 gray channel or the gray copied to 3 (default gray)")
-    parser.add_argument("--val-pct", type=float, default=10, metavar="PCT",
+    parser.add_argument("--val-pct", type=argtypes.percent, default=10, metavar="PCT",
                         help="percent of the examples for validation (default 10)")
     parser.add_argument("--val-by", choices=("case", "image"), default="case",
                         help="split by case (default: every slice of a patient on one side, "
                              "val cases chosen so val is close to PCT%% of the images) or by "
                              "image (DIGITS' split, exactly: slices of one patient on both "
                              "sides, an optimistic val Dice)")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="shuffle seed (default 0)")
+    parser.add_argument("--size", type=argtypes.positive_int, default=256,
                         help="expected image size; other sizes are skipped (default 256)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace train_db/val_db already in --out")
