@@ -21,7 +21,7 @@ import numpy as np
 from . import argtypes, backend, devices
 from .io import FormatError, read_solver
 from .layer import LayerError
-from .log import close_log_file, fmt, get_logger, setup as setup_logging
+from .log import close_log_file, fmt, get_logger, setup as setup_logging, warnings_to_log
 from .proto import caffe_pb2
 
 log = get_logger()
@@ -50,6 +50,14 @@ def _add_net_state(parser):
     parser.add_argument("--stage", action="append", metavar="NAME",
                         help="NetState stage(s), comma separated or repeated")
     parser.add_argument("--level", type=argtypes.int32, default=0, help="NetState level (default 0)")
+
+
+def _copy_weights(net, path):
+    """--weights: as copy_weights, but a file that fits none of the net's layers is an error
+    (the library only warns: Caffe ignores layers it does not know, for fine-tuning)."""
+    if not os.path.exists(path):
+        raise FormatError("--weights %s: no such file (working directory %s)" % (path, os.getcwd()))
+    net.copy_from(path, require_match=True)
 
 
 def _net_phase(name):
@@ -215,7 +223,7 @@ def train_command(args):
         elif args.weights:
             for path in args.weights.split(","):
                 log.info("Finetuning from %s", path)
-                copy_weights(solver.net, path)
+                _copy_weights(solver.net, path)
                 for net in solver.test_nets:
                     copy_weights(net, path)
         log.info("Starting Optimization")
@@ -244,7 +252,6 @@ def test_arguments(p):
 
 def test_command(args):
     from .net import Net
-    from .solver import copy_weights
     if args.iterations < 1:
         raise CommandError("--iterations must be at least 1")
     _check_files("--model", args.model)
@@ -253,7 +260,7 @@ def test_command(args):
     stages = _stages(args.stage)
     net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=stages)
     _hint_stage_excluded_outputs(args.model, stages, args.level)
-    copy_weights(net, args.weights)
+    _copy_weights(net, args.weights)
     log.info("Running for %d iterations.", args.iterations)
     scores, loss = None, np.float32(0)
     for i in range(args.iterations):
@@ -678,7 +685,8 @@ def main(argv=None):
         setup_logging(log_dir=getattr(args, "log_dir", None))
         logging_ready = True
         _warn_ignored(args)
-        return args._func(args) or 0
+        with warnings_to_log():
+            return args._func(args) or 0
     except KeyboardInterrupt:
         if logging_ready:
             log.error("Interrupted.")

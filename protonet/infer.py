@@ -148,9 +148,11 @@ def _sniff(path):
 
 def read_dicom_file(path):
     """A DICOM image as a 1 x H x W float32 array of its stored values."""
-    from .data.sunnybrook import read_dicom
+    from .data.sunnybrook import DicomError, read_dicom
     try:
         arr = read_dicom(path)
+    except DicomError as exc:
+        raise InferError(str(exc)) from None
     except Exception as exc:  # pydicom raises many types for unreadable files
         raise InferError("%s: cannot read as a DICOM image (%s: %s)"
                          % (path, type(exc).__name__, exc)) from None
@@ -434,6 +436,17 @@ def plan_inputs(paths, labels=None):
             raise InferError("--labels goes with exactly one LMDB input (the features), got %d"
                              % len(lmdbs))
         plan[lmdbs[0]] = ("lmdb", plan[lmdbs[0]][1], labels)
+    from .data.db import LMDBReader
+    for kind, path, label_path in plan:
+        if kind != "lmdb":
+            continue
+        for db, what in ((path, "input"), (label_path, "--labels")):
+            if db is None:
+                continue
+            with LMDBReader(db) as reader:        # a truncated or damaged one is named too
+                if not len(reader):
+                    raise InferError("%s %s: the LMDB is empty (0 records): nothing to %s"
+                                     % (what, db, "segment" if what == "input" else "score"))
     return plan
 
 

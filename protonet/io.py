@@ -153,6 +153,10 @@ def _show_float(value):
 
 def read_binary(path, message):
     data = _read(path, "rb")
+    if not data:
+        # protobuf parses 0 bytes as an empty message: a weights file that would load nothing
+        raise FormatError("%s: empty file (0 bytes), not a binary %s (an interrupted copy or "
+                          "download?)" % (path, message.DESCRIPTOR.name))
     try:
         message.ParseFromString(data)
     except DecodeError as exc:

@@ -563,17 +563,27 @@ class Net:
                     "scratch rather than copying from a saved net, rename the layer.%s"
                     % (j, layer.name, origin, "x".join(map(str, shape)) or "(scalar)",
                        "x".join(map(str, blob.shape)) or "(scalar)", _channel_hint(shape, blob.shape)))
-            values = blobproto_to_array(proto).reshape(blob.shape)
+            try:
+                values = blobproto_to_array(proto).reshape(blob.shape)
+                diff = None
+                if len(proto.double_diff) or len(proto.diff):  # a snapshot_diff model, as Caffe
+                    diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
+            except FormatError as exc:
+                raise NetError("%s: param %d of layer '%s' (type %s): %s"
+                               % (origin, j, layer.name, layer.type, exc)) from None
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
-            if len(proto.double_diff) or len(proto.diff):     # a snapshot_diff model, as Caffe
-                diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
+            if diff is not None:
                 blob.set_diff(diff)
 
-    def copy_from(self, source, origin=None):
+    def copy_from(self, source, origin=None, require_match=False):
         """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
 
         Layers absent from this net are ignored (as Caffe does, for fine-tuning).
         ``origin``: the file a NetParameter was read from, for the errors.
+        A file that matches none of this net's layers that have parameters is
+        almost surely the wrong file: a loud warning, or NetError with
+        ``require_match`` (the command line's --weights). Returns the number of
+        layers whose parameters were copied (None for HDF5 files).
         """
         if isinstance(source, caffe_pb2.NetParameter):
             param, origin = source, origin or "the given NetParameter"
@@ -585,11 +595,24 @@ class Net:
         index = {}
         for i, name in enumerate(self.layer_names):
             index.setdefault(name, i)       # as Caffe: the first layer of a name gets the weights
+        copied = 0
         for lp in param.layer:
             li = index.get(lp.name)
             if li is None or not len(lp.blobs) and not self._layers[li].blobs:
                 continue
             self._load_layer_blobs(self._layers[li], lp.blobs, origin)
+            copied += bool(len(lp.blobs))
+        wanted = [name for name, layer in zip(self.layer_names, self._layers) if layer.blobs]
+        if wanted and not copied:
+            stored = [lp.name for lp in param.layer if len(lp.blobs)]
+            message = ("%s holds weights for none of the layers of net %s: it has %s; the net's "
+                       "layers with parameters are %s. Is it the caffemodel of this net?"
+                       % (origin, self.name or "(unnamed)", _few(stored) or "no weights at all",
+                          _few(wanted)))
+            if require_match:
+                raise NetError(message)
+            log.warning("%s (nothing was copied)", message)
+        return copied
 
     def share_with(self, other):
         """Make this net's parameter values views of ``other``'s, by layer name."""
@@ -629,6 +652,11 @@ class Net:
     def save(self, path, write_diff=False):
         """Write a .caffemodel (binary NetParameter) that Caffe can load."""
         write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _few(names, limit=8):
+    names = list(names)
+    return ", ".join(names[:limit]) + (", ... (%d in all)" % len(names) if len(names) > limit else "")
 
 
 def _shape_text(shape):

@@ -353,3 +353,118 @@ layer { name: "label" type: "Data" top: "label" include { phase: TEST } data_par
     _small_lmdb(labels, n=6)
     bound = bind_dataset(param, str(tmp_path / "ds"))
     assert protonet.Net(bound, phase="TRAIN").blobs["data"].shape == (1, 1, 8, 8)
+
+
+IP_NET = INPUT_NET % ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"\n'
+                      '  inner_product_param { num_output: 2 } }')
+
+
+def _ip_net(tmp_path):
+    (tmp_path / "net.prototxt").write_text(IP_NET)
+    return protonet.Net(str(tmp_path / "net.prototxt"), phase="TEST")
+
+
+def test_an_empty_weights_file_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    net = _ip_net(tmp_path)
+    (tmp_path / "empty.caffemodel").write_bytes(b"")
+    with pytest.raises(FormatError, match=r"^empty\.caffemodel: empty file \(0 bytes\), not a "
+                                          r"binary NetParameter"):
+        net.copy_from("empty.caffemodel")
+    assert main(["test", "--model", "net.prototxt", "--weights", "empty.caffemodel",
+                 "--iterations", "1"]) == 1
+    assert "empty.caffemodel: empty file (0 bytes)" in capsys.readouterr().err
+
+
+def test_weights_that_match_no_layer_warn_in_the_library_and_stop_the_command(
+        tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    net = _ip_net(tmp_path)
+    (tmp_path / "other.prototxt").write_text(IP_NET.replace('name: "ip"', 'name: "fc"'))
+    protonet.Net("other.prototxt", phase="TEST").save("other.caffemodel")
+    before = net.params["ip"][0].data.copy()
+    with caplog.at_level("WARNING", logger="protonet"):
+        assert net.copy_from("other.caffemodel") == 0
+    assert ("other.caffemodel holds weights for none of the layers of net b: it has fc; the "
+            "net's layers with parameters are ip") in caplog.text
+    np.testing.assert_array_equal(net.params["ip"][0].data, before)
+    assert main(["test", "--model", "net.prototxt", "--weights", "other.caffemodel",
+                 "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "other.caffemodel holds weights for none of the layers of net b" in err
+    assert "Batch 0" not in err                          # it stopped before running
+    # a file that matches is copied and counted
+    net.save("own.caffemodel")
+    assert net.copy_from("own.caffemodel") == 1
+
+
+def test_a_blob_whose_values_do_not_fit_its_shape_names_file_and_layer(tmp_path):
+    from protonet.io import read_net_binary, write_binary
+    net = _ip_net(tmp_path)
+    net.save(str(tmp_path / "w.caffemodel"))
+    param = read_net_binary(str(tmp_path / "w.caffemodel"))
+    ip = [lp for lp in param.layer if lp.name == "ip"][0]
+    del ip.blobs[0].data[-5:]
+    write_binary(str(tmp_path / "bad.caffemodel"), param)
+    with pytest.raises(NetError) as exc:
+        net.copy_from(str(tmp_path / "bad.caffemodel"))
+    assert str(exc.value) == ("%s: param 0 of layer 'ip' (type InnerProduct): BlobProto holds 379 "
+                              "values but its shape (2, 192) needs 384" % (tmp_path / "bad.caffemodel"))
+
+
+def test_forward_and_backward_name_the_blob_and_its_shape(tmp_path):
+    net = _ip_net(tmp_path)
+    with pytest.raises(NetError, match=r"^forward: input blob 'data' of net b takes numbers of "
+                                       r"shape 1x3x8x8; got <U1 of shape 1x3x8x8"):
+        net.forward(data=np.full((1, 3, 8, 8), "x"))
+    assert net.blobs["data"].shape == (1, 3, 8, 8)
+    net.forward(data=np.ones((1, 3, 8, 8), np.float32))
+    with pytest.raises(NetError, match=r"^backward: the diff given for blob 'ip' of net b must "
+                                       r"fit its shape 1x2; got float64 of shape 5x7"):
+        net.backward(ip=np.ones((5, 7)))
+
+
+def test_an_empty_lmdb_given_to_infer_is_named(tmp_path, capsys):
+    from protonet.data.db import LMDBWriter
+    _ip_net(tmp_path).save(str(tmp_path / "w.caffemodel"))
+    with LMDBWriter(str(tmp_path / "empty_db")):
+        pass
+    assert main(["infer", str(tmp_path / "empty_db"), "--model", str(tmp_path / "net.prototxt"),
+                 "--weights", str(tmp_path / "w.caffemodel"), "--out", str(tmp_path / "o")]) == 2
+    assert "input %s: the LMDB is empty (0 records)" % (tmp_path / "empty_db") \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "not a DICOM file: the file is empty (0 bytes)"),
+    (b"patient notes, not an image\n", "not a DICOM image: it has no 'DICM' marker at byte 128"),
+    (b"\0" * 128 + b"DICM" + b"\2\0\1\0UL\4\0\0\0\0\0", "not a DICOM image: it has the DICOM "
+                                                         "marker but no image data"),
+])
+def test_a_dcm_that_is_not_dicom_says_so_in_plain_words(tmp_path, content, words):
+    from protonet.data.sunnybrook import DicomError, read_dicom
+    from protonet.infer import InferError, read_file
+    (tmp_path / "x.dcm").write_bytes(content)
+    for read, error in ((read_dicom, DicomError), (read_file, InferError)):
+        with pytest.raises(error) as exc:
+            read(str(tmp_path / "x.dcm"))
+        assert str(exc.value).startswith("%s: %s" % (tmp_path / "x.dcm", words))
+
+
+def test_python_warnings_are_one_log_line_each(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text("""name: "w"
+layer { name: "data" type: "DummyData" top: "data"
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 100 } } }
+layer { name: "e" type: "Exp" bottom: "data" top: "e" }
+""")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["time", "--model", "net.prototxt", "--iterations", "1"]) == 0
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if "RuntimeWarning" in l]
+    assert lines and all(l.startswith("W") and "] RuntimeWarning: overflow encountered in exp"
+                         in l for l in lines)
+    assert not any("warnings.warn" in l or l.lstrip().startswith("return") for l in err.splitlines())
+    assert warnings.showwarning.__module__ == "warnings"          # put back afterwards

@@ -96,6 +96,10 @@ _DICOM_RE = re.compile(r"^IM-(\d{4})-(\d{4})\.dcm$", re.IGNORECASE)
 _CONTOUR_RE = re.compile(r"^IM-0001-(\d{4})-icontour-manual\.txt$")
 
 
+class DicomError(ValueError):
+    """A file that is not a readable single-frame DICOM image; the message names it."""
+
+
 class SunnybrookError(ValueError):
     """The inputs cannot be converted at all (missing folders, no contours, output in the way)."""
 
@@ -290,10 +294,34 @@ def _read_dicom(path, dtype=np.float32):
     import pydicom
     from pydicom.errors import InvalidDicomError
     try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        raise DicomError("%s: cannot read (%s)" % (path, exc.strerror or exc)) from None
+    if not head:
+        raise DicomError("%s: not a DICOM file: the file is empty (0 bytes)" % path)
+    try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True)  # an old export without the 128-byte preamble
-    arr = ds.pixel_array
+        try:
+            ds = pydicom.dcmread(path, force=True)  # an old export without the 128-byte preamble
+        except Exception:
+            ds = None
+    except Exception as exc:                    # a DICOM cut short or damaged
+        raise DicomError("%s: a damaged DICOM file (%s: %s)" % (path, type(exc).__name__, exc)) \
+            from None
+    if ds is None or "PixelData" not in ds:
+        # pydicom's force=True reads almost anything as an empty dataset; say what it is
+        marker = head[128:132] == b"DICM"
+        raise DicomError("%s: not a DICOM image: %s (it starts with %r)" % (
+            path, "it has the DICOM marker but no image data (PixelData)" if marker else
+            "it has no 'DICM' marker at byte 128 and does not read as an old-style DICOM "
+            "with image data either", head[:16]))
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise DicomError("%s: the DICOM image data cannot be decoded (%s: %s)"
+                         % (path, type(exc).__name__, exc)) from None
     if arr.ndim != 2:
         raise ValueError("%s: pixel data has shape %s; expected one gray frame"
                          % (path, "x".join(map(str, arr.shape))))
@@ -488,6 +516,9 @@ def _load_examples(contours, order, cases, images_dir, size, report, warnings):
             report.message("sunnybrook: warning: " + note)
         try:
             img, location = _read_dicom(dpath, dtype=None)
+        except DicomError as exc:
+            skip(cpath, case, image_no, str(exc))
+            continue
         except Exception as exc:  # pydicom raises many types for damaged files
             skip(cpath, case, image_no, "cannot read DICOM %s (%s: %s)"
                  % (dpath, type(exc).__name__, exc))
