@@ -571,6 +571,12 @@ class Net:
             except FormatError as exc:
                 raise NetError("%s: param %d of layer '%s' (type %s): %s"
                                % (origin, j, layer.name, layer.type, exc)) from None
+            if not np.isfinite(values).all():
+                # Caffe loads them without a word; every output would be NaN
+                bad = int(values.size - np.isfinite(values).sum())
+                log.warning("%s: param %d of layer '%s' holds %d NaN or infinite value(s) of %d: "
+                            "the file is damaged or was saved from a run that diverged"
+                            % (origin, j, layer.name, bad, values.size))
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
             if diff is not None:
                 blob.set_diff(diff)

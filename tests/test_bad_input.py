@@ -468,3 +468,29 @@ layer { name: "e" type: "Exp" bottom: "data" top: "e" }
                          in l for l in lines)
     assert not any("warnings.warn" in l or l.lstrip().startswith("return") for l in err.splitlines())
     assert warnings.showwarning.__module__ == "warnings"          # put back afterwards
+
+
+def test_a_pooling_stride_far_above_the_input_builds_at_once(tmp_path):
+    # found by fuzzing: stride 2147483648 made one (empty) column phase per stride step
+    (tmp_path / "net.prototxt").write_text(INPUT_NET % (
+        'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+        '  pooling_param { pool: MAX kernel_size: 2 stride: 2147483648 } }'))
+    net = protonet.Net(str(tmp_path / "net.prototxt"), phase="TRAIN")
+    x = np.arange(192, dtype=np.float32).reshape(1, 3, 8, 8)
+    out = net.forward(data=x)["pool"]
+    # Caffe's CEIL rounding gives 2x2 outputs; only the first window lies on the input
+    assert out.shape == (1, 3, 2, 2)
+    np.testing.assert_array_equal(out[0, :, 0, 0], x[0, :, :2, :2].reshape(3, -1).max(axis=1))
+    assert (out[0, :, 1, :] == -np.finfo(np.float32).max).all()
+
+
+def test_weights_holding_nan_are_loaded_with_a_warning_naming_file_and_layer(tmp_path, caplog):
+    net = _ip_net(tmp_path)
+    net.params["ip"][0].data[0, :3] = np.nan
+    net.save(str(tmp_path / "nan.caffemodel"))
+    other = _ip_net(tmp_path)
+    with caplog.at_level("WARNING", logger="protonet"):
+        other.copy_from(str(tmp_path / "nan.caffemodel"))
+    assert ("%s: param 0 of layer 'ip' holds 3 NaN or infinite value(s) of 384"
+            % (tmp_path / "nan.caffemodel")) in caplog.text
+    assert np.isnan(other.params["ip"][0].data).sum() == 3          # loaded as Caffe does
