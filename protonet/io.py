@@ -5,6 +5,7 @@ Binary writes are atomic (temporary file + rename), so an interrupted
 snapshot never leaves a torn file where a good one was.
 """
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -104,7 +105,6 @@ _NUMBER = r"([-+]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)f?)"
 
 def _line_of(text, field, value):
     """The line of ``field: <a value that is not finite>`` in ``text``, or None."""
-    import re
     for m in re.finditer(r"(?<![\w.])%s\s*:?\s*%s(?![\w.])" % (re.escape(field), _NUMBER), text,
                          re.IGNORECASE):
         token = m.group(1)
@@ -184,7 +184,9 @@ def stage_bytes(path, payload):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=folder)
+        # the pid in the name lets a later run tell a killed writer's leftover from a live one
+        fd, tmp = tempfile.mkstemp(prefix=".%s.%d." % (os.path.basename(path), os.getpid()),
+                                   dir=folder)
     except OSError as exc:        # name the file asked for, not the temporary one
         raise OSError(exc.errno, "cannot write %s (%s)" % (path, exc.strerror)) from None
     try:
@@ -198,6 +200,52 @@ def stage_bytes(path, payload):
         discard_staged(tmp)
         raise
     return tmp
+
+
+# stage_bytes' names (mkstemp's 8 random characters) and hdf5_weights.stage_hdf5's (.tmp)
+_STAGED = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?:[a-z0-9_]{8}|tmp)$")
+
+
+# what a solver writes beside ``snapshot_prefix``: snapshots, the curve, the folder probe
+_SNAPSHOT_TARGET = re.compile(r"^(?:_iter_\d+\.(?:caffemodel|solverstate)(?:\.h5)?|_curve\.png"
+                              r"|_probe)$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:             # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staged(prefix):
+    """Remove the staged files (see :func:`stage_bytes`) of the snapshots, curve and probe of
+    ``prefix`` (a snapshot_prefix) that a killed process left behind; returns their paths.
+    Only hidden files of exactly that pattern, whose writer is no longer running, go."""
+    folder = os.path.dirname(os.fspath(prefix)) or "."
+    base = os.path.basename(os.fspath(prefix))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _STAGED.match(name)
+        if not m or not _SNAPSHOT_TARGET.match(m.group("target")[len(base):]) \
+                or not m.group("target").startswith(base) \
+                or int(m.group("pid")) == os.getpid() or _alive(int(m.group("pid"))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def discard_staged(tmp):

@@ -494,3 +494,118 @@ def test_weights_holding_nan_are_loaded_with_a_warning_naming_file_and_layer(tmp
     assert ("%s: param 0 of layer 'ip' holds 3 NaN or infinite value(s) of 384"
             % (tmp_path / "nan.caffemodel")) in caplog.text
     assert np.isnan(other.params["ip"][0].data).sum() == 3          # loaded as Caffe does
+
+
+# ---------------------------------------------------------------- the solver's share
+DIVERGING_NET = """name: "div"
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+  dummy_data_param { shape { dim: 2 dim: 1 } shape { dim: 2 dim: 1 }
+    data_filler { type: "constant" value: %s } data_filler { type: "constant" value: 1000 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  inner_product_param { num_output: 1 weight_filler { type: "constant" value: 1 } } }
+layer { name: "%s" type: "%s" bottom: "ip" top: "e" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "e" bottom: "y" top: "loss" }
+"""
+SOLVER = ('net: "net.prototxt"\nbase_lr: 3\nlr_policy: "fixed"\nmax_iter: 20\nsnapshot: 1\n'
+          'snapshot_prefix: "snaps/s"\nsolver_mode: CPU\n')
+
+
+@pytest.mark.parametrize("x, layer, kind, bad_iter, value", [
+    (1, "exp", "Exp", 1, "inf"),           # the step overshoots: exp overflows at the next pass
+    (-1, "log", "Log", 0, "nan"),          # log of a negative input: NaN from the first pass
+])
+def test_a_non_finite_loss_stops_training_naming_iteration_and_layer(
+        tmp_path, monkeypatch, capsys, x, layer, kind, bad_iter, value):
+    import warnings
+    from protonet.solver import DivergedError
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (x, layer, kind))
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    solver = get_solver("solver.prototxt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(DivergedError) as exc:
+            solver.solve()
+    assert str(exc.value).startswith(
+        "solver.prototxt: iteration %d: the loss is %s; the first layer whose output is not "
+        "finite is '%s' (type %s, top 'e'). Training stopped before this update, without a "
+        "snapshot of it" % (bad_iter, value, layer, kind))
+    assert solver.iter == bad_iter
+    # the snapshots before it stay, none was written for (or after) the bad iteration
+    written = sorted(p.name for p in (tmp_path / "snaps").iterdir())
+    assert written == ["s_iter_%d.%s" % (i, ext) for i in range(1, bad_iter + 1)
+                       for ext in ("caffemodel", "solverstate")]
+    assert np.isfinite(solver.net.params["ip"][0].data).all()        # no NaN update was made
+    # the command line: one line, exit status 1
+    for p in (tmp_path / "snaps").iterdir():
+        p.unlink()
+    assert main(["train", "--solver", "solver.prototxt", "--no-curve"]) == 1
+    err = capsys.readouterr().err
+    assert "iteration %d: the loss is %s; the first layer whose output is not finite is '%s'" \
+        % (bad_iter, value, layer) in err and "Traceback" not in err
+    assert len(list((tmp_path / "snaps").iterdir())) == 2 * bad_iter
+
+
+def test_a_solver_without_a_net_says_the_net_is_missing(tmp_path):
+    (tmp_path / "solver.prototxt").write_text("base_lr: 0.1\nmax_iter: 3\n")
+    with pytest.raises(SolverError, match=r"solver\.prototxt: the net is missing: SolverParameter "
+                                          r"must specify a train net"):
+        get_solver(str(tmp_path / "solver.prototxt"))
+
+
+def test_a_snapshot_folder_that_cannot_be_written_is_found_by_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (1, "exp", "Exp"))
+    # os.access says /proc/self is writable for root; writing a file there fails
+    (tmp_path / "solver.prototxt").write_text(SOLVER.replace("snaps/s", "/proc/self/s"))
+    with pytest.raises(SolverError, match=r"cannot write to snapshot_prefix '/proc/self/s' \(.+\)"):
+        get_solver("solver.prototxt")
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    get_solver("solver.prototxt")
+    assert list((tmp_path / "snaps").iterdir()) == []              # the probe is gone
+
+
+def test_temporary_snapshot_files_of_a_killed_run_are_removed_by_the_next(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (1, "exp", "Exp"))
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    alive = str(os.getppid())              # a live writer (another run) keeps its files
+    names = {".s_iter_4.caffemodel.%s.k3j_9xqz" % dead: False,
+             ".s_iter_4.solverstate.%s.ab12cd34" % dead: False,
+             ".s_iter_4.caffemodel.h5.%s.tmp" % dead: False,
+             ".s_curve.png.%s.zz00zz00" % dead: False,
+             ".s_iter_5.caffemodel.%s.k3j_9xqz" % alive: True,
+             ".secret.%s.tmp" % dead: True,                          # not a snapshot's
+             ".s_notes.txt.%s.abcdefgh" % dead: True,
+             "s_iter_3.caffemodel": True}
+    for name in names:
+        (tmp_path / "snaps" / name).write_bytes(b"x")
+    get_solver("solver.prototxt")
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == sorted(
+        name for name, kept in names.items() if kept)
+
+
+def test_a_solverstate_blob_that_does_not_fit_names_file_and_layer(tmp_path, monkeypatch):
+    from protonet.io import read_binary, write_binary
+    from protonet.proto import caffe_pb2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (1, "exp", "Exp"))
+    (tmp_path / "solver.prototxt").write_text(SOLVER.replace("base_lr: 3", "base_lr: 1e-9"))
+    solver = get_solver("solver.prototxt")
+    solver.step(1)
+    model, state = solver.snapshot()
+    param = read_binary(state, caffe_pb2.SolverState())
+    param.history[1].shape.dim[:] = [4]                # the bias: 1 value, shape says 4
+    write_binary("bad.solverstate", param)
+    with pytest.raises(SolverError, match=r"^bad\.solverstate: history blob 1 \(param 1 of layer "
+                                          r"'ip'\): BlobProto holds 1 values but its shape"):
+        get_solver("solver.prototxt").restore("bad.solverstate")
