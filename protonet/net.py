@@ -589,14 +589,15 @@ class Net:
         A file that matches none of this net's layers that have parameters is
         almost surely the wrong file: a loud warning, or NetError with
         ``require_match`` (the command line's --weights). Returns the number of
-        layers whose parameters were copied (None for HDF5 files).
+        layers whose parameters were copied.
         """
         if isinstance(source, caffe_pb2.NetParameter):
             param, origin = source, origin or "the given NetParameter"
         else:
             path = os.fspath(source)
             if _is_hdf5(path):           # as Caffe's CopyTrainedLayersFrom, by content
-                return load_hdf5_weights(self, path)
+                copied, stored = load_hdf5_weights(self, path)
+                return self._check_copied(copied, stored, path, require_match)
             param, origin = read_net_binary(path), path
         index = {}
         for i, name in enumerate(self.layer_names):
@@ -608,9 +609,12 @@ class Net:
                 continue
             self._load_layer_blobs(self._layers[li], lp.blobs, origin)
             copied += bool(len(lp.blobs))
+        return self._check_copied(copied, [lp.name for lp in param.layer if len(lp.blobs)],
+                                  origin, require_match)
+
+    def _check_copied(self, copied, stored, origin, require_match):
         wanted = [name for name, layer in zip(self.layer_names, self._layers) if layer.blobs]
         if wanted and not copied:
-            stored = [lp.name for lp in param.layer if len(lp.blobs)]
             message = ("%s holds weights for none of the layers of net %s: it has %s; the net's "
                        "layers with parameters are %s. Is it the caffemodel of this net?"
                        % (origin, self.name or "(unnamed)", _few(stored) or "no weights at all",

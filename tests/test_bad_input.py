@@ -396,6 +396,14 @@ def test_weights_that_match_no_layer_warn_in_the_library_and_stop_the_command(
     # a file that matches is copied and counted
     net.save("own.caffemodel")
     assert net.copy_from("own.caffemodel") == 1
+    # the same for HDF5 weights
+    from protonet.hdf5_weights import save_hdf5_weights
+    save_hdf5_weights(protonet.Net("other.prototxt", phase="TEST"), "other.caffemodel.h5")
+    with pytest.raises(NetError, match=r"other\.caffemodel\.h5 holds weights for none of the "
+                                       r"layers of net b: it has fc"):
+        net.copy_from("other.caffemodel.h5", require_match=True)
+    save_hdf5_weights(net, "own.caffemodel.h5")
+    assert net.copy_from("own.caffemodel.h5", require_match=True) == 1
 
 
 def test_a_blob_whose_values_do_not_fit_its_shape_names_file_and_layer(tmp_path):
