@@ -7,6 +7,7 @@ DIGITS networks leave ``data_param.source`` empty; DIGITS fills it in: tops
 train = TRAIN + "train", val = TEST + "val", deploy = TEST + "deploy".
 """
 import math
+import numbers
 import os
 import re
 
@@ -156,6 +157,15 @@ def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD"
     form's defaults for what is not given; momentum 0.9 (not for AdaGrad and
     RMSProp, which refuse it) and weight_decay base_lr / 100, as DIGITS sets them.
     """
+    for name, value, low in (("epochs", epochs, 0), ("base_lr", base_lr, 0),
+                             ("snapshot_epochs", snapshot_epochs, None),
+                             ("val_epochs", val_epochs, None)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or (value <= low if low is not None else value < 0):
+            raise DatasetError("%s must be a finite number %s, not %r"
+                               % (name, "above 0" if low is not None else "0 or more", value))
+    if int(batch_size) < 1:
+        raise DatasetError("batch_size must be at least 1, not %r" % (batch_size,))
     train_n = db_entries(os.path.join(dataset_dir, "train_db", "features"))
     if train_n == 0:
         raise DatasetError("%s: the training database is empty" % dataset_dir)

@@ -108,7 +108,9 @@ class Net:
             self._lines = {}
             self._name_lines = []
             self._search_dirs = ()
+            from .io import check_finite
             from .upgrade import upgrade_net
+            check_finite(param, self.source)
             upgrade_net(param, source=self.source)
         else:
             self.source = os.fspath(network)

@@ -617,3 +617,26 @@ def test_a_solverstate_blob_that_does_not_fit_names_file_and_layer(tmp_path, mon
     with pytest.raises(SolverError, match=r"^bad\.solverstate: history blob 1 \(param 1 of layer "
                                           r"'ip'\): BlobProto holds 1 values but its shape"):
         get_solver("solver.prototxt").restore("bad.solverstate")
+
+
+def test_a_netparameter_message_with_nan_is_refused_too(tmp_path):
+    param = parse_net(IP_NET)
+    param.layer[1].inner_product_param.weight_filler.std = float("nan")
+    with pytest.raises(FormatError, match=r"^<NetParameter b>: inner_product_param\.weight_filler"
+                                          r"\.std of layer 'ip' \(type InnerProduct\) is NaN"):
+        protonet.Net(param, phase="TEST")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=float("nan")), "epochs must be a finite number above 0, not nan"),
+    (dict(epochs=0), "epochs must be a finite number above 0, not 0"),
+    (dict(base_lr=float("inf")), "base_lr must be a finite number above 0, not inf"),
+    (dict(val_epochs=-1.0), "val_epochs must be a finite number 0 or more, not -1.0"),
+    (dict(batch_size=0), "batch_size must be at least 1, not 0"),
+])
+def test_digits_solver_numbers_are_checked_in_the_library_too(tmp_path, kwargs, message):
+    from protonet.digits import build_solver
+    args = dict(train_val_path="t.prototxt", dataset_dir=str(tmp_path), epochs=1, base_lr=0.01)
+    args.update(kwargs)
+    with pytest.raises(DatasetError, match="^" + message):
+        build_solver(**args)
