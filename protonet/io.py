@@ -160,7 +160,8 @@ def read_binary(path, message):
     try:
         message.ParseFromString(data)
     except DecodeError as exc:
-        raise FormatError("%s: not a binary %s (%s)" % (path, message.DESCRIPTOR.name, exc)) from None
+        raise FormatError("%s: not a binary %s, or one that is cut short or damaged (%s)"
+                          % (path, message.DESCRIPTOR.name, exc)) from None
     return message
 
 

@@ -146,7 +146,12 @@ class Snapshots:
                                       % (state_file, i, self._history_owner(i), exc)) from None
         self.iter = iteration
         if learned:
-            copy_weights(self.net, self._learned_net_path(learned, state_file))
+            weights = self._learned_net_path(learned, state_file)
+            if not os.path.exists(weights):
+                raise SolverError("%s: its weights, learned_net '%s', are neither in the working "
+                                  "directory (%s) nor beside the solver state"
+                                  % (state_file, learned, os.getcwd()))
+            copy_weights(self.net, weights)
         self.current_step = step
         if len(history) != len(self.history):
             raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "

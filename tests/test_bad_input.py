@@ -640,3 +640,22 @@ def test_digits_solver_numbers_are_checked_in_the_library_too(tmp_path, kwargs, 
     args.update(kwargs)
     with pytest.raises(DatasetError, match="^" + message):
         build_solver(**args)
+
+
+def test_a_solverstate_whose_weights_are_gone_names_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (1, "exp", "Exp"))
+    (tmp_path / "solver.prototxt").write_text(SOLVER.replace("base_lr: 3", "base_lr: 1e-9"))
+    solver = get_solver("solver.prototxt")
+    solver.step(1)
+    model, state = solver.snapshot()
+    (tmp_path / model).unlink()
+    with pytest.raises(SolverError, match=r"^snaps/s_iter_1\.solverstate: its weights, learned_net "
+                                          r"'snaps/s_iter_1\.caffemodel', are neither in the "
+                                          r"working directory"):
+        get_solver("solver.prototxt").restore(state)
+    (tmp_path / "cut.solverstate").write_bytes((tmp_path / state).read_bytes()[:-3])
+    with pytest.raises(FormatError, match=r"^cut\.solverstate: not a binary SolverState, or one "
+                                          r"that is cut short or damaged"):
+        get_solver("solver.prototxt").restore("cut.solverstate")
