@@ -488,34 +488,46 @@ class Net:
 
     def _set_input(self, name, value, old_shapes):
         blob = self._blob_dict[name]
-        shape = tuple(np.shape(value))
+        what = "forward: input blob '%s' of net %s" % (name, self.name)
+        value = self._numbers(value, what, blob.shape)
+        shape = tuple(value.shape)
         try:
             if shape != blob.shape:
                 old_shapes[name] = blob.shape
                 blob.reshape(shape)
             blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
         except BlobSizeError as exc:
-            raise NetError("forward: input blob '%s' of net %s: %s" % (name, self.name, exc)) from None
-        except (ValueError, TypeError) as exc:
-            kind = getattr(np.asarray(value), "dtype", None)
-            raise NetError("forward: input blob '%s' of net %s takes numbers of shape %s; got %s "
-                           "of shape %s (%s)" % (name, self.name, _shape_text(blob.shape),
-                                                 kind, _shape_text(shape), exc)) from None
+            raise NetError("%s: %s" % (what, exc)) from None
+
+    def _numbers(self, value, what, shape):
+        """``value`` as an array of real numbers, or NetError naming the blob and its shape
+        (NumPy would take None as NaN, complex numbers as their real part, and a string or a
+        ragged list with a message that names no blob)."""
+        if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+            try:
+                value = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise NetError("%s takes an array of shape %s; got a %s that is not one (%s)"
+                               % (what, _shape_text(shape), type(value).__name__, exc)) from None
+        if np.dtype(value.dtype).kind not in "biuf":
+            raise NetError("%s takes real numbers (shape %s); got %s values of shape %s"
+                           % (what, _shape_text(shape), value.dtype, _shape_text(value.shape)))
+        return value
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
         self._check_blob_names(list(kwargs) + list(diffs or []), "backward")
         for name, value in kwargs.items():
             blob = self._blob_dict[name]
+            what = "backward: the diff given for blob '%s' of net %s" % (name, self.name)
+            value = self._numbers(value, what, blob.shape)
             try:
                 # a host array goes to a device blob as a copy (CuPy fills only from scalars)
                 blob.diff[...] = self.xp.asarray(value) if self.xp is not np else value
-            except (ValueError, TypeError) as exc:
-                raise NetError("backward: the diff given for blob '%s' of net %s must fit its "
-                               "shape %s; got %s of shape %s (%s)"
-                               % (name, self.name, _shape_text(blob.shape),
-                                  getattr(np.asarray(value), "dtype", type(value).__name__),
-                                  _shape_text(np.shape(value)), exc)) from None
+            except ValueError as exc:
+                raise NetError("%s must fit its shape %s; got shape %s (%s)"
+                               % (what, _shape_text(blob.shape), _shape_text(value.shape),
+                                  exc)) from None
         si = self._layer_index(start, len(self._layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)

@@ -422,14 +422,23 @@ def test_a_blob_whose_values_do_not_fit_its_shape_names_file_and_layer(tmp_path)
 
 def test_forward_and_backward_name_the_blob_and_its_shape(tmp_path):
     net = _ip_net(tmp_path)
-    with pytest.raises(NetError, match=r"^forward: input blob 'data' of net b takes numbers of "
-                                       r"shape 1x3x8x8; got <U1 of shape 1x3x8x8"):
-        net.forward(data=np.full((1, 3, 8, 8), "x"))
-    assert net.blobs["data"].shape == (1, 3, 8, 8)
+    for value, got in ((np.full((1, 3, 8, 8), "x"), "<U1 values of shape 1x3x8x8"),
+                       (None, "object values of shape \\(\\) \\(a scalar\\)"),   # NumPy: NaN
+                       (np.ones((1, 3, 8, 8), complex), "complex128 values")):
+        with pytest.raises(NetError, match=r"^forward: input blob 'data' of net b takes real "
+                                           r"numbers \(shape 1x3x8x8\); got " + got):
+            net.forward(data=value)
+        assert net.blobs["data"].shape == (1, 3, 8, 8)
+    with pytest.raises(NetError, match=r"^forward: input blob 'data' of net b takes an array of "
+                                       r"shape 1x3x8x8; got a list that is not one"):
+        net.forward(data=[[1, 2], [3]])
     net.forward(data=np.ones((1, 3, 8, 8), np.float32))
     with pytest.raises(NetError, match=r"^backward: the diff given for blob 'ip' of net b must "
-                                       r"fit its shape 1x2; got float64 of shape 5x7"):
+                                       r"fit its shape 1x2; got shape 5x7"):
         net.backward(ip=np.ones((5, 7)))
+    with pytest.raises(NetError, match=r"^backward: the diff given for blob 'ip' of net b takes "
+                                       r"real numbers \(shape 1x2\); got <U1"):
+        net.backward(ip=np.full((1, 2), "x"))
 
 
 def test_an_empty_lmdb_given_to_infer_is_named(tmp_path, capsys):
