@@ -34,6 +34,11 @@ def _read(path, mode):
         raise FormatError("%s: no such file" % path) from None
     except IsADirectoryError:
         raise FormatError("%s: is a directory, expected a file" % path) from None
+    if mode != "rb" and b"\0" in data[:4096]:
+        # text never holds NUL bytes: a .caffemodel / .solverstate where a prototxt belongs
+        raise FormatError("%s: a binary file, not a text prototxt (is it a .caffemodel or "
+                          ".solverstate? weights go to --weights / weights=, states to "
+                          "--snapshot)" % path)
     return data if mode == "rb" else decode_text(data)
 
 

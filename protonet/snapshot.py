@@ -134,6 +134,8 @@ class Snapshots:
                 history = [np.asarray(group[str(i)], np.float32) for i in range(len(group))]
         else:
             state = read_binary(state_file, caffe_pb2.SolverState())
+            if not state.HasField("iter") and not len(state.history):
+                raise SolverError(_not_a_state(state_file))
             iteration = state.iter
             learned = state.learned_net if state.HasField("learned_net") else None
             step = state.current_step
@@ -144,7 +146,15 @@ class Snapshots:
                 except FormatError as exc:
                     raise SolverError("%s: history blob %d (%s): %s"
                                       % (state_file, i, self._history_owner(i), exc)) from None
-        self.iter = iteration
+        # everything is checked before anything changes: a refused state leaves the solver as it was
+        if len(history) != len(self.history):
+            raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "
+                              "solver needs %d" % (state_file, len(history), self.type, len(self.history)))
+        for i, (target, values) in enumerate(zip(self.history, history)):
+            if values.size != target.size:
+                raise SolverError("%s: history blob %d has %d values; the parameter it belongs to "
+                                  "(%s) has %d" % (state_file, i, values.size,
+                                                   self._history_owner(i), target.size))
         if learned:
             weights = self._learned_net_path(learned, state_file)
             if not os.path.exists(weights):
@@ -152,18 +162,24 @@ class Snapshots:
                                   "directory (%s) nor beside the solver state"
                                   % (state_file, learned, os.getcwd()))
             copy_weights(self.net, weights)
+        self.iter = iteration
         self.current_step = step
-        if len(history) != len(self.history):
-            raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "
-                              "solver needs %d" % (state_file, len(history), self.type, len(self.history)))
         log.info("%s: restoring history", "SGDSolver")
         for blob in self.net.learnable_params:
             blob.settle_diff()   # a diff promised as a copy of the history gets it now
-        for i, (target, values) in enumerate(zip(self.history, history)):
-            if values.size != target.size:
-                raise SolverError("%s: history blob %d has %d values; the parameter it belongs to "
-                                  "(%s) has %d" % (state_file, i, values.size,
-                                                   self._history_owner(i), target.size))
+        for target, values in zip(self.history, history):
             values = values.reshape(target.shape).astype(np.float32)
             target[...] = self.net.xp.asarray(values) if self.net.xp is not np else values
         self.parallel.broadcast_params(self.net)
+
+
+def _not_a_state(path):
+    """Why ``path`` parsed as an empty SolverState: most often it is the caffemodel."""
+    try:
+        net = read_binary(path, caffe_pb2.NetParameter())
+    except FormatError:
+        net = None
+    if net is not None and len(net.layer) + len(net.layers):
+        return ("%s holds a net's weights (a .caffemodel), not a solver state: resume from the "
+                ".solverstate written beside it, or fine-tune from this file with --weights" % path)
+    return "%s is not a solver state: it holds no iteration and no history" % path

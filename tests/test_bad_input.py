@@ -668,3 +668,25 @@ def test_a_solverstate_whose_weights_are_gone_names_both(tmp_path, monkeypatch):
     with pytest.raises(FormatError, match=r"^cut\.solverstate: not a binary SolverState, or one "
                                           r"that is cut short or damaged"):
         get_solver("solver.prototxt").restore("cut.solverstate")
+
+
+def test_files_given_in_each_others_place_are_named_for_what_they_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "net.prototxt").write_text(DIVERGING_NET % (1, "exp", "Exp"))
+    (tmp_path / "solver.prototxt").write_text(SOLVER.replace("base_lr: 3", "base_lr: 1e-9"))
+    solver = get_solver("solver.prototxt")
+    solver.step(2)
+    model, state = solver.snapshot()
+    fresh = get_solver("solver.prototxt")
+    with pytest.raises(SolverError, match=r"^snaps/s_iter_2\.caffemodel holds a net's weights \(a "
+                                          r"\.caffemodel\), not a solver state"):
+        fresh.restore(model)
+    assert fresh.iter == 0                       # a refused state changes nothing
+    for path, read in ((model, lambda p: protonet.Net(p, phase="TEST")),
+                       (state, get_solver)):
+        with pytest.raises(FormatError, match=r"^%s: a binary file, not a text prototxt"
+                                              % path.replace(".", r"\.")):
+            read(path)
+    fresh.restore(state)
+    assert fresh.iter == 2
