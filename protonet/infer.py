@@ -702,8 +702,8 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
         raise InferError("--weights %s: no such file" % weights)
     if not os.path.isfile(os.fspath(model)):
         raise InferError("--model %s: no such file" % model)
-    if embed_mb is not None and embed_mb < 0:
-        raise InferError("--embed-mb must be 0 or more, got %g" % embed_mb)
+    if embed_mb is not None and not 0 <= embed_mb < float("inf"):     # NaN fails this too
+        raise InferError("--embed-mb must be a finite number, 0 or more, got %g" % embed_mb)
     from .layer import LayerError
     from .report import Report
     plan = plan_inputs(inputs, labels)
@@ -853,7 +853,7 @@ def add_arguments(parser):
                         help="contact sheet tiles per row (default 8)")
     parser.add_argument("--sheet-max", type=argtypes.nonneg_int, default=256, metavar="N",
                         help="at most N tiles on the contact sheet, 0 for all (default 256)")
-    parser.add_argument("--embed-mb", type=float, default=25, metavar="MB",
+    parser.add_argument("--embed-mb", type=argtypes.nonneg_float, default=25, metavar="MB",
                         help="index.html embeds its pictures up to MB megabytes (default 25) "
                              "and then references files in OUT/report/; 0: never embed")
     parser.add_argument("--quiet", action="store_true", help="no line per image")

@@ -243,6 +243,8 @@ def test_a_failed_allocation_names_the_layer_and_leaves_the_blob_as_it_was(tmp_p
     (["infer", "x", "--model", "m", "--weights", "w", "--out", "o", "--limit", "0"],
      "argument --limit: 0: must be at least 1"),
     (["tutorial", "--epochs", "-1"], "argument --epochs: -1: must be greater than 0"),
+    (["infer", "x", "--model", "m", "--weights", "w", "--out", "o", "--embed-mb", "nan"],
+     "argument --embed-mb: nan: must be a finite number"),
 ])
 def test_command_line_numbers_are_checked_where_they_are_typed(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
