@@ -3,6 +3,31 @@
 The API is pycaffe's: ``Net(prototxt, phase, weights=...)``, ``TRAIN``/``TEST``,
 ``net.blobs[name].data``, ``net.params[layer][i].diff``, ``set_mode_gpu()``.
 """
+import sys as _sys
+
+
+def _started_as_command():
+    """Whether this import is the start of the ``protonet`` command (its console script, or
+    ``python -m protonet``), before any of protonet.cli has run."""
+    argv = getattr(_sys, "orig_argv", None) or []
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == __name__ or "-m" + __name__ in argv:
+        return True
+    import os
+    return bool(_sys.argv) and os.path.basename(_sys.argv[0]) in ("protonet", "protonet.exe")
+
+
+if _started_as_command():
+    # Ctrl-C while the command is still importing NumPy and friends: one line, status 130
+    # (the interpreter still exits by SIGINT), as protonet.cli.main does once it runs.
+    _previous_hook = _sys.excepthook
+
+    def _interrupted_hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            _sys.stderr.write("protonet: interrupted\n")
+        else:
+            _previous_hook(kind, value, tb)
+    _sys.excepthook = _interrupted_hook
+
 from .backend import set_mode_cpu, set_mode_gpu, set_device
 from .layer import TRAIN, TEST, Layer, register
 from .net import Net, NetError

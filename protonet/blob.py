@@ -1,4 +1,6 @@
 """Blob: an N-d array with its gradient, reshaped in place across iterations."""
+import os
+
 import numpy as np
 
 from . import backend
@@ -10,6 +12,47 @@ def _count(shape):
     for s in shape:
         n *= s
     return n
+
+
+INT_MAX = 2 ** 31 - 1       # Caffe's Blob::Reshape refuses a count above this
+
+
+class BlobSizeError(ValueError):
+    """A blob too big to hold: more than Caffe's INT_MAX values, or more memory than there is.
+    The net adds the layer's name."""
+
+
+def _human_bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return ("%d %s" % (n, unit)) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024.0
+    return "%d bytes" % n
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_size(shape, count, dtype, xp):
+    """Refuse, before allocating, a shape Caffe would refuse (count > INT_MAX) or data+diff
+    larger than the machine's memory: NumPy's zeros are lazily committed, so such a blob
+    would be "allocated" and the process killed by the OOM killer when it is first filled."""
+    need = 2 * count * dtype.itemsize          # data and diff
+    shown = "x".join(map(str, shape))
+    if count > INT_MAX:
+        raise BlobSizeError("a blob of shape %s holds %d values, more than Caffe allows (%d, "
+                            "INT_MAX); data and diff would need %s"
+                            % (shown, count, INT_MAX, _human_bytes(need)))
+    if xp is np:
+        total = _physical_memory()
+        if total and need > total:
+            raise BlobSizeError("a blob of shape %s needs %s (data and diff), more than this "
+                                "machine's %s of memory" % (shown, _human_bytes(need),
+                                                            _human_bytes(total)))
 
 
 class Blob:
@@ -75,10 +118,19 @@ class Blob:
         if self._diff_fill is not None and not isinstance(self._diff_fill, int):
             self._materialize_diff()    # a pending copy has the old count
         count = _count(shape)
-        self._shape = shape
         if self._dbuf is None or self._dbuf.size < count:
-            self._dbuf = self.xp.zeros(count, self.dtype)
-            self._gbuf = self.xp.zeros(count, self.dtype)
+            # checked and allocated before anything changes: a refused shape leaves the blob as it was
+            _check_size(shape, count, self.dtype, self.xp)
+            try:
+                dbuf = self.xp.zeros(count, self.dtype)
+                gbuf = self.xp.zeros(count, self.dtype)
+            except MemoryError:         # CuPy's OutOfMemoryError is one too
+                raise BlobSizeError("cannot allocate a blob of shape %s: %s (data and diff) "
+                                    "are not available" % (
+                                        "x".join(map(str, shape)),
+                                        _human_bytes(2 * count * self.dtype.itemsize))) from None
+            self._dbuf, self._gbuf = dbuf, gbuf
+        self._shape = shape
         self._data = self._dbuf[:count].reshape(shape)
         self._diff = self._gbuf[:count].reshape(shape)
         self._diff_src = None

@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from . import backend, blas as _blas, devices
+from . import argtypes, backend, blas as _blas, devices
 from .io import FormatError, read_solver
 from .layer import LayerError
-from .log import close_log_file, fmt, get_logger, setup as setup_logging
+from .log import close_log_file, fmt, get_logger, setup as setup_logging, warnings_to_log
 from .proto import caffe_pb2
 
 log = get_logger()
@@ -49,7 +49,15 @@ def _add_gpu(parser, what):
 def _add_net_state(parser):
     parser.add_argument("--stage", action="append", metavar="NAME",
                         help="NetState stage(s), comma separated or repeated")
-    parser.add_argument("--level", type=int, default=0, help="NetState level (default 0)")
+    parser.add_argument("--level", type=argtypes.int32, default=0, help="NetState level (default 0)")
+
+
+def _copy_weights(net, path):
+    """--weights: as copy_weights, but a file that fits none of the net's layers is an error
+    (the library only warns: Caffe ignores layers it does not know, for fine-tuning)."""
+    if not os.path.exists(path):
+        raise FormatError("--weights %s: no such file (working directory %s)" % (path, os.getcwd()))
+    net.copy_from(path, require_match=True)
 
 
 def _net_phase(name):
@@ -97,7 +105,7 @@ def train_arguments(p):
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
     _add_gpu(p, "training")
     _add_net_state(p)
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=argtypes.positive_int, default=None,
                    help="stop at this iteration instead of the solver's max_iter "
                         "(lr policies keep using max_iter)")
     p.add_argument("--sigint-effect", choices=("stop", "snapshot", "none"), default="stop",
@@ -118,8 +126,8 @@ def train_arguments(p):
     d.add_argument("--network", help="a DIGITS network prototxt (Data layers without source)")
     d.add_argument("--dataset", help="a DIGITS dataset folder (train_db/, val_db/ with features "
                                      "and labels LMDBs)")
-    d.add_argument("--epochs", type=float, default=30, help="training epochs (default 30)")
-    d.add_argument("--base-lr", type=float, default=None,
+    d.add_argument("--epochs", type=argtypes.positive_float, default=30, help="training epochs (default 30)")
+    d.add_argument("--base-lr", type=argtypes.positive_float, default=None,
                    help="base learning rate (default: the --solver template's, else 0.01)")
     d.add_argument("--solver-type", default=None,
                    choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"),
@@ -127,17 +135,17 @@ def train_arguments(p):
     d.add_argument("--lr-policy", default=None, choices=("fixed", "step", "exp", "inv", "poly"),
                    help="with DIGITS' defaults for its gamma/power/step (default: the --solver "
                         "template's, else fixed)")
-    d.add_argument("--batch-size", type=int, default=None,
+    d.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                    help="override the Data layers' batch_size")
-    d.add_argument("--snapshot-epochs", type=float, default=1.0,
+    d.add_argument("--snapshot-epochs", type=argtypes.nonneg_float, default=1.0,
                    help="snapshot interval in epochs (default 1)")
-    d.add_argument("--val-epochs", type=float, default=1.0,
+    d.add_argument("--val-epochs", type=argtypes.nonneg_float, default=1.0,
                    help="validation interval in epochs (default 1)")
     d.add_argument("--mean-file", help="subtract this .binaryproto mean from the features")
     d.add_argument("--python-layers", metavar="FILE",
                    help="a Python layer file, importable as its own name and as "
                         "'digits_python_layers' (as DIGITS does)")
-    d.add_argument("--seed", type=int, default=None, help="random_seed of the solver")
+    d.add_argument("--seed", type=argtypes.seed, default=None, help="random_seed of the solver")
     d.add_argument("--out", default="digits_run",
                    help="folder for train_val.prototxt, solver.prototxt and snapshots "
                         "(one holding an earlier run is refused without --force)")
@@ -221,7 +229,7 @@ def train_command(args):
         elif args.weights:
             for path in args.weights.split(","):
                 log.info("Finetuning from %s", path)
-                copy_weights(solver.net, path)
+                _copy_weights(solver.net, path)
                 for net in solver.test_nets:
                     copy_weights(net, path)
         log.info("Starting Optimization")
@@ -243,14 +251,13 @@ means over the batches (as `caffe test`)."""
 def test_arguments(p):
     p.add_argument("--model", required=True, help="the net definition (prototxt)")
     p.add_argument("--weights", required=True, help="the trained weights (.caffemodel)")
-    p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=50, help="batches to run (default 50)")
     _add_gpu(p, "the test")
     _add_net_state(p)
 
 
 def test_command(args):
     from .net import Net
-    from .solver import copy_weights
     if args.iterations < 1:
         raise CommandError("--iterations must be at least 1")
     _check_files("--model", args.model)
@@ -259,7 +266,7 @@ def test_command(args):
     stages = _stages(args.stage)
     net = Net(args.model, phase=caffe_pb2.TEST, level=args.level, stages=stages)
     _hint_stage_excluded_outputs(args.model, stages, args.level)
-    copy_weights(net, args.weights)
+    _copy_weights(net, args.weights)
     log.info("Running for %d iterations.", args.iterations)
     scores, loss = None, np.float32(0)
     for i in range(args.iterations):
@@ -327,7 +334,7 @@ their zeros; data layers read their sources."""
 
 def time_arguments(p):
     p.add_argument("--model", required=True, help="the net definition (prototxt)")
-    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--iterations", type=argtypes.positive_int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN",
                    help="NetState phase (default TRAIN)")
     p.add_argument("--json", action="store_true", help="also print the timings as JSON on stdout")
@@ -710,25 +717,35 @@ def _user_errors():
 
 
 def main(argv=None):
-    """Entry point of the ``protonet`` console script; returns the exit status."""
-    parser = build_parser()
-    as_program = argv is None     # the console script, not a call from Python code
-    argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
-    args._as_program = as_program
-    if getattr(args, "_func", None) is None:
-        parser.print_help(sys.stderr)
-        return 1
-    setup_logging(log_dir=getattr(args, "log_dir", None))
-    _warn_ignored(args)
+    """Entry point of the ``protonet`` console script; returns the exit status.
+
+    Ctrl-C at any moment, the start-up included, prints one line and returns 130.
+    """
+    logging_ready = False
     try:
-        return args._func(args) or 0
+        parser = build_parser()
+        as_program = argv is None     # the console script, not a call from Python code
+        argv = gflags_spelling(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        args._argv = list(argv)       # --gpu 0,1 starts this command line once per GPU
+        args._as_program = as_program
+        if getattr(args, "_func", None) is None:
+            parser.print_help(sys.stderr)
+            return 1
+        setup_logging(log_dir=getattr(args, "log_dir", None))
+        logging_ready = True
+        _warn_ignored(args)
+        with warnings_to_log():
+            return args._func(args) or 0
     except KeyboardInterrupt:
-        log.error("Interrupted.")
+        if logging_ready:
+            log.error("Interrupted.")
+        else:
+            sys.stderr.write("protonet: interrupted\n")
         return 130
     except _user_errors() as exc:
         log.error("%s", exc)
         return 1
     finally:
-        close_log_file()
+        if logging_ready:
+            close_log_file()

@@ -7,6 +7,7 @@ DIGITS networks leave ``data_param.source`` empty; DIGITS fills it in: tops
 train = TRAIN + "train", val = TEST + "val", deploy = TEST + "deploy".
 """
 import math
+import numbers
 import os
 import re
 
@@ -50,6 +51,7 @@ def bind_dataset(net_param, dataset_dir, batch_size=None, mean_file=None):
     """
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
+    bound = {}                  # phase -> {"features": path, "labels": path}
     for layer in out.layer:
         if layer.type != "Data" or layer.data_param.source:
             continue
@@ -73,7 +75,36 @@ def bind_dataset(net_param, dataset_dir, batch_size=None, mean_file=None):
             layer.data_param.batch_size = 1
         if mean_file and kind == "features":
             layer.transform_param.mean_file = os.path.abspath(mean_file)
+        bound.setdefault(phase, {})[kind] = source
+    for phase, sources in bound.items():
+        if len(sources) == 2:
+            check_pair(sources["features"], sources["labels"])
     return out
+
+
+def check_net_pairs(layer_params):
+    """check_pair for the Data layers of one built net that read a DIGITS split's
+    ``features`` and ``labels`` (a train_val.prototxt the quick start wrote, run again)."""
+    folders = {}
+    for lp in layer_params:
+        if lp.type == "Data" and lp.data_param.backend == caffe_pb2.DataParameter.LMDB:
+            source = os.path.normpath(lp.data_param.source)
+            head, tail = os.path.split(source)
+            if tail in ("features", "labels"):
+                folders.setdefault(head, {})[tail] = source
+    for sources in folders.values():
+        if len(sources) == 2 and all(os.path.isdir(p) for p in sources.values()):
+            check_pair(sources["features"], sources["labels"])
+
+
+def check_pair(features, labels):
+    """Features and labels are read side by side, record i with record i: databases of
+    different sizes would pair an image with another image's label from the first gap on."""
+    nf, nl = db_entries(features), db_entries(labels)
+    if nf != nl:
+        raise DatasetError("%s holds %d records but %s holds %d: a DIGITS dataset's features "
+                           "and labels pair up one to one, so these would train on images with "
+                           "other images' labels. Rebuild the dataset" % (features, nf, labels, nl))
 
 
 def has_val(dataset_dir):
@@ -126,6 +157,15 @@ def build_solver(train_val_path, dataset_dir, epochs, base_lr, solver_type="SGD"
     form's defaults for what is not given; momentum 0.9 (not for AdaGrad and
     RMSProp, which refuse it) and weight_decay base_lr / 100, as DIGITS sets them.
     """
+    for name, value, low in (("epochs", epochs, 0), ("base_lr", base_lr, 0),
+                             ("snapshot_epochs", snapshot_epochs, None),
+                             ("val_epochs", val_epochs, None)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or (value <= low if low is not None else value < 0):
+            raise DatasetError("%s must be a finite number %s, not %r"
+                               % (name, "above 0" if low is not None else "0 or more", value))
+    if int(batch_size) < 1:
+        raise DatasetError("batch_size must be at least 1, not %r" % (batch_size,))
     train_n = db_entries(os.path.join(dataset_dir, "train_db", "features"))
     if train_n == 0:
         raise DatasetError("%s: the training database is empty" % dataset_dir)

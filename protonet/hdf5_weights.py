@@ -82,7 +82,9 @@ def save_hdf5_weights(net, path, write_diff=False):
 
 
 def load_hdf5_weights(net, path):
-    """Copy a ``.caffemodel.h5`` into ``net`` by layer name (Caffe's CopyTrainedLayersFromHDF5)."""
+    """Copy a ``.caffemodel.h5`` into ``net`` by layer name (Caffe's CopyTrainedLayersFromHDF5).
+
+    Returns (number of layers copied, names of the file's layers that hold weights)."""
     h5py = open_h5py("reading %s" % path)
     if not os.path.exists(path):
         raise FormatError("%s: no such file" % path)
@@ -91,6 +93,7 @@ def load_hdf5_weights(net, path):
     with h5py.File(path, "r") as f:
         if "data" not in f:
             raise FormatError("%s: not a Caffe HDF5 model (no /data group)" % path)
+        copied, stored = 0, [name for name in f["data"] if len(f["data"][name])]
         for lname in f["data"]:
             li = index.get(lname)
             if li is None:
@@ -113,6 +116,8 @@ def load_hdf5_weights(net, path):
                                       "mismatch. Source param shape is %s; target param shape is %s"
                                       % (path, j, lname, values.shape, blob.shape))
                 blob.data[...] = xp.asarray(values) if xp is not np else values
+            copied += bool(len(group))
+    return copied, stored
 
 
 def copy_weights(net, path):

@@ -76,7 +76,7 @@ import sys
 
 import numpy as np
 
-from . import backend, viz
+from . import argtypes, backend, viz
 from .log import quiet_net_setup
 
 EXAMPLE = """example:
@@ -148,9 +148,11 @@ def _sniff(path):
 
 def read_dicom_file(path):
     """A DICOM image as a 1 x H x W float32 array of its stored values."""
-    from .data.sunnybrook import read_dicom
+    from .data.sunnybrook import DicomError, read_dicom
     try:
         arr = read_dicom(path)
+    except DicomError as exc:
+        raise InferError(str(exc)) from None
     except Exception as exc:  # pydicom raises many types for unreadable files
         raise InferError("%s: cannot read as a DICOM image (%s: %s)"
                          % (path, type(exc).__name__, exc)) from None
@@ -434,6 +436,17 @@ def plan_inputs(paths, labels=None):
             raise InferError("--labels goes with exactly one LMDB input (the features), got %d"
                              % len(lmdbs))
         plan[lmdbs[0]] = ("lmdb", plan[lmdbs[0]][1], labels)
+    from .data.db import LMDBReader
+    for kind, path, label_path in plan:
+        if kind != "lmdb":
+            continue
+        for db, what in ((path, "input"), (label_path, "--labels")):
+            if db is None:
+                continue
+            with LMDBReader(db) as reader:        # a truncated or damaged one is named too
+                if not len(reader):
+                    raise InferError("%s %s: the LMDB is empty (0 records): nothing to %s"
+                                     % (what, db, "segment" if what == "input" else "score"))
     return plan
 
 
@@ -689,8 +702,8 @@ def infer(model, weights, inputs, out_dir, labels=None, output_blob=None, limit=
         raise InferError("--weights %s: no such file" % weights)
     if not os.path.isfile(os.fspath(model)):
         raise InferError("--model %s: no such file" % model)
-    if embed_mb is not None and embed_mb < 0:
-        raise InferError("--embed-mb must be 0 or more, got %g" % embed_mb)
+    if embed_mb is not None and not 0 <= embed_mb < float("inf"):     # NaN fails this too
+        raise InferError("--embed-mb must be a finite number, 0 or more, got %g" % embed_mb)
     from .layer import LayerError
     from .report import Report
     plan = plan_inputs(inputs, labels)
@@ -835,12 +848,12 @@ def add_arguments(parser):
                         help="blob holding the class scores (default: the last net output)")
     parser.add_argument("--gpu", metavar="N", default=None,
                         help="run on GPU N (CuPy); -1 or absent: the CPU")
-    parser.add_argument("--limit", type=int, metavar="N", help="only the first N inputs")
-    parser.add_argument("--sheet-cols", type=int, default=8, metavar="N",
+    parser.add_argument("--limit", type=argtypes.positive_int, metavar="N", help="only the first N inputs")
+    parser.add_argument("--sheet-cols", type=argtypes.positive_int, default=8, metavar="N",
                         help="contact sheet tiles per row (default 8)")
-    parser.add_argument("--sheet-max", type=int, default=256, metavar="N",
+    parser.add_argument("--sheet-max", type=argtypes.nonneg_int, default=256, metavar="N",
                         help="at most N tiles on the contact sheet, 0 for all (default 256)")
-    parser.add_argument("--embed-mb", type=float, default=25, metavar="MB",
+    parser.add_argument("--embed-mb", type=argtypes.nonneg_float, default=25, metavar="MB",
                         help="index.html embeds its pictures up to MB megabytes (default 25) "
                              "and then references files in OUT/report/; 0: never embed")
     parser.add_argument("--quiet", action="store_true", help="no line per image")

@@ -5,6 +5,7 @@ Binary writes are atomic (temporary file + rename), so an interrupted
 snapshot never leaves a torn file where a good one was.
 """
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -33,6 +34,11 @@ def _read(path, mode):
         raise FormatError("%s: no such file" % path) from None
     except IsADirectoryError:
         raise FormatError("%s: is a directory, expected a file" % path) from None
+    if mode != "rb" and b"\0" in data[:4096]:
+        # text never holds NUL bytes: a .caffemodel / .solverstate where a prototxt belongs
+        raise FormatError("%s: a binary file, not a text prototxt (is it a .caffemodel or "
+                          ".solverstate? weights go to --weights / weights=, states to "
+                          "--snapshot)" % path)
     return data if mode == "rb" else decode_text(data)
 
 
@@ -66,12 +72,101 @@ def read_text(path, message):
     return parse_text(_read(path, "r"), message, source=str(path))
 
 
+# -- non-finite numbers in settings ----------------------------------------
+# Text format takes `nan`, `inf` and numbers too big for a float (1e39 becomes
+# inf): a learning rate, a momentum or an LRN beta like that trains on garbage
+# without a word. Every float field of a NetParameter / SolverParameter is
+# checked when the file is read, except blob values (weights may be anything).
+_SKIP_MESSAGES = ("caffe.BlobProto",)
+_FLOAT_TYPES = None
+
+
+def _non_finite_fields(message, path=""):
+    """[(dotted path, field name, value, layer name or None)] of the non-finite floats."""
+    global _FLOAT_TYPES
+    from google.protobuf.descriptor import FieldDescriptor as F
+    if _FLOAT_TYPES is None:
+        _FLOAT_TYPES = (F.TYPE_FLOAT, F.TYPE_DOUBLE)
+    out = []
+    if message.DESCRIPTOR.full_name in _SKIP_MESSAGES:
+        return out
+    for field, value in message.ListFields():
+        where = path + ("." if path else "") + field.name
+        repeated = field.is_repeated if hasattr(field, "is_repeated") \
+            else field.label == F.LABEL_REPEATED
+        if field.type in _FLOAT_TYPES:
+            values = list(value) if repeated else [value]
+            for i, v in enumerate(values):
+                if not np.isfinite(np.float32(v) if field.type == F.TYPE_FLOAT else v):
+                    out.append(("%s[%d]" % (where, i) if repeated else where, field.name, v))
+        elif field.type == F.TYPE_MESSAGE:
+            for i, sub in enumerate(value if repeated else [value]):
+                out.extend(_non_finite_fields(sub, "%s[%d]" % (where, i) if repeated else where))
+    return out
+
+
+_NUMBER = r"([-+]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)f?)"
+
+
+def _line_of(text, field, value):
+    """The line of ``field: <a value that is not finite>`` in ``text``, or None."""
+    for m in re.finditer(r"(?<![\w.])%s\s*:?\s*%s(?![\w.])" % (re.escape(field), _NUMBER), text,
+                         re.IGNORECASE):
+        token = m.group(1)
+        if token[-1] in "fF" and not token.lower().endswith("inf"):
+            token = token[:-1]          # text format's float suffix: 1e39f
+        try:
+            number = float(token)
+        except ValueError:
+            continue
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float32(number)) or not np.isfinite(number):
+                return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+def check_finite(message, source, text=None):
+    """Refuse (FormatError) a NaN or infinite number in any setting of ``message``.
+
+    The error names ``source``, the line (when ``text`` is the file's text),
+    the field's path and, inside a net, the layer.
+    """
+    bad = _non_finite_fields(message)
+    if not bad:
+        return message
+    path, field, value = bad[0]
+    line = _line_of(text, field, value) if text is not None else None
+    layer = ""
+    if path.startswith("layer[") and isinstance(message, caffe_pb2.NetParameter):
+        index = int(path[len("layer["):path.index("]")])
+        lp = message.layer[index]
+        layer = " of layer '%s' (type %s)" % (lp.name, lp.type)
+        path = path[path.index("]") + 2:]
+    where = "%s:%d" % (source, line) if line else str(source)
+    more = " (and %d more)" % (len(bad) - 1) if len(bad) > 1 else ""
+    raise FormatError("%s: %s%s is %s; %s settings must be finite numbers%s"
+                      % (where, path, layer, _show_float(value), message.DESCRIPTOR.name, more))
+
+
+def _show_float(value):
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "infinite" if value > 0 else "-infinite"
+    return "%r, which does not fit a 32-bit float (it reads as infinite)" % value
+
+
 def read_binary(path, message):
     data = _read(path, "rb")
+    if not data:
+        # protobuf parses 0 bytes as an empty message: a weights file that would load nothing
+        raise FormatError("%s: empty file (0 bytes), not a binary %s (an interrupted copy or "
+                          "download?)" % (path, message.DESCRIPTOR.name))
     try:
         message.ParseFromString(data)
     except DecodeError as exc:
-        raise FormatError("%s: not a binary %s (%s)" % (path, message.DESCRIPTOR.name, exc)) from None
+        raise FormatError("%s: not a binary %s, or one that is cut short or damaged (%s)"
+                          % (path, message.DESCRIPTOR.name, exc)) from None
     return message
 
 
@@ -95,7 +190,9 @@ def stage_bytes(path, payload):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=folder)
+        # the pid in the name lets a later run tell a killed writer's leftover from a live one
+        fd, tmp = tempfile.mkstemp(prefix=".%s.%d." % (os.path.basename(path), os.getpid()),
+                                   dir=folder)
     except OSError as exc:        # name the file asked for, not the temporary one
         raise OSError(exc.errno, "cannot write %s (%s)" % (path, exc.strerror)) from None
     try:
@@ -109,6 +206,52 @@ def stage_bytes(path, payload):
         discard_staged(tmp)
         raise
     return tmp
+
+
+# stage_bytes' names (mkstemp's 8 random characters) and hdf5_weights.stage_hdf5's (.tmp)
+_STAGED = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?:[a-z0-9_]{8}|tmp)$")
+
+
+# what a solver writes beside ``snapshot_prefix``: snapshots, the curve, the folder probe
+_SNAPSHOT_TARGET = re.compile(r"^(?:_iter_\d+\.(?:caffemodel|solverstate)(?:\.h5)?|_curve\.png"
+                              r"|_probe)$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:             # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staged(prefix):
+    """Remove the staged files (see :func:`stage_bytes`) of the snapshots, curve and probe of
+    ``prefix`` (a snapshot_prefix) that a killed process left behind; returns their paths.
+    Only hidden files of exactly that pattern, whose writer is no longer running, go."""
+    folder = os.path.dirname(os.fspath(prefix)) or "."
+    base = os.path.basename(os.fspath(prefix))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _STAGED.match(name)
+        if not m or not _SNAPSHOT_TARGET.match(m.group("target")[len(base):]) \
+                or not m.group("target").startswith(base) \
+                or int(m.group("pid")) == os.getpid() or _alive(int(m.group("pid"))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def discard_staged(tmp):
@@ -141,11 +284,14 @@ def _upgrade_net(param, source):
 
 def read_net(path):
     """A NetParameter from a prototxt, upgraded to the current format."""
-    return _upgrade_net(read_text(path, caffe_pb2.NetParameter()), path)
+    text = _read(path, "r")
+    param = check_finite(parse_text(text, caffe_pb2.NetParameter(), str(path)), path, text)
+    return _upgrade_net(param, path)
 
 
 def parse_net(text, source="<string>"):
-    return _upgrade_net(parse_text(text, caffe_pb2.NetParameter(), source), source)
+    param = check_finite(parse_text(text, caffe_pb2.NetParameter(), source), source, text)
+    return _upgrade_net(param, source)
 
 
 def read_net_binary(path):
@@ -155,7 +301,8 @@ def read_net_binary(path):
 
 def read_solver(path):
     from .upgrade import upgrade_solver
-    param = read_text(path, caffe_pb2.SolverParameter())
+    text = _read(path, "r")
+    param = check_finite(parse_text(text, caffe_pb2.SolverParameter(), str(path)), path, text)
     upgrade_solver(param, source=str(path))
     return param
 

@@ -148,6 +148,28 @@ def setup(level=logging.INFO, log_file=None, program="protonet", log_dir=None):
 _file_handler = None
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the command line: a warning is one log line, with the
+    place that warned in glog's file:line slot, instead of Python's two-line
+    ``file.py:117: RuntimeWarning: ...`` plus the source line."""
+    text = " ".join(str(message).split())
+    record = logger.makeRecord(logger.name, logging.WARNING, filename, lineno,
+                               "%s: %s", (category.__name__, text), None)
+    logger.handle(record)
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Meanwhile, Python warnings go to protonet's log (see :func:`_log_warning`)."""
+    import warnings
+    previous = warnings.showwarning
+    warnings.showwarning = _log_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def close_log_file():
     """Stop writing to the file :func:`setup` opened, if any."""
     global _file_handler

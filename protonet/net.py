@@ -14,7 +14,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from . import backend
-from .blob import Blob
+from .blob import Blob, BlobSizeError
 from .hdf5_weights import load_hdf5_weights
 from .io import (FormatError, blob_shape, blobproto_to_array, decode_text, read_net,
                  read_net_binary, write_bytes_atomic, wire_field, blobproto_bytes)
@@ -108,7 +108,9 @@ class Net:
             self._lines = {}
             self._name_lines = []
             self._search_dirs = ()
+            from .io import check_finite
             from .upgrade import upgrade_net
+            check_finite(param, self.source)
             upgrade_net(param, source=self.source)
         else:
             self.source = os.fspath(network)
@@ -161,6 +163,11 @@ class Net:
             param = insert_splits(filtered, locate=self._where)
         except ValueError as exc:
             raise NetError(str(exc)) from None
+        from .digits import DatasetError, check_net_pairs
+        try:              # before any Data layer opens them
+            check_net_pairs(param.layer)
+        except DatasetError as exc:
+            raise NetError("net %s%s: %s" % (self.name, self._where(""), exc)) from None
         self.param = param
         memory = 0                          # bytes of top data, as Caffe reports it
         self._layers = []           # the engine's; ``layers`` names the same list (see _blob_dict)
@@ -254,11 +261,11 @@ class Net:
                 self._set_loss_weights(layer, tops)
                 if len(lp.blobs):
                     self._load_layer_blobs(layer, lp.blobs, "the prototxt")
-            except (LayerError, ValueError) as exc:
+            except (LayerError, ValueError, MemoryError) as exc:
                 # a plugin's own error keeps its type; the engine's (no reshape()) names the line
                 if getattr(layer, "plugin_name", None) and getattr(exc, "from_plugin", True):
                     raise self._plugin_error(layer, "setup", exc) from exc
-                raise NetError("%s%s" % (exc, where)) from None
+                raise NetError("%s%s" % (_name_layer(layer, exc), where)) from None
             except Exception as exc:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "setup", exc) from exc
@@ -420,8 +427,9 @@ class Net:
             except Exception as exc:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "forward", exc) from exc
-                if isinstance(exc, LayerError):
-                    raise NetError("%s%s" % (exc, self._where(layer.name))) from None
+                if isinstance(exc, (LayerError, BlobSizeError, MemoryError)):
+                    raise NetError("%s%s" % (_name_layer(layer, exc, "forward"),
+                                             self._where(layer.name))) from None
                 raise
             for w, t in zip(layer.loss_weights, top):
                 if w:
@@ -443,6 +451,9 @@ class Net:
                 except Exception as exc:
                     if getattr(layer, "plugin_name", None):
                         raise self._plugin_error(layer, "backward", exc) from exc
+                    if isinstance(exc, (BlobSizeError, MemoryError)):
+                        raise NetError("%s%s" % (_name_layer(layer, exc, "backward"),
+                                                 self._where(layer.name))) from None
                     raise
             for hook in self.after_backward_hooks:
                 hook(li)
@@ -462,13 +473,9 @@ class Net:
         si = self._layer_index(start, 0)
         ei = self._layer_index(end, len(self._layers) - 1)
         old_shapes = {}
-        for name, value in kwargs.items():
-            blob = self._blob_dict[name]
-            if tuple(np.shape(value)) != blob.shape:
-                old_shapes[name] = blob.shape
-                blob.reshape(np.shape(value))
-            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
         try:
+            for name, value in kwargs.items():
+                self._set_input(name, value, old_shapes)
             self.last_loss = self.forward_from_to(si, ei)
         except Exception:
             # an input the net cannot take must not stay behind to fail the next run too
@@ -479,12 +486,48 @@ class Net:
         names += [b for b in (blobs or []) if b not in names]
         return {n: self._blob_dict[n].data for n in names}
 
+    def _set_input(self, name, value, old_shapes):
+        blob = self._blob_dict[name]
+        what = "forward: input blob '%s' of net %s" % (name, self.name)
+        value = self._numbers(value, what, blob.shape)
+        shape = tuple(value.shape)
+        try:
+            if shape != blob.shape:
+                old_shapes[name] = blob.shape
+                blob.reshape(shape)
+            blob.data[...] = self.xp.asarray(value) if self.xp is not np else value
+        except BlobSizeError as exc:
+            raise NetError("%s: %s" % (what, exc)) from None
+
+    def _numbers(self, value, what, shape):
+        """``value`` as an array of real numbers, or NetError naming the blob and its shape
+        (NumPy would take None as NaN, complex numbers as their real part, and a string or a
+        ragged list with a message that names no blob)."""
+        if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+            try:
+                value = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise NetError("%s takes an array of shape %s; got a %s that is not one (%s)"
+                               % (what, _shape_text(shape), type(value).__name__, exc)) from None
+        if np.dtype(value.dtype).kind not in "biuf":
+            raise NetError("%s takes real numbers (shape %s); got %s values of shape %s"
+                           % (what, _shape_text(shape), value.dtype, _shape_text(value.shape)))
+        return value
+
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set top diffs from ``kwargs``, run backward; returns {input: diff} (+ ``diffs``)."""
         self._check_blob_names(list(kwargs) + list(diffs or []), "backward")
         for name, value in kwargs.items():
-            # a host array goes to a device blob as a copy (CuPy fills only from scalars)
-            self._blob_dict[name].diff[...] = self.xp.asarray(value) if self.xp is not np else value
+            blob = self._blob_dict[name]
+            what = "backward: the diff given for blob '%s' of net %s" % (name, self.name)
+            value = self._numbers(value, what, blob.shape)
+            try:
+                # a host array goes to a device blob as a copy (CuPy fills only from scalars)
+                blob.diff[...] = self.xp.asarray(value) if self.xp is not np else value
+            except ValueError as exc:
+                raise NetError("%s must fit its shape %s; got shape %s (%s)"
+                               % (what, _shape_text(blob.shape), _shape_text(value.shape),
+                                  exc)) from None
         si = self._layer_index(start, len(self._layers) - 1)
         ei = self._layer_index(end, 0)
         self.backward_from_to(si, ei)
@@ -534,33 +577,66 @@ class Net:
                     "scratch rather than copying from a saved net, rename the layer.%s"
                     % (j, layer.name, origin, "x".join(map(str, shape)) or "(scalar)",
                        "x".join(map(str, blob.shape)) or "(scalar)", _channel_hint(shape, blob.shape)))
-            values = blobproto_to_array(proto).reshape(blob.shape)
+            try:
+                values = blobproto_to_array(proto).reshape(blob.shape)
+                diff = None
+                if len(proto.double_diff) or len(proto.diff):  # a snapshot_diff model, as Caffe
+                    diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
+            except FormatError as exc:
+                raise NetError("%s: param %d of layer '%s' (type %s): %s"
+                               % (origin, j, layer.name, layer.type, exc)) from None
+            if not np.isfinite(values).all():
+                # Caffe loads them without a word; every output would be NaN
+                bad = int(values.size - np.isfinite(values).sum())
+                log.warning("%s: param %d of layer '%s' holds %d NaN or infinite value(s) of %d: "
+                            "the file is damaged or was saved from a run that diverged"
+                            % (origin, j, layer.name, bad, values.size))
             blob.data[...] = self.xp.asarray(values) if self.xp is not np else values
-            if len(proto.double_diff) or len(proto.diff):     # a snapshot_diff model, as Caffe
-                diff = blobproto_to_array(proto, return_diff=True).reshape(blob.shape)
+            if diff is not None:
                 blob.set_diff(diff)
 
-    def copy_from(self, source, origin=None):
+    def copy_from(self, source, origin=None, require_match=False):
         """Copy parameters by layer name from a .caffemodel (binary or HDF5) or a NetParameter.
 
         Layers absent from this net are ignored (as Caffe does, for fine-tuning).
         ``origin``: the file a NetParameter was read from, for the errors.
+        A file that matches none of this net's layers that have parameters is
+        almost surely the wrong file: a loud warning, or NetError with
+        ``require_match`` (the command line's --weights). Returns the number of
+        layers whose parameters were copied.
         """
         if isinstance(source, caffe_pb2.NetParameter):
             param, origin = source, origin or "the given NetParameter"
         else:
             path = os.fspath(source)
             if _is_hdf5(path):           # as Caffe's CopyTrainedLayersFrom, by content
-                return load_hdf5_weights(self, path)
+                copied, stored = load_hdf5_weights(self, path)
+                return self._check_copied(copied, stored, path, require_match)
             param, origin = read_net_binary(path), path
         index = {}
         for i, name in enumerate(self.layer_names):
             index.setdefault(name, i)       # as Caffe: the first layer of a name gets the weights
+        copied = 0
         for lp in param.layer:
             li = index.get(lp.name)
             if li is None or not len(lp.blobs) and not self._layers[li].blobs:
                 continue
             self._load_layer_blobs(self._layers[li], lp.blobs, origin)
+            copied += bool(len(lp.blobs))
+        return self._check_copied(copied, [lp.name for lp in param.layer if len(lp.blobs)],
+                                  origin, require_match)
+
+    def _check_copied(self, copied, stored, origin, require_match):
+        wanted = [name for name, layer in zip(self.layer_names, self._layers) if layer.blobs]
+        if wanted and not copied:
+            message = ("%s holds weights for none of the layers of net %s: it has %s; the net's "
+                       "layers with parameters are %s. Is it the caffemodel of this net?"
+                       % (origin, self.name or "(unnamed)", _few(stored) or "no weights at all",
+                          _few(wanted)))
+            if require_match:
+                raise NetError(message)
+            log.warning("%s (nothing was copied)", message)
+        return copied
 
     def share_with(self, other):
         """Make this net's parameter values views of ``other``'s, by layer name."""
@@ -600,6 +676,30 @@ class Net:
     def save(self, path, write_diff=False):
         """Write a .caffemodel (binary NetParameter) that Caffe can load."""
         write_bytes_atomic(path, self.to_proto_bytes(write_diff))
+
+
+def _few(names, limit=8):
+    names = list(names)
+    return ", ".join(names[:limit]) + (", ... (%d in all)" % len(names) if len(names) > limit else "")
+
+
+def _shape_text(shape):
+    return "x".join(map(str, shape)) if shape else "() (a scalar)"
+
+
+def _name_layer(layer, exc, stage=None):
+    """``exc`` as a message that names ``layer``: LayerErrors do already; a blob too big to
+    hold (BlobSizeError) or NumPy's MemoryError does not know whose blob it was."""
+    if isinstance(exc, LayerError):
+        return str(exc)
+    if isinstance(exc, MemoryError) and not isinstance(exc, BlobSizeError):
+        what = "out of memory%s (%s)" % (" in " + stage if stage else "",
+                                         str(exc) or type(exc).__name__)
+    else:
+        what = str(exc)
+    if ("layer '%s'" % layer.name) in what:
+        return what
+    return "layer '%s' (type %s): %s" % (layer.name, layer.type, what)
 
 
 def _shape_string(shape):

@@ -14,8 +14,8 @@ import numpy as np
 
 from .hdf5_weights import commit_staged, copy_weights, fill_hdf5_weights, host_f32, open_h5py, \
     stage_hdf5
-from .io import SolverError, blobproto_to_array, blobproto_bytes, read_binary, discard_staged, \
-    stage_bytes, wire_field
+from .io import FormatError, SolverError, blobproto_to_array, blobproto_bytes, read_binary, \
+    discard_staged, stage_bytes, wire_field
 from .log import get_logger
 from .proto import caffe_pb2
 
@@ -105,6 +105,16 @@ class Snapshots:
             return beside
         return learned_net
 
+    def _history_owner(self, i):
+        """'param P of layer L' for history blob ``i`` (history sets follow one another)."""
+        net = self.net
+        n = len(net.learnable_params)
+        k = i % n if n else i
+        for idx, (li, pi, _) in enumerate(net._all_params):  # noqa: SLF001
+            if net._learnable_index[idx] == k:                 # noqa: SLF001
+                return "param %d of layer '%s'" % (pi, net.layer_names[li])
+        return "no parameter of this net"
+
     def restore(self, state_file):
         """Resume from a .solverstate (or .solverstate.h5): iter, current_step, history, weights."""
         state_file = os.fspath(state_file)
@@ -124,25 +134,53 @@ class Snapshots:
                 history = [np.asarray(group[str(i)], np.float32) for i in range(len(group))]
         else:
             state = read_binary(state_file, caffe_pb2.SolverState())
+            if not state.HasField("iter") and not len(state.history):
+                raise SolverError(_not_a_state(state_file))
             iteration = state.iter
             learned = state.learned_net if state.HasField("learned_net") else None
             step = state.current_step
-            history = [blobproto_to_array(h) for h in state.history]
-        self.iter = iteration
-        if learned:
-            copy_weights(self.net, self._learned_net_path(learned, state_file))
-        self._reload_curve()        # the curve's history up to here, when it is kept
-        self.current_step = step
+            history = []
+            for i, h in enumerate(state.history):
+                try:
+                    history.append(blobproto_to_array(h))
+                except FormatError as exc:
+                    raise SolverError("%s: history blob %d (%s): %s"
+                                      % (state_file, i, self._history_owner(i), exc)) from None
+        # everything is checked before anything changes: a refused state leaves the solver as it was
         if len(history) != len(self.history):
             raise SolverError("%s: Incorrect length of history blobs: the state has %d, this %s "
                               "solver needs %d" % (state_file, len(history), self.type, len(self.history)))
+        for i, (target, values) in enumerate(zip(self.history, history)):
+            if values.size != target.size:
+                raise SolverError("%s: history blob %d has %d values; the parameter it belongs to "
+                                  "(%s) has %d" % (state_file, i, values.size,
+                                                   self._history_owner(i), target.size))
+        if learned:
+            weights = self._learned_net_path(learned, state_file)
+            if not os.path.exists(weights):
+                raise SolverError("%s: its weights, learned_net '%s', are neither in the working "
+                                  "directory (%s) nor beside the solver state"
+                                  % (state_file, learned, os.getcwd()))
+            copy_weights(self.net, weights)
+        self.iter = iteration
+        self.current_step = step
+        self._reload_curve()        # the curve's history up to here, when it is kept
         log.info("%s: restoring history", "SGDSolver")
         for blob in self.net.learnable_params:
             blob.settle_diff()   # a diff promised as a copy of the history gets it now
-        for i, (target, values) in enumerate(zip(self.history, history)):
-            if values.size != target.size:
-                raise SolverError("%s: history blob %d has %d values; the parameter it belongs to has "
-                                  "%d" % (state_file, i, values.size, target.size))
+        for target, values in zip(self.history, history):
             values = values.reshape(target.shape).astype(np.float32)
             target[...] = self.net.xp.asarray(values) if self.net.xp is not np else values
         self.parallel.broadcast_params(self.net)
+
+
+def _not_a_state(path):
+    """Why ``path`` parsed as an empty SolverState: most often it is the caffemodel."""
+    try:
+        net = read_binary(path, caffe_pb2.NetParameter())
+    except FormatError:
+        net = None
+    if net is not None and len(net.layer) + len(net.layers):
+        return ("%s holds a net's weights (a .caffemodel), not a solver state: resume from the "
+                ".solverstate written beside it, or fine-tune from this file with --weights" % path)
+    return "%s is not a solver state: it holds no iteration and no history" % path

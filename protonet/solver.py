@@ -32,6 +32,7 @@ the training curve in :mod:`protonet.curve`, data-parallel hooks in
 :mod:`protonet.parallel`. The names importable from here before that split
 still are.
 """
+import math
 import os
 import time
 
@@ -42,7 +43,8 @@ from . import backend, comm, rng
 from .curve import BackgroundDrawer, TrainingCurve, iterations_per_epoch
 from .hdf5_weights import copy_weights, host_f32 as _host_f32, load_hdf5_weights, open_h5py, \
     save_hdf5_weights
-from .io import SolverError, read_net, read_solver
+from .io import SolverError, check_finite, read_net, read_solver, remove_stale_staged, \
+    discard_staged, stage_bytes
 from .log import ProgressBar, ensure_handler, fmt, get_logger
 from .net import Net
 from .parallel import Solo
@@ -52,7 +54,7 @@ from .snapshot import Snapshots
 from .upgrade import upgrade_solver
 
 __all__ = ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
-           "AdaDeltaSolver", "AdamSolver", "SolverError", "SignalHandler", "get_solver",
+           "AdaDeltaSolver", "AdamSolver", "SolverError", "DivergedError", "SignalHandler", "get_solver",
            "solver_types", "NONE", "STOP", "SNAPSHOT", "LR_POLICIES",
            "save_hdf5_weights", "load_hdf5_weights", "copy_weights", "TrainingCurve"]
 
@@ -101,12 +103,19 @@ def _load_param(source):
     if isinstance(source, _SP):
         param = _SP()
         param.CopyFrom(source)
+        check_finite(param, "<SolverParameter>")
         upgrade_solver(param, source="<SolverParameter>")
         return param, "<SolverParameter>"
     path = os.fspath(source)
     if not os.path.exists(path):
         raise SolverError("solver file '%s' not found (working directory %s)" % (path, os.getcwd()))
     return read_solver(path), path
+
+
+class DivergedError(SolverError):
+    """Training produced a NaN or infinite loss; the message names the iteration and the
+    first layer whose output went non-finite. Nothing was updated or snapshotted for that
+    iteration. (Caffe would train on, writing NaN snapshots.)"""
 
 
 def get_solver(source, source_name=None):
@@ -197,8 +206,16 @@ class Solver(Snapshots):
             raise SolverError("%s: average_loss should be at least 1, got %d" % (self.source, p.average_loss))
         if p.iter_size < 1:
             raise SolverError("%s: iter_size should be at least 1, got %d" % (self.source, p.iter_size))
+        if not any(p.HasField(f) for f in ("net", "net_param", "train_net", "train_net_param")):
+            # before the other checks: an empty file would first be told its lr_policy is wrong
+            raise SolverError("%s: the net is missing: SolverParameter must specify a train net "
+                              "using one of these fields: net, net_param, train_net, "
+                              "train_net_param (e.g. net: \"train_val.prototxt\")" % self.source)
         self._check_settings()
         self._check_snapshot_prefix()
+        if p.snapshot_prefix:
+            for path in remove_stale_staged(p.snapshot_prefix):
+                log.info("Removed %s, a snapshot file an interrupted run was writing", path)
         if p.random_seed >= 0:
             # as Caffe's Solver::Init: random_seed + solver_rank
             rng.set_random_seed(p.random_seed + comm.solver_rank())
@@ -253,11 +270,20 @@ class Solver(Snapshots):
         self._check_snapshot_folder()
 
     def _check_snapshot_folder(self):
+        # As Caffe, by writing a file there: os.access says yes to /proc, to a read-only
+        # mount for root, and to a full disk.
         p = self.param
         folder = os.path.dirname(p.snapshot_prefix) or "."
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise SolverError("%s: cannot write to snapshot_prefix '%s'. Make sure that the directory "
-                              "exists and is writeable." % (self.source, p.snapshot_prefix))
+        why = None if os.path.isdir(folder) else "no such folder"
+        if why is None:
+            try:
+                discard_staged(stage_bytes(p.snapshot_prefix + "_probe", b"protonet"))
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+        if why is not None:
+            raise SolverError("%s: cannot write to snapshot_prefix '%s' (%s). Make sure that the "
+                              "directory exists and is writeable."
+                              % (self.source, p.snapshot_prefix, why))
 
     def _read_net_file(self, field, path):
         if not os.path.exists(path):
@@ -416,6 +442,8 @@ class Solver(Snapshots):
                     loss += _F32(self._forward_backward(debug))
                 loss /= _F32(p.iter_size)
                 self.last_loss = float(loss)
+                if not math.isfinite(self.last_loss):
+                    raise self._diverged()     # before the update: the weights stay finite
                 self._update_smoothed_loss(loss, start_iter, average_loss)
                 if display and root:
                     lapse = time.perf_counter() - timer
@@ -448,6 +476,31 @@ class Solver(Snapshots):
                     break
         finally:
             bar.close()
+
+    def _diverged(self):
+        """The error for a non-finite loss, naming the first layer whose output is not finite.
+
+        Looked for only now, in the tops the last forward left: layer order is data
+        order, so the first non-finite top is where the NaN or inf began.
+        """
+        net, xp = self.net, self.net.xp
+        culprit = ""
+        for li, (layer, tops) in enumerate(zip(net.layers, net.top_vecs)):
+            bad = [name for name, top in zip(net.top_names[li], tops)
+                   if top.count and not bool(xp.isfinite(top.data).all())]
+            if bad:
+                params = [j for j, blob in enumerate(layer.blobs)
+                          if not bool(xp.isfinite(blob.data).all())]
+                culprit = ("; the first layer whose output is not finite is '%s' (type %s, top %s)%s"
+                           % (net.layer_names[li], layer.type, ", ".join("'%s'" % b for b in bad),
+                              ", whose param(s) %s already hold NaN or inf"
+                              % ", ".join(map(str, params)) if params else ""))
+                break
+        return DivergedError(
+            "%s: iteration %d: the loss is %s%s. Training stopped before this update, without a "
+            "snapshot of it (snapshots written so far are kept). Common causes: base_lr too high "
+            "(try 10x lower, or clip_gradients), or inputs with NaN/inf (check the data)"
+            % (self.source, self.iter, fmt(self.last_loss), culprit))
 
     def solve(self, resume_file=None, max_iter=None):
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming first.

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backend
+from . import argtypes, backend
 from .log import get_logger, plural, quiet_net_setup
 
 log = get_logger()
@@ -192,18 +192,18 @@ def add_arguments(p):
     p.add_argument("--contours", help="the challenge's contour folder (real data)")
     p.add_argument("--net", default="fcn8s",
                    help="fcn8s (default), fcn_alexnet, or a DIGITS-style .prototxt")
-    p.add_argument("--epochs", type=float, default=5, help="training epochs (default 5)")
-    p.add_argument("--base-lr", type=float, default=1e-3, help="base learning rate (default 1e-3)")
+    p.add_argument("--epochs", type=argtypes.positive_float, default=5, help="training epochs (default 5)")
+    p.add_argument("--base-lr", type=argtypes.positive_float, default=1e-3, help="base learning rate (default 1e-3)")
     p.add_argument("--solver-type", default="Adam",
                    choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"))
-    p.add_argument("--cases", type=int, default=30, help="synthetic cases (default 30)")
-    p.add_argument("--images-per-case", type=int, default=8,
+    p.add_argument("--cases", type=argtypes.positive_int, default=30, help="synthetic cases (default 30)")
+    p.add_argument("--images-per-case", type=argtypes.positive_int, default=8,
                    help="synthetic images per case (default 8)")
     p.add_argument("--channels", choices=("gray", "rgb"), default="gray",
                    help="features as 1 channel (gray) or the gray copied to 3 (rgb, for "
                         "ImageNet-pretrained conv1 weights)")
     p.add_argument("--weights", help="caffemodel(s) to fine-tune from, comma separated")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=argtypes.seed, default=1, help="random seed (default 1)")
     p.add_argument("--gpu", metavar="N|-1", default=None,
                    help="train and segment on GPU N with CuPy (default: the CPU)")
 

@@ -48,6 +48,9 @@ class SGDSolver(Solver):
     def _check_settings(self):
         p, src = self.param, self.source
         policy = p.lr_policy
+        if not policy:
+            raise SolverError("%s: lr_policy is not set (Caffe's policies: %s)"
+                              % (src, ", ".join(LR_POLICIES)))
         if policy not in LR_POLICIES:
             raise SolverError("%s: unknown lr_policy %r (Caffe's policies: %s)"
                               % (src, policy, ", ".join(LR_POLICIES)))

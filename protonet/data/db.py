@@ -6,7 +6,9 @@ Caffe would read it. Records come in key order (the database's own byte
 order, as Caffe's cursor gives them); ``Cursor.next`` wraps to the first
 record after the last, as Caffe's Data layer restarts its cursor.
 """
+import contextlib
 import os
+import struct
 import threading
 
 from ..proto import caffe_pb2
@@ -49,6 +51,54 @@ def _check_folder(path, kind):
         raise DataError("%s '%s' is not a folder (a database is a directory)" % (kind, path))
 
 
+# LMDB's data.mdb starts with two meta pages; each is a 16-byte page header, then
+# the meta: magic, version, address, mapsize, two 48-byte DB records (the first's
+# pad field holds the page size), the last page number used and the txn id. LMDB
+# mmaps the file and trusts these numbers, so a file cut short (a copy that did
+# not finish) kills the process with SIGBUS on the first read past its end.
+_META_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<II8xQI44x48xQQ")     # magic, version, mapsize, psize, last_pg, txnid
+
+
+def check_lmdb_file(path, kind="LMDB"):
+    """Refuse (DataError) a data.mdb shorter than its own header says, before lmdb maps it."""
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    try:
+        size = os.path.getsize(data_file)
+        with open(data_file, "rb") as f:
+            head = f.read(16 + _META.size)
+            metas = []
+            if len(head) == 16 + _META.size:
+                first = _META.unpack_from(head, 16)
+                metas.append(first)
+                if first[0] == _META_MAGIC and 0 < first[3] <= 1 << 20:
+                    f.seek(first[3])
+                    second = f.read(16 + _META.size)
+                    if len(second) == 16 + _META.size:
+                        metas.append(_META.unpack_from(second, 16))
+    except OSError as exc:
+        raise DataError("%s '%s': cannot read %s (%s)" % (kind, path, data_file,
+                                                         exc.strerror or exc)) from None
+    valid = [m for m in metas if m[0] == _META_MAGIC]
+    if not valid:
+        if size == 0:
+            raise DataError("%s '%s': %s is empty (0 bytes): the database was not written, or "
+                            "its copy did not finish" % (kind, path, data_file))
+        raise DataError("%s '%s': %s is not an LMDB data file (no LMDB header; %d bytes)"
+                        % (kind, path, data_file, size))
+    if len(valid) < 2 and len(metas) < 2:
+        raise DataError("%s '%s': %s is truncated: %d bytes, shorter than LMDB's two header "
+                        "pages" % (kind, path, data_file, size))
+    # LMDB uses the meta page with the newer transaction
+    magic, version, mapsize, psize, last_pg, txnid = max(valid, key=lambda m: m[5])
+    need = (last_pg + 1) * psize
+    if size < need:
+        raise DataError("%s '%s': %s is truncated: %d bytes, but its header says the "
+                        "database fills %d (%d pages of %d bytes); the copy did not finish "
+                        "or the disk filled up. Copy or rebuild the database"
+                        % (kind, path, data_file, size, need, last_pg + 1, psize))
+
+
 # python-lmdb refuses to open one environment twice in a process, yet two
 # Data layers (a train and a test net, or a net not yet collected) may read
 # the same database: readers share one read-only environment per folder.
@@ -62,6 +112,7 @@ def _acquire_env(path):
     with _ENVS_LOCK:
         entry = _ENVS.get(real)
         if entry is None:
+            check_lmdb_file(path)
             try:
                 env = lmdb.open(path, readonly=True, lock=False, readahead=False,
                                 max_readers=512)
@@ -100,7 +151,8 @@ class Cursor:
 
     def _advance(self):
         try:
-            self.key, self.value = next(self._iter)
+            with self.db.reading():
+                self.key, self.value = next(self._iter)
         except StopIteration:
             return False
         return True
@@ -130,27 +182,40 @@ class LMDBReader:
         self._real, self.env = _acquire_env(self.path)
         self._txn = None
 
+    @contextlib.contextmanager
+    def reading(self):
+        """lmdb's own errors (a damaged page: MDB_CORRUPTED, MDB_PAGE_NOTFOUND) as DataError
+        naming the database, not a bare lmdb traceback."""
+        lmdb = _lmdb()
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise DataError("LMDB '%s' is damaged and cannot be read: %s (rebuild or copy the "
+                            "database again)" % (self.path, exc)) from None
+
     def __len__(self):
-        return int(self.env.stat()["entries"])
+        with self.reading():
+            return int(self.env.stat()["entries"])
 
     def _records(self):
         # One long read transaction; a read-only, lock-free env never blocks a writer.
-        if self._txn is None:
-            self._txn = self.env.begin(buffers=False)
-        cur = self._txn.cursor()
-        return iter(cur)
+        with self.reading():
+            if self._txn is None:
+                self._txn = self.env.begin(buffers=False)
+            cur = self._txn.cursor()
+            return iter(cur)
 
     def cursor(self):
         return Cursor(self, self._records)
 
     def items(self):
         """(key, value) bytes pairs in key order, once."""
-        with self.env.begin(buffers=False) as txn:
+        with self.reading(), self.env.begin(buffers=False) as txn:
             for kv in txn.cursor():
                 yield kv
 
     def get(self, key):
-        with self.env.begin(buffers=False) as txn:
+        with self.reading(), self.env.begin(buffers=False) as txn:
             return txn.get(key if isinstance(key, bytes) else str(key).encode())
 
     def close(self):
@@ -192,8 +257,18 @@ class LevelDBReader:
         except Exception as exc:
             raise DataError("LEVELDB '%s' cannot be opened: %s" % (self.path, exc)) from None
 
+    @contextlib.contextmanager
+    def reading(self):
+        import plyvel
+        try:
+            yield
+        except getattr(plyvel, "Error", ()) as exc:
+            raise DataError("LEVELDB '%s' is damaged and cannot be read: %s" % (self.path, exc)) \
+                from None
+
     def __len__(self):
-        return sum(1 for _ in self.db.iterator(include_value=False))
+        with self.reading():
+            return sum(1 for _ in self.db.iterator(include_value=False))
 
     def cursor(self):
         return Cursor(self, self.db.iterator)
@@ -236,7 +311,12 @@ class LMDBWriter:
             raise DataError("LMDB '%s' is open for reading in this process (a Data layer or "
                             "reader); close it before writing" % self.path)
         self._lmdb = _lmdb()
-        self.env = self._lmdb.open(self.path, map_size=map_size, subdir=True)
+        if os.path.exists(os.path.join(self.path, "data.mdb")):
+            check_lmdb_file(self.path)       # adding to a torn database would crash too
+        try:
+            self.env = self._lmdb.open(self.path, map_size=map_size, subdir=True)
+        except self._lmdb.Error as exc:
+            raise DataError("LMDB '%s' cannot be opened for writing: %s" % (self.path, exc)) from None
         self.commit_every = commit_every
         self._pending = []
         self.count = 0

@@ -66,6 +66,7 @@ import sys
 
 import numpy as np
 
+from .. import argtypes
 from ..io import write_binary
 from ..log import plural
 from ..proto import caffe_pb2
@@ -93,6 +94,10 @@ SAX_SERIES = {
 
 _DICOM_RE = re.compile(r"^IM-(\d{4})-(\d{4})\.dcm$", re.IGNORECASE)
 _CONTOUR_RE = re.compile(r"^IM-0001-(\d{4})-icontour-manual\.txt$")
+
+
+class DicomError(ValueError):
+    """A file that is not a readable single-frame DICOM image; the message names it."""
 
 
 class SunnybrookError(ValueError):
@@ -289,10 +294,34 @@ def _read_dicom(path, dtype=np.float32):
     import pydicom
     from pydicom.errors import InvalidDicomError
     try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        raise DicomError("%s: cannot read (%s)" % (path, exc.strerror or exc)) from None
+    if not head:
+        raise DicomError("%s: not a DICOM file: the file is empty (0 bytes)" % path)
+    try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True)  # an old export without the 128-byte preamble
-    arr = ds.pixel_array
+        try:
+            ds = pydicom.dcmread(path, force=True)  # an old export without the 128-byte preamble
+        except Exception:
+            ds = None
+    except Exception as exc:                    # a DICOM cut short or damaged
+        raise DicomError("%s: a damaged DICOM file (%s: %s)" % (path, type(exc).__name__, exc)) \
+            from None
+    if ds is None or "PixelData" not in ds:
+        # pydicom's force=True reads almost anything as an empty dataset; say what it is
+        marker = head[128:132] == b"DICM"
+        raise DicomError("%s: not a DICOM image: %s (it starts with %r)" % (
+            path, "it has the DICOM marker but no image data (PixelData)" if marker else
+            "it has no 'DICM' marker at byte 128 and does not read as an old-style DICOM "
+            "with image data either", head[:16]))
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise DicomError("%s: the DICOM image data cannot be decoded (%s: %s)"
+                         % (path, type(exc).__name__, exc)) from None
     if arr.ndim != 2:
         raise ValueError("%s: pixel data has shape %s; expected one gray frame"
                          % (path, "x".join(map(str, arr.shape))))
@@ -487,6 +516,9 @@ def _load_examples(contours, order, cases, images_dir, size, report, warnings):
             report.message("sunnybrook: warning: " + note)
         try:
             img, location = _read_dicom(dpath, dtype=None)
+        except DicomError as exc:
+            skip(cpath, case, image_no, str(exc))
+            continue
         except Exception as exc:  # pydicom raises many types for damaged files
             skip(cpath, case, image_no, "cannot read DICOM %s (%s: %s)"
                  % (dpath, type(exc).__name__, exc))
@@ -613,6 +645,10 @@ def convert(images_dir, contours_dir, out_dir, channels="gray", val_pct=10, seed
         raise SunnybrookError("val_by must be 'case' or 'image', not %r" % (val_by,))
     if not 0 <= float(val_pct) <= 100:
         raise SunnybrookError("val_pct must be between 0 and 100, not %r" % (val_pct,))
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise SunnybrookError("size must be a whole number of pixels, at least 1, not %r" % (size,))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SunnybrookError("seed must be a whole number 0 or more, not %r" % (seed,))
     for what, folder in (("images", images_dir), ("contours", contours_dir)):
         if not os.path.isdir(folder):
             raise SunnybrookError("%s folder %s does not exist or is not a folder" % (what, folder))
@@ -795,15 +831,15 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     parser.add_argument("--channels", choices=("gray", "rgb"), default="gray",
                         help="features as 1 gray channel or the gray copied to 3 (default gray)")
-    parser.add_argument("--val-pct", type=float, default=10, metavar="PCT",
+    parser.add_argument("--val-pct", type=argtypes.percent, default=10, metavar="PCT",
                         help="percent of the examples for validation (default 10)")
     parser.add_argument("--val-by", choices=("case", "image"), default="case",
                         help="split by case (default: every slice of a patient on one side, "
                              "val cases chosen so val is close to PCT%% of the images) or by "
                              "image (DIGITS' split, exactly: slices of one patient on both "
                              "sides, an optimistic val Dice)")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="shuffle seed (default 0)")
+    parser.add_argument("--size", type=argtypes.positive_int, default=256,
                         help="expected image size; other sizes are skipped (default 256)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace train_db/val_db already in --out")

@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from .. import argtypes
 from ..log import plural
 from .sunnybrook import SAX_SERIES
 
@@ -377,11 +378,11 @@ def add_arguments(parser):
                      "--contours synth/contours \\\n      --out synth/dataset")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    parser.add_argument("--cases", type=int, default=20, metavar="N",
+    parser.add_argument("--cases", type=argtypes.positive_int, default=20, metavar="N",
                         help="number of cases (default 20)")
-    parser.add_argument("--images-per-case", type=int, default=10, metavar="N",
+    parser.add_argument("--images-per-case", type=argtypes.positive_int, default=10, metavar="N",
                         help="contoured images per case (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT/images and OUT/contours if they exist")
     return parser

@@ -73,7 +73,10 @@ class _SeparableMax:
                      for j, lo, hi, ws in _tap_steps(w, ow, kw, pw_, sw)]
         self.col_slices = _tap_steps(w, ow, kw, pw_, sw)
         self.dtype, self.out_shape = dtype, out_shape
-        self.phase_shapes = [(n, c, h, len(range(p, w, sw))) for p in range(sw)] if sw > 1 else None
+        # phases from w on are empty and never read: a stride far above the width (a typo like
+        # stride: 2147483648) must not make billions of them
+        self.phase_shapes = ([(n, c, h, len(range(p, w, sw))) for p in range(min(sw, w))]
+                             if sw > 1 else None)
         self.row_shape = (n, c, h, ow)
         self.col_shape = (n, c, oh, w)
 
