@@ -1,4 +1,4 @@
-"""Drive real-Caffe reference cases (tests/caffe_reference/parity, a copy of ../shared/parity) through protonet's Net."""
+"""Drive real-Caffe reference cases (tests/caffe_reference/parity) through protonet's Net."""
 import contextlib
 import json
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import protonet
 from protonet import backend
 
-# real Caffe 1.0 reference data and the published DIGITS assets, copied from ../shared
+# real Caffe 1.0 reference data and the published DIGITS assets, kept in the repo
 SHARED = Path(__file__).resolve().parent / "caffe_reference"
 PARITY = SHARED / "parity"
 

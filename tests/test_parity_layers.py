@@ -1,4 +1,4 @@
-"""Every layers/ case of ../shared/parity, run through the Net against real Caffe's numbers."""
+"""Every layers/ case of tests/caffe_reference/parity, run through the Net against real Caffe's numbers."""
 import pytest
 
 from parity import cases, run_layer_case

@@ -1,4 +1,4 @@
-"""Whole-net cases of ../shared/parity: layer sets after NetState filtering, every blob's
+"""Whole-net cases of tests/caffe_reference/parity: layer sets after NetState filtering, every blob's
 data and diff, parameter diffs."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""Training trajectories of ../shared/parity/train: protonet lands where Caffe 1.0 did.
+"""Training trajectories of tests/caffe_reference/parity/train: protonet lands where Caffe 1.0 did.
 
 Each case runs in a writable copy of its folder (the working directory, as the
 case's relative paths need):

@@ -1,7 +1,7 @@
 """The schema in proto/caffe.proto, its generated module, and Caffe's files.
 
 The round-trip tests read every prototxt, caffemodel, solverstate and
-binaryproto that real Caffe wrote into ../shared: text parsing rejects an
+binaryproto that real Caffe wrote (tests/caffe_reference): text parsing rejects an
 unknown field name, and binary files must leave nothing in unknown fields and
 re-serialize to the same bytes, so a missing or misnumbered field fails here.
 """
@@ -232,7 +232,7 @@ def _check_binary(path, message_class):
 
 
 def test_fixture_sets_are_present():
-    assert PARITY.is_dir(), f"no Caffe reference fixtures at {PARITY} (../shared/parity)"
+    assert PARITY.is_dir(), f"no Caffe reference fixtures at {PARITY} (tests/caffe_reference/parity)"
     assert len(PROTOTXTS) > 100 and CAFFEMODELS and SOLVERSTATES and BINARYPROTOS
     assert any(path.name.startswith("solver") for path in PROTOTXTS)
 

@@ -579,7 +579,7 @@ def test_v1_type_name_covers_every_enum_value():
 
 def _shared(*parts):
     path = SHARED.joinpath(*parts)
-    assert path.exists(), "%s is missing (../shared beside the checkout)" % path
+    assert path.exists(), "%s is missing (tests/caffe_reference)" % path
     return path
 
 
