@@ -11,7 +11,7 @@ from protonet.upgrade import (UpgradeError, UpgradeWarning, upgrade_batch_norm,
                               upgrade_net, upgrade_net_input, upgrade_solver,
                               v1_type_name)
 
-# real Caffe 1.0 reference data and the published DIGITS assets, copied from ../shared
+# real Caffe 1.0 reference data and the published DIGITS assets, kept in the repo
 SHARED = Path(__file__).resolve().parent / "caffe_reference"
 
 
