@@ -1,4 +1,9 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# im2col, col2im and pooling compiled (protonet/ckernels.py loads it with ctypes); optional:
+# without a C compiler the install goes on and those passes run on NumPy
+CKERNELS = Extension("protonet._ckernels", sources=["protonet/_ckernels.c"], optional=True,
+                     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"])
 
 setup(
     name="protonet",
@@ -41,5 +46,6 @@ setup(
         # (tensorboardX writes them; tensorboard shows them; crc32c makes the writing cheap)
         "tensorboard": ["tensorboardX>=2.6", "tensorboard", "crc32c"],
     },
+    ext_modules=[CKERNELS],
     entry_points={"console_scripts": ["protonet=protonet.cli:main"]},
 )

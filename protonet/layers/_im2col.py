@@ -28,7 +28,7 @@ import itertools
 
 import numpy as np
 
-from .. import cuda_kernels
+from .. import ckernels, cuda_kernels
 from ._scratch import scratch
 
 
@@ -128,6 +128,8 @@ class ColPlan:
         if len(self.in_size) == 2 and cuda_kernels.supported(img, col):
             cuda_kernels.im2col(img, col, self.kernel, self.pad, self.stride, self.dilation, self.out_size)
             return
+        if ckernels.im2col(img, col, self.kernel, self.pad, self.stride, self.dilation, self.out_size):
+            return
         if self.windowed:
             col[...] = self._windows(img)
             return
@@ -156,6 +158,8 @@ class ColPlan:
         """Overwrite ``img`` with the sum of the columns over the taps that read each pixel."""
         if len(self.in_size) == 2 and cuda_kernels.supported(img, col):
             cuda_kernels.col2im(col, img, self.kernel, self.pad, self.stride, self.dilation, self.out_size)
+            return
+        if ckernels.col2im(col, img, self.kernel, self.pad, self.stride, self.dilation, self.out_size):
             return
         img.fill(0)
         for col_index, img_index, perm in self.steps:

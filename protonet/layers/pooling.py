@@ -10,7 +10,7 @@ import numpy as np
 
 from ..layer import Layer, register, TRAIN
 from ..proto import caffe_pb2
-from .. import cuda_kernels, rng
+from .. import ckernels, cuda_kernels, rng
 from ._scratch import scratch
 
 P = caffe_pb2.PoolingParameter
@@ -214,6 +214,10 @@ class Pool2d:
             return
         if x is None:
             raise ValueError("the MAX choice of a TEST-phase forward needs the input again")
+        top = scratch("pool.top", self.xp, self.dtype, self.out_shape)
+        if ckernels.max_pool_forward(x, top, self.choice, self.kernel, self.stride, self.pad):
+            self._choice_valid = True
+            return
         self._separable.forward(self.xp, x, scratch("pool.top", self.xp, self.dtype, self.out_shape), self.choice)
         self._choice_valid = True
 
@@ -249,6 +253,10 @@ class Pool2d:
         if cuda_kernels.supported(x, top):
             cuda_kernels.max_pool_forward(x, top, self.choice, self.kernel, self.stride, self.pad)
             self._choice_valid = True
+            return
+        if ckernels.max_pool_forward(x, top, self.choice if self.train else None,
+                                     self.kernel, self.stride, self.pad):
+            self._choice_valid = self.train
             return
         if self.by_taps:
             self._choice_valid = self.train
@@ -296,6 +304,8 @@ class Pool2d:
     def _forward_ave(self, x, top):
         if cuda_kernels.supported(x, top):
             cuda_kernels.ave_pool_forward(x, top, self.kernel, self.stride, self.pad)
+            return
+        if ckernels.ave_pool_forward(x, top, self.kernel, self.stride, self.pad):
             return
         self._window_sums(x, top)
         top /= self.divisor
@@ -347,6 +357,11 @@ class Pool2d:
                 cuda_kernels.max_pool_backward(top_diff, self.choice, dx, self.kernel, self.stride, self.pad)
             else:
                 cuda_kernels.ave_pool_backward(top_diff, dx, self.kernel, self.stride, self.pad)
+            return
+        if self.method == P.MAX and ckernels.max_pool_backward(top_diff, self.choice, dx, self.kernel,
+                                                               self.stride, self.pad):
+            return
+        if self.method == P.AVE and ckernels.ave_pool_backward(top_diff, dx, self.kernel, self.stride, self.pad):
             return
         if self.method == P.AVE:
             dx.fill(0)

@@ -1,0 +1,320 @@
+/* CPU kernels for the passes around the GEMMs: im2col, col2im, MAX and AVE pooling.
+
+   A plain C library (no Python API), loaded with ctypes by protonet/ckernels.py; ctypes drops
+   the GIL around each call, so Python threads may run disjoint image ranges [n0, n1) at once.
+   Every sum keeps Caffe's order (no -ffast-math: float additions are not reassociated), so the
+   results are the NumPy path's, bit for bit where that path sums in Caffe's order too.
+
+   Layouts: images (N, C, H, W); the column buffer (C, KH, KW, N, OH, OW), i.e. Caffe's column
+   matrix (C*KH*KW) x (N*OH*OW) with the batch folded into the columns. */
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+/* the outputs o in [0, out) whose input position o * stride + off lies in [0, size) */
+static void in_range(i64 off, i64 stride, i64 size, i64 out, i64 *lo, i64 *hi)
+{
+    i64 a = 0, b;
+    if (off < 0)
+        a = (-off + stride - 1) / stride;
+    if (size - 1 - off < 0)
+        b = 0;
+    else
+        b = (size - 1 - off) / stride + 1;
+    if (b > out)
+        b = out;
+    if (a > b)
+        a = b;
+    *lo = a;
+    *hi = b;
+}
+
+#define IM2COL(T, SUFFIX)                                                                         \
+void im2col_##SUFFIX(const T *img, T *col, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW,           \
+                     i64 PH, i64 PW, i64 SH, i64 SW, i64 DH, i64 DW, i64 OH, i64 OW,             \
+                     i64 n0, i64 n1)                                                              \
+{                                                                                                 \
+    const i64 P = OH * OW;                                                                        \
+    for (i64 c = 0; c < C; ++c)                                                                   \
+        for (i64 i = 0; i < KH; ++i)                                                              \
+            for (i64 j = 0; j < KW; ++j) {                                                        \
+                T *tap = col + ((c * KH + i) * KW + j) * N * P;                                   \
+                i64 hlo, hhi, wlo, whi;                                                           \
+                in_range(i * DH - PH, SH, H, OH, &hlo, &hhi);                                     \
+                in_range(j * DW - PW, SW, W, OW, &wlo, &whi);                                     \
+                for (i64 n = n0; n < n1; ++n) {                                                   \
+                    const T *plane = img + (n * C + c) * H * W;                                   \
+                    T *dst = tap + n * P;                                                         \
+                    if (hlo > 0)                                                                  \
+                        memset(dst, 0, (size_t)(hlo * OW) * sizeof(T));                           \
+                    for (i64 oh = hlo; oh < hhi; ++oh) {                                          \
+                        const T *row = plane + (oh * SH - PH + i * DH) * W + (j * DW - PW);       \
+                        T *d = dst + oh * OW;                                                     \
+                        for (i64 ow = 0; ow < wlo; ++ow)                                          \
+                            d[ow] = 0;                                                            \
+                        if (SW == 1)                                                              \
+                            memcpy(d + wlo, row + wlo, (size_t)(whi - wlo) * sizeof(T));          \
+                        else                                                                      \
+                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
+                                d[ow] = row[ow * SW];                                             \
+                        for (i64 ow = whi; ow < OW; ++ow)                                         \
+                            d[ow] = 0;                                                            \
+                    }                                                                             \
+                    if (hhi < OH)                                                                 \
+                        memset(dst + hhi * OW, 0, (size_t)((OH - hhi) * OW) * sizeof(T));         \
+                }                                                                                 \
+            }                                                                                     \
+}
+
+/* img[n0:n1] = the sum over taps of the columns that read each pixel, taps in increasing
+   order per pixel (Caffe's col2im order) */
+#define COL2IM(T, SUFFIX)                                                                         \
+void col2im_##SUFFIX(const T *col, T *img, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW,           \
+                     i64 PH, i64 PW, i64 SH, i64 SW, i64 DH, i64 DW, i64 OH, i64 OW,             \
+                     i64 n0, i64 n1)                                                              \
+{                                                                                                 \
+    const i64 P = OH * OW;                                                                        \
+    for (i64 n = n0; n < n1; ++n)                                                                 \
+        for (i64 c = 0; c < C; ++c) {                                                             \
+            T *plane = img + (n * C + c) * H * W;                                                 \
+            memset(plane, 0, (size_t)(H * W) * sizeof(T));                                        \
+            for (i64 i = 0; i < KH; ++i)                                                          \
+                for (i64 j = 0; j < KW; ++j) {                                                    \
+                    const T *src = col + (((c * KH + i) * KW + j) * N + n) * P;                   \
+                    i64 hlo, hhi, wlo, whi;                                                       \
+                    in_range(i * DH - PH, SH, H, OH, &hlo, &hhi);                                 \
+                    in_range(j * DW - PW, SW, W, OW, &wlo, &whi);                                 \
+                    for (i64 oh = hlo; oh < hhi; ++oh) {                                          \
+                        T *row = plane + (oh * SH - PH + i * DH) * W + (j * DW - PW);             \
+                        const T *s = src + oh * OW;                                               \
+                        if (SW == 1)                                                              \
+                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
+                                row[ow] += s[ow];                                                 \
+                        else                                                                      \
+                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
+                                row[ow * SW] += s[ow];                                            \
+                    }                                                                             \
+                }                                                                                 \
+        }                                                                                         \
+}
+
+
+/* one tap's pass over an output row of MAX pooling: t = max(t, src[ow * SW]) keeping the
+   first strictly larger value, pick = tap where it was larger; restrict and a constant
+   stride let the compiler vectorize it */
+#define MAX_ROW(T, SUFFIX)                                                                        \
+static inline void max_row_pick_##SUFFIX(T *restrict t, int32_t *restrict pick,                  \
+                                         const T *restrict src, i64 lo, i64 hi, i64 SW,          \
+                                         int32_t tap)                                             \
+{                                                                                                 \
+    if (SW == 1) {                                                                                \
+        for (i64 ow = lo; ow < hi; ++ow) {                                                        \
+            T v = src[ow];                                                                        \
+            int32_t gt = -(int32_t)(v > t[ow]);   /* all ones where larger: no branch */          \
+            t[ow] = v > t[ow] ? v : t[ow];                                                        \
+            pick[ow] = (tap & gt) | (pick[ow] & ~gt);                                             \
+        }                                                                                         \
+    } else if (SW == 2) {                                                                         \
+        for (i64 ow = lo; ow < hi; ++ow) {                                                        \
+            T v = src[2 * ow];                                                                    \
+            int32_t gt = -(int32_t)(v > t[ow]);   /* all ones where larger: no branch */          \
+            t[ow] = v > t[ow] ? v : t[ow];                                                        \
+            pick[ow] = (tap & gt) | (pick[ow] & ~gt);                                             \
+        }                                                                                         \
+    } else {                                                                                      \
+        for (i64 ow = lo; ow < hi; ++ow) {                                                        \
+            T v = src[ow * SW];                                                                   \
+            int32_t gt = -(int32_t)(v > t[ow]);   /* all ones where larger: no branch */          \
+            t[ow] = v > t[ow] ? v : t[ow];                                                        \
+            pick[ow] = (tap & gt) | (pick[ow] & ~gt);                                             \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static inline void max_row_##SUFFIX(T *restrict t, const T *restrict src, i64 lo, i64 hi,       \
+                                    i64 SW)                                                       \
+{                                                                                                 \
+    if (SW == 1) {                                                                                \
+        for (i64 ow = lo; ow < hi; ++ow)                                                          \
+            t[ow] = src[ow] > t[ow] ? src[ow] : t[ow];                                            \
+    } else if (SW == 2) {                                                                         \
+        for (i64 ow = lo; ow < hi; ++ow)                                                          \
+            t[ow] = src[2 * ow] > t[ow] ? src[2 * ow] : t[ow];                                    \
+    } else {                                                                                      \
+        for (i64 ow = lo; ow < hi; ++ow)                                                          \
+            t[ow] = src[ow * SW] > t[ow] ? src[ow * SW] : t[ow];                                  \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static inline void add_row_##SUFFIX(T *restrict t, const T *restrict src, i64 lo, i64 hi, i64 SW) \
+{                                                                                                 \
+    if (SW == 1) {                                                                                \
+        for (i64 ow = lo; ow < hi; ++ow)                                                          \
+            t[ow] += src[ow];                                                                     \
+    } else {                                                                                      \
+        for (i64 ow = lo; ow < hi; ++ow)                                                          \
+            t[ow] += src[ow * SW];                                                                \
+    }                                                                                             \
+}
+
+MAX_ROW(float, f32)
+MAX_ROW(double, f64)
+
+/* MAX pooling over planes [p0, p1) of (planes, H, W): Caffe's scan from -FLT_MAX keeping the
+   first strictly larger value (NaN never wins); choice (may be NULL) = tap + 1 of the winner
+   counted from the unclamped window start (tap = row * KW + col), 0 when nothing won.
+   Each output row is built tap by tap, taps in row-major order: per output the same scan as
+   Caffe's, but the inner loop runs over the row's outputs, branch-free (it vectorizes). */
+#define MAXPOOL(T, SUFFIX, I, ISUFFIX)                                                            \
+void maxpool_fwd_##SUFFIX##_##ISUFFIX(const T *x, T *top, I *choice, i64 H, i64 W,               \
+                                      i64 KH, i64 KW, i64 SH, i64 SW, i64 PH, i64 PW,            \
+                                      i64 OH, i64 OW, i64 p0, i64 p1)                             \
+{                                                                                                 \
+    int32_t *pick = (int32_t *)malloc((size_t)OW * sizeof(int32_t));                              \
+    i64 *range = (i64 *)malloc((size_t)(2 * KW) * sizeof(i64));                                   \
+    if (!pick || !range) {                                                                        \
+        free(pick);                                                                               \
+        free(range);                                                                              \
+        return;                                                                                   \
+    }                                                                                             \
+    /* the outputs each column tap reaches inside the image (divisions once, not per row) */     \
+    for (i64 j = 0; j < KW; ++j)                                                                  \
+        in_range(j - PW, SW, W, OW, range + 2 * j, range + 2 * j + 1);                            \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        const T *plane = x + p * H * W;                                                           \
+        for (i64 oh = 0; oh < OH; ++oh) {                                                         \
+            i64 hs = oh * SH - PH, h0 = hs < 0 ? 0 : hs, h1 = hs + KH < H ? hs + KH : H;          \
+            T *t = top + (p * OH + oh) * OW;                                                      \
+            for (i64 ow = 0; ow < OW; ++ow)                                                       \
+                t[ow] = (T)-FLT_MAX;                                                              \
+            if (choice)                                                                           \
+                memset(pick, 0, (size_t)OW * sizeof(int32_t));                                    \
+            for (i64 h = h0; h < h1; ++h) {                                                       \
+                const T *row = plane + h * W;                                                     \
+                for (i64 j = 0; j < KW; ++j) {                                                    \
+                    i64 lo = range[2 * j], hi = range[2 * j + 1];                                 \
+                    const T *src = row + (j - PW);                                                \
+                    if (choice)                                                                   \
+                        max_row_pick_##SUFFIX(t, pick, src, lo, hi, SW,                           \
+                                              (int32_t)((h - hs) * KW + j + 1));                  \
+                    else                                                                          \
+                        max_row_##SUFFIX(t, src, lo, hi, SW);                                     \
+                }                                                                                 \
+            }                                                                                     \
+            if (choice) {                                                                         \
+                I *ch = choice + (p * OH + oh) * OW;                                              \
+                for (i64 ow = 0; ow < OW; ++ow)                                                   \
+                    ch[ow] = (I)pick[ow];                                                         \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(pick);                                                                                   \
+    free(range);                                                                                  \
+}                                                                                                 \
+                                                                                                  \
+/* dx[p0:p1] = each top diff added to the cell its window chose, outputs in order */             \
+void maxpool_bwd_##SUFFIX##_##ISUFFIX(const T *top_diff, const I *choice, T *dx, i64 H, i64 W,   \
+                                      i64 KH, i64 KW, i64 SH, i64 SW, i64 PH, i64 PW, i64 OH,    \
+                                      i64 OW, i64 p0, i64 p1)                                     \
+{                                                                                                 \
+    /* tap + 1 -> offset from the window start (no division per output) */                       \
+    i64 *offset = (i64 *)malloc((size_t)(KH * KW + 1) * sizeof(i64));                             \
+    if (!offset)                                                                                  \
+        return;                                                                                   \
+    offset[0] = 0;                                                                                \
+    for (i64 k = 0; k < KH * KW; ++k)                                                             \
+        offset[k + 1] = (k / KW) * W + k % KW;                                                    \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        T *plane = dx + p * H * W;                                                                \
+        const T *g = top_diff + p * OH * OW;                                                      \
+        const I *ch = choice + p * OH * OW;                                                       \
+        memset(plane, 0, (size_t)(H * W) * sizeof(T));                                            \
+        for (i64 oh = 0; oh < OH; ++oh) {                                                         \
+            T *base = plane + (oh * SH - PH) * W - PW;                                            \
+            for (i64 ow = 0; ow < OW; ++ow) {                                                     \
+                I k = ch[oh * OW + ow];                                                           \
+                if (k)                                                                            \
+                    base[ow * SW + offset[k]] += g[oh * OW + ow];                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(offset);                                                                                 \
+}
+
+/* AVE pooling: the window's sum in row-major order, divided by the window clipped to the
+   padded image (padding cells count, cells past it do not), as Caffe; built row by row like
+   MAX. The backward adds each output's share to its cells, outputs in order (Caffe's). */
+#define AVEPOOL(T, SUFFIX)                                                                        \
+void avepool_fwd_##SUFFIX(const T *x, T *top, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,      \
+                          i64 PH, i64 PW, i64 OH, i64 OW, i64 p0, i64 p1)                         \
+{                                                                                                 \
+    i64 *range = (i64 *)malloc((size_t)(2 * KW) * sizeof(i64));                                   \
+    if (!range)                                                                                   \
+        return;                                                                                   \
+    for (i64 j = 0; j < KW; ++j)                                                                  \
+        in_range(j - PW, SW, W, OW, range + 2 * j, range + 2 * j + 1);                            \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        const T *plane = x + p * H * W;                                                           \
+        for (i64 oh = 0; oh < OH; ++oh) {                                                         \
+            i64 hs = oh * SH - PH, he = hs + KH < H + PH ? hs + KH : H + PH;                      \
+            i64 h0 = hs < 0 ? 0 : hs, h1 = he < H ? he : H;                                       \
+            T *t = top + (p * OH + oh) * OW;                                                      \
+            for (i64 ow = 0; ow < OW; ++ow)                                                       \
+                t[ow] = 0;                                                                        \
+            for (i64 h = h0; h < h1; ++h) {                                                       \
+                const T *row = plane + h * W;                                                     \
+                for (i64 j = 0; j < KW; ++j) {                                                    \
+                    const T *src = row + (j - PW);                                                \
+                    i64 lo = range[2 * j], hi = range[2 * j + 1];                                 \
+                    add_row_##SUFFIX(t, src, lo, hi, SW);                                         \
+                }                                                                                 \
+            }                                                                                     \
+            for (i64 ow = 0; ow < OW; ++ow) {                                                     \
+                i64 ws = ow * SW - PW, we = ws + KW < W + PW ? ws + KW : W + PW;                  \
+                t[ow] /= (T)((he - hs) * (we - ws));                                              \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(range);                                                                                  \
+}                                                                                                 \
+                                                                                                  \
+void avepool_bwd_##SUFFIX(const T *top_diff, T *dx, i64 H, i64 W, i64 KH, i64 KW, i64 SH,        \
+                          i64 SW, i64 PH, i64 PW, i64 OH, i64 OW, i64 p0, i64 p1)                 \
+{                                                                                                 \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        T *plane = dx + p * H * W;                                                                \
+        const T *g = top_diff + p * OH * OW;                                                      \
+        memset(plane, 0, (size_t)(H * W) * sizeof(T));                                            \
+        for (i64 oh = 0; oh < OH; ++oh) {                                                         \
+            i64 hs = oh * SH - PH, he = hs + KH < H + PH ? hs + KH : H + PH;                      \
+            i64 h0 = hs < 0 ? 0 : hs, h1 = he < H ? he : H;                                       \
+            for (i64 ow = 0; ow < OW; ++ow) {                                                     \
+                i64 ws = ow * SW - PW, we = ws + KW < W + PW ? ws + KW : W + PW;                  \
+                i64 w0 = ws < 0 ? 0 : ws, w1 = we < W ? we : W;                                   \
+                T v = g[oh * OW + ow] / (T)((he - hs) * (we - ws));                               \
+                for (i64 h = h0; h < h1; ++h)                                                     \
+                    for (i64 w = w0; w < w1; ++w)                                                 \
+                        plane[h * W + w] += v;                                                    \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+}
+
+IM2COL(float, f32)
+IM2COL(double, f64)
+COL2IM(float, f32)
+COL2IM(double, f64)
+MAXPOOL(float, f32, int8_t, i8)
+MAXPOOL(float, f32, int16_t, i16)
+MAXPOOL(float, f32, int32_t, i32)
+MAXPOOL(double, f64, int8_t, i8)
+MAXPOOL(double, f64, int16_t, i16)
+MAXPOOL(double, f64, int32_t, i32)
+AVEPOOL(float, f32)
+AVEPOOL(double, f64)
+
+/* the library's interface version: ckernels.py refuses a stale build */
+int protonet_ckernels_version(void) { return 1; }

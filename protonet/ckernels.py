@@ -1,0 +1,205 @@
+"""The compiled CPU kernels (protonet/_ckernels.c) through ctypes, split over threads.
+
+im2col, col2im and MAX/AVE pooling are memory passes that NumPy can only run as many
+strided copies, one Python step per kernel tap; compiled, each is one pass over the data.
+setup.py builds the library when the package is installed. Without it (no C compiler at
+install time) or with ``PROTONET_CKERNELS=0`` every caller keeps its NumPy path, which
+computes the same values: the tests compare the two.
+
+ctypes releases the GIL during a call, so a pass is split into contiguous ranges of images
+(or planes) run on a small pool of Python threads: as many as the BLAS may use, the
+environment's ``PROTONET_NUM_THREADS``, ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS``
+(in that order), else the CPUs this process may run on. Passes under about a million
+elements stay on the calling thread, where the hand-off would cost more than it saves.
+"""
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+VERSION = 1
+# elements per thread below which a pass is not split
+MIN_SPLIT = 1 << 19
+
+_lib = None
+_loaded = False
+_lock = threading.Lock()
+_pool = None
+_threads = None
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_ISUFFIX = {np.dtype(np.int8): "i8", np.dtype(np.int16): "i16", np.dtype(np.int32): "i32"}
+
+
+def _library_path():
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "_ckernels*.so")) + glob.glob(os.path.join(here, "_ckernels*.pyd")))
+    return found[0] if found else None
+
+
+def _load():
+    global _lib, _loaded
+    with _lock:
+        if _loaded:
+            return _lib
+        _loaded = True
+        if os.environ.get("PROTONET_CKERNELS", "1").strip() in ("0", "no", "off", "false"):
+            return None
+        path = _library_path()
+        if path is None:
+            return None
+        try:
+            lib = ctypes.CDLL(path)
+            if lib.protonet_ckernels_version() != VERSION:
+                return None
+        except (OSError, AttributeError):
+            return None
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        for kind in ("f32", "f64"):
+            for name in ("im2col_", "col2im_"):
+                fn = getattr(lib, name + kind)
+                fn.argtypes = [ptr, ptr] + [i64] * 16
+                fn.restype = None
+            for ik in ("i8", "i16", "i32"):
+                fn = getattr(lib, "maxpool_fwd_%s_%s" % (kind, ik))
+                fn.argtypes = [ptr, ptr, ptr] + [i64] * 12
+                fn.restype = None
+                fn = getattr(lib, "maxpool_bwd_%s_%s" % (kind, ik))
+                fn.argtypes = [ptr, ptr, ptr] + [i64] * 12
+                fn.restype = None
+            for name in ("avepool_fwd_", "avepool_bwd_"):
+                fn = getattr(lib, name + kind)
+                fn.argtypes = [ptr, ptr] + [i64] * 12
+                fn.restype = None
+        _lib = lib
+        return lib
+
+
+def available():
+    """Whether the compiled kernels are built and enabled."""
+    return _load() is not None
+
+
+def num_threads():
+    global _threads
+    if _threads is None:
+        n = None
+        for var in ("PROTONET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            try:
+                n = int(os.environ.get(var, "").split(",")[0])
+                break
+            except ValueError:
+                continue
+        if not n or n < 1:
+            try:
+                n = len(os.sched_getaffinity(0))
+            except AttributeError:
+                n = os.cpu_count() or 1
+        _threads = max(1, n)
+    return _threads
+
+
+def _run(fn, head, count, work):
+    """fn(*head, lo, hi) over [0, count), split into up to num_threads() ranges."""
+    parts = min(num_threads(), count, max(1, work // MIN_SPLIT))
+    if parts <= 1:
+        fn(*head, 0, count)
+        return
+    global _pool
+    if _pool is None:
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="protonet-kernel")
+    bounds = [count * k // parts for k in range(parts + 1)]
+    futures = [_pool.submit(fn, *head, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    fn(*head, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def _ok(*arrays):
+    """The kernels take C-contiguous NumPy arrays of one float type."""
+    dtype = arrays[0].dtype
+    return all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype == dtype for a in arrays) \
+        and dtype in _SUFFIX
+
+
+def _ptr(a):
+    return a.ctypes.data
+
+
+def im2col(img, col, kernel, pad, stride, dilation, out_size):
+    """col (C, KH, KW, N, OH, OW) = the columns of img (N, C, H, W); False when not applicable."""
+    lib = _load()
+    if lib is None or len(kernel) != 2 or not _ok(img, col):
+        return False
+    n, c, h, w = img.shape
+    fn = getattr(lib, "im2col_" + _SUFFIX[img.dtype])
+    head = (_ptr(img), _ptr(col), n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size)
+    _run(fn, head, n, col.size)
+    return True
+
+
+def col2im(col, img, kernel, pad, stride, dilation, out_size):
+    """img (N, C, H, W) = the sum of col's (C, KH, KW, N, OH, OW) columns per pixel."""
+    lib = _load()
+    if lib is None or len(kernel) != 2 or not _ok(img, col):
+        return False
+    n, c, h, w = img.shape
+    fn = getattr(lib, "col2im_" + _SUFFIX[img.dtype])
+    head = (_ptr(col), _ptr(img), n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size)
+    _run(fn, head, n, col.size)
+    return True
+
+
+def max_pool_forward(x, top, choice, kernel, stride, pad):
+    """top (and choice, if not None) of MAX pooling x (N, C, H, W); False when not applicable."""
+    lib = _load()
+    if lib is None or not _ok(x, top) or (choice is not None and not (
+            isinstance(choice, np.ndarray) and choice.flags.c_contiguous and choice.dtype in _ISUFFIX)):
+        return False
+    n, c, h, w = x.shape
+    oh, ow = top.shape[2:]
+    itype = _ISUFFIX[choice.dtype] if choice is not None else "i32"
+    fn = getattr(lib, "maxpool_fwd_%s_%s" % (_SUFFIX[x.dtype], itype))
+    head = (_ptr(x), _ptr(top), None if choice is None else _ptr(choice), h, w, *kernel, *stride, *pad, oh, ow)
+    _run(fn, head, n * c, x.size)
+    return True
+
+
+def max_pool_backward(top_diff, choice, dx, kernel, stride, pad):
+    lib = _load()
+    if lib is None or not _ok(top_diff, dx) or not (
+            isinstance(choice, np.ndarray) and choice.flags.c_contiguous and choice.dtype in _ISUFFIX):
+        return False
+    n, c, h, w = dx.shape
+    oh, ow = top_diff.shape[2:]
+    fn = getattr(lib, "maxpool_bwd_%s_%s" % (_SUFFIX[dx.dtype], _ISUFFIX[choice.dtype]))
+    head = (_ptr(top_diff), _ptr(choice), _ptr(dx), h, w, *kernel, *stride, *pad, oh, ow)
+    _run(fn, head, n * c, dx.size)
+    return True
+
+
+def ave_pool_forward(x, top, kernel, stride, pad):
+    lib = _load()
+    if lib is None or not _ok(x, top):
+        return False
+    n, c, h, w = x.shape
+    oh, ow = top.shape[2:]
+    fn = getattr(lib, "avepool_fwd_" + _SUFFIX[x.dtype])
+    _run(fn, (_ptr(x), _ptr(top), h, w, *kernel, *stride, *pad, oh, ow), n * c, x.size)
+    return True
+
+
+def ave_pool_backward(top_diff, dx, kernel, stride, pad):
+    lib = _load()
+    if lib is None or not _ok(top_diff, dx):
+        return False
+    n, c, h, w = dx.shape
+    oh, ow = top_diff.shape[2:]
+    fn = getattr(lib, "avepool_bwd_" + _SUFFIX[dx.dtype])
+    _run(fn, (_ptr(top_diff), _ptr(dx), h, w, *kernel, *stride, *pad, oh, ow), n * c, dx.size)
+    return True
