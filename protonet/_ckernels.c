@@ -8,6 +8,7 @@
    Layouts: images (N, C, H, W); the column buffer (C, KH, KW, N, OH, OW), i.e. Caffe's column
    matrix (C*KH*KW) x (N*OH*OW) with the batch folded into the columns. */
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,5 +317,105 @@ MAXPOOL(double, f64, int32_t, i32)
 AVEPOOL(float, f32)
 AVEPOOL(double, f64)
 
+/* LRN across channels on (N, C, HW): units [u0, u1) of (image, block of LRN_BLOCK positions),
+   all channels of a unit at a time. The window sum adds the squares (forward) or ratios
+   (backward) of channels c - half .. c + half in that order, one ring of `size` planes each
+   computed once: the NumPy path's values and order (its zero padding adds nothing).
+   scale = k + alpha/size * sum x^2; scale_pow = scale^-beta; top = x * scale_pow.
+   dx = dy * scale_pow + coef * x * sum(dy * y / scale), coef = -2 alpha beta / size. */
+#define LRN_BLOCK 256
+#define LRN(T, SUFFIX, POW)                                                                       \
+void lrn_fwd_##SUFFIX(const T *x, T *scale, T *scale_pow, T *top, i64 C, i64 HW, i64 size,       \
+                      T alpha_over_size, T k, T neg_beta, i64 u0, i64 u1)                         \
+{                                                                                                 \
+    const i64 blocks = (HW + LRN_BLOCK - 1) / LRN_BLOCK, half = (size - 1) / 2;                   \
+    T *ring = (T *)malloc((size_t)(size * LRN_BLOCK) * sizeof(T));                                \
+    T s[LRN_BLOCK];                                                                               \
+    if (!ring)                                                                                    \
+        return;                                                                                   \
+    for (i64 u = u0; u < u1; ++u) {                                                               \
+        const i64 n = u / blocks, b0 = (u % blocks) * LRN_BLOCK;                                  \
+        const i64 len = HW - b0 < LRN_BLOCK ? HW - b0 : LRN_BLOCK;                                \
+        const i64 base = n * C * HW + b0;                                                         \
+        for (i64 c = 0; c < half && c < C; ++c) {                                                 \
+            const T *xc = x + base + c * HW;                                                      \
+            T *r = ring + (c % size) * LRN_BLOCK;                                                 \
+            for (i64 i = 0; i < len; ++i)                                                         \
+                r[i] = xc[i] * xc[i];                                                             \
+        }                                                                                         \
+        for (i64 c = 0; c < C; ++c) {                                                             \
+            if (c + half < C) {                                                                   \
+                const T *xc = x + base + (c + half) * HW;                                         \
+                T *r = ring + ((c + half) % size) * LRN_BLOCK;                                    \
+                for (i64 i = 0; i < len; ++i)                                                     \
+                    r[i] = xc[i] * xc[i];                                                         \
+            }                                                                                     \
+            const i64 lo = c - half < 0 ? 0 : c - half, hi = c + half < C ? c + half : C - 1;     \
+            memcpy(s, ring + (lo % size) * LRN_BLOCK, (size_t)len * sizeof(T));                   \
+            for (i64 cc = lo + 1; cc <= hi; ++cc) {                                               \
+                const T *r = ring + (cc % size) * LRN_BLOCK;                                      \
+                for (i64 i = 0; i < len; ++i)                                                     \
+                    s[i] += r[i];                                                                 \
+            }                                                                                     \
+            const i64 o = base + c * HW;                                                          \
+            for (i64 i = 0; i < len; ++i) {                                                       \
+                T v = s[i] * alpha_over_size;                                                     \
+                v += k;                                                                           \
+                T p = POW(v, neg_beta);                                                           \
+                scale[o + i] = v;                                                                 \
+                scale_pow[o + i] = p;                                                             \
+                top[o + i] = x[o + i] * p;                                                        \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(ring);                                                                                   \
+}                                                                                                 \
+                                                                                                  \
+void lrn_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale, const T *scale_pow,   \
+                      T *dx, i64 C, i64 HW, i64 size, T coef, i64 u0, i64 u1)                     \
+{                                                                                                 \
+    const i64 blocks = (HW + LRN_BLOCK - 1) / LRN_BLOCK, half = (size - 1) / 2;                   \
+    T *ring = (T *)malloc((size_t)(size * LRN_BLOCK) * sizeof(T));                                \
+    T s[LRN_BLOCK];                                                                               \
+    if (!ring)                                                                                    \
+        return;                                                                                   \
+    for (i64 u = u0; u < u1; ++u) {                                                               \
+        const i64 n = u / blocks, b0 = (u % blocks) * LRN_BLOCK;                                  \
+        const i64 len = HW - b0 < LRN_BLOCK ? HW - b0 : LRN_BLOCK;                                \
+        const i64 base = n * C * HW + b0;                                                         \
+        /* dx may be dy: each ratio is taken before dx overwrites that channel */                 \
+        for (i64 c = -half; c < C; ++c) {                                                         \
+            const i64 cn = c + half;                                                              \
+            if (cn < C) {                                                                         \
+                const i64 o = base + cn * HW;                                                     \
+                T *r = ring + (cn % size) * LRN_BLOCK;                                            \
+                for (i64 i = 0; i < len; ++i) {                                                   \
+                    T v = dy[o + i] * y[o + i];                                                   \
+                    r[i] = v / scale[o + i];                                                      \
+                }                                                                                 \
+            }                                                                                     \
+            if (c < 0)                                                                            \
+                continue;                                                                         \
+            const i64 lo = c - half < 0 ? 0 : c - half, hi = c + half < C ? c + half : C - 1;     \
+            memcpy(s, ring + (lo % size) * LRN_BLOCK, (size_t)len * sizeof(T));                   \
+            for (i64 cc = lo + 1; cc <= hi; ++cc) {                                               \
+                const T *r = ring + (cc % size) * LRN_BLOCK;                                      \
+                for (i64 i = 0; i < len; ++i)                                                     \
+                    s[i] += r[i];                                                                 \
+            }                                                                                     \
+            const i64 o = base + c * HW;                                                          \
+            for (i64 i = 0; i < len; ++i) {                                                       \
+                T a = s[i] * x[o + i];                                                            \
+                a *= coef;                                                                        \
+                dx[o + i] = a + dy[o + i] * scale_pow[o + i];                                     \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(ring);                                                                                   \
+}
+
+LRN(float, f32, powf)
+LRN(double, f64, pow)
+
 /* the library's interface version: ckernels.py refuses a stale build */
-int protonet_ckernels_version(void) { return 1; }
+int protonet_ckernels_version(void) { return 2; }

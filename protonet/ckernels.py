@@ -1,6 +1,6 @@
 """The compiled CPU kernels (protonet/_ckernels.c) through ctypes, split over threads.
 
-im2col, col2im and MAX/AVE pooling are memory passes that NumPy can only run as many
+im2col, col2im, MAX/AVE pooling and LRN across channels are memory passes that NumPy can only run as many
 strided copies, one Python step per kernel tap; compiled, each is one pass over the data.
 setup.py builds the library when the package is installed. Without it (no C compiler at
 install time) or with ``PROTONET_CKERNELS=0`` every caller keeps its NumPy path, which
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 # elements per thread below which a pass is not split
 MIN_SPLIT = 1 << 19
 
@@ -74,6 +74,13 @@ def _load():
                 fn = getattr(lib, name + kind)
                 fn.argtypes = [ptr, ptr] + [i64] * 12
                 fn.restype = None
+        for kind, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+            fn = getattr(lib, "lrn_fwd_" + kind)
+            fn.argtypes = [ptr] * 4 + [i64] * 3 + [real] * 3 + [i64] * 2
+            fn.restype = None
+            fn = getattr(lib, "lrn_bwd_" + kind)
+            fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
+            fn.restype = None
         _lib = lib
         return lib
 
@@ -202,4 +209,39 @@ def ave_pool_backward(top_diff, dx, kernel, stride, pad):
     oh, ow = top_diff.shape[2:]
     fn = getattr(lib, "avepool_bwd_" + _SUFFIX[dx.dtype])
     _run(fn, (_ptr(top_diff), _ptr(dx), h, w, *kernel, *stride, *pad, oh, ow), n * c, dx.size)
+    return True
+
+
+# positions per LRN work unit (LRN_BLOCK in _ckernels.c)
+_LRN_BLOCK = 256
+# the ring of planes the window sum keeps; larger windows stay on NumPy's running sums
+LRN_MAX_SIZE = 15
+
+
+def lrn_forward(x, scale, scale_pow, top, size, alpha, beta, k):
+    """Across-channel LRN of x (N, C, H, W): scale, scale ** -beta and top; False when not applicable."""
+    lib = _load()
+    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, scale, scale_pow, top):
+        return False
+    n, c, h, w = x.shape
+    real = np.dtype(x.dtype).type
+    blocks = -(-(h * w) // _LRN_BLOCK)
+    fn = getattr(lib, "lrn_fwd_" + _SUFFIX[x.dtype])
+    head = (_ptr(x), _ptr(scale), _ptr(scale_pow), _ptr(top), c, h * w, size,
+            float(real(alpha / size)), float(real(k)), float(real(-beta)))
+    _run(fn, head, n * blocks, x.size)
+    return True
+
+
+def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
+    lib = _load()
+    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, y, dy, scale, scale_pow, dx):
+        return False
+    n, c, h, w = x.shape
+    real = np.dtype(x.dtype).type
+    blocks = -(-(h * w) // _LRN_BLOCK)
+    fn = getattr(lib, "lrn_bwd_" + _SUFFIX[x.dtype])
+    head = (_ptr(x), _ptr(y), _ptr(dy), _ptr(scale), _ptr(scale_pow), _ptr(dx), c, h * w, size,
+            float(real(-2.0 * alpha * beta / size)))
+    _run(fn, head, n * blocks, x.size)
     return True

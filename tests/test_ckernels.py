@@ -210,3 +210,42 @@ def test_max_pool_choice_types(itype):
     dx = np.empty_like(x)
     assert ckernels.max_pool_backward(g, choice, dx, (2, 2), (2, 2), (0, 0))
     assert dx.sum() == g.sum() and np.count_nonzero(dx) == top.size - 1   # g's 0 lands too
+
+
+def _lrn_pass(params, x, dy, dtype):
+    from google.protobuf import text_format
+    from protonet.blob import Blob
+    from protonet.layer import create_layer, TRAIN
+    from protonet.proto import caffe_pb2
+    param = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "n" type: "LRN" bottom: "x" top: "y" lrn_param { %s }' % params, param)
+    lay = create_layer(param, phase=TRAIN, dtype=dtype, xp=np)
+    bottom, top = [Blob(x.shape, dtype=dtype, xp=np)], [Blob((), dtype=dtype, xp=np)]
+    bottom[0].data[...] = x
+    lay.setup(bottom, top)
+    lay.reshape(bottom, top)
+    lay.forward(bottom, top)
+    top[0].diff[...] = dy
+    lay.backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy(), lay.scale.copy()
+
+
+@pytest.mark.parametrize("params", ["local_size: 5 alpha: 0.0001 beta: 0.75",
+                                    "local_size: 3 alpha: 0.9 beta: 0.6 k: 2.0",
+                                    "local_size: 1 alpha: 0.5 beta: 1.0",
+                                    "local_size: 15 alpha: 0.8 beta: 0.75 k: 1.5"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 7, 4, 5), (1, 3, 23, 29)], ids=["small", "blocks"])
+def test_lrn_matches_numpy(params, dtype, shape, numpy_path, split):
+    # (1, 3, 23, 29): 667 positions, three work units of 256, the last one short
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    got = _lrn_pass(params, x, dy, dtype)
+    with numpy_path:
+        want = _lrn_pass(params, x, dy, dtype)
+    # the same sums in the same order; only pow may differ by an ulp (NumPy may use its own)
+    tol = 4e-7 if dtype == np.float32 else 1e-15
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got[2], want[2])     # the scale: no pow in it

@@ -1,5 +1,5 @@
 """Local response normalisation across or within channels, Caffe's LRN."""
-from .. import cuda_kernels
+from .. import ckernels, cuda_kernels
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ._scratch import scratch
@@ -114,6 +114,10 @@ class LRNLayer(Layer):
             cuda_kernels.lrn_forward(x, self.scale, self.scale_pow, top[0].data,
                                      self.size, self.alpha, self.beta, self.k)
             return
+        if (not self.within and top[0] is not bottom[0]
+                and ckernels.lrn_forward(x, self.scale, self.scale_pow, top[0].data,
+                                         self.size, self.alpha, self.beta, self.k)):
+            return
         s = self._window_sum(lambda dest: xp.multiply(x, x, out=dest), self.scale)
         if self.within:
             s *= self.alpha / (self.size * self.size)
@@ -134,6 +138,10 @@ class LRNLayer(Layer):
         if (not self.within and top[0] is not bottom[0]
                 and cuda_kernels.supported(x, y, dy, dx, self.scale, self.scale_pow)):
             cuda_kernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx, self.size, self.alpha, self.beta)
+            return
+        if (not self.within and top[0] is not bottom[0]
+                and ckernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx,
+                                          self.size, self.alpha, self.beta)):
             return
         m = self.size * self.size if self.within else self.size
 
