@@ -488,6 +488,7 @@ def test_kernel_row_convolution_matches_im2col(params, shape, phase, monkeypatch
     bound = bundled_openblas(np.float64) is not None
     monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)      # small cases take the path too
     monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_DEPTH_WITH_CKERNELS", 0)   # shallow ones too
     text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { %s '
             'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
     r = np.random.default_rng(10)
@@ -525,6 +526,7 @@ def test_kernel_row_convolution_gradient(monkeypatch):
     bound = bundled_openblas(np.float64) is not None
     monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)
     monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_DEPTH_WITH_CKERNELS", 0)
     text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: 5 '
             'pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
     lay = make_layer(text)
