@@ -33,6 +33,46 @@ static void in_range(i64 off, i64 stride, i64 size, i64 out, i64 *lo, i64 *hi)
     *hi = b;
 }
 
+
+/* one output row of an im2col tap: zeros where the tap reads padding, else the image row
+   (short rows, so plain loops the compiler vectorizes instead of a memcpy call per row) */
+#define ROW_COPY(T, SUFFIX)                                                                       \
+static inline void im2col_row_##SUFFIX(T *restrict d, const T *restrict row, i64 wlo, i64 whi,    \
+                                       i64 OW, i64 SW)                                            \
+{                                                                                                 \
+    for (i64 ow = 0; ow < wlo; ++ow)                                                              \
+        d[ow] = 0;                                                                                \
+    if (SW == 1)                                                                                  \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            d[ow] = row[ow];                                                                      \
+    else if (SW == 2)                                                                             \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            d[ow] = row[2 * ow];                                                                  \
+    else                                                                                          \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            d[ow] = row[ow * SW];                                                                 \
+    for (i64 ow = whi; ow < OW; ++ow)                                                             \
+        d[ow] = 0;                                                                                \
+}                                                                                                 \
+                                                                                                  \
+static inline void col2im_row_##SUFFIX(T *restrict row, const T *restrict s, i64 wlo, i64 whi,    \
+                                       i64 SW)                                                    \
+{                                                                                                 \
+    if (SW == 1)                                                                                  \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            row[ow] += s[ow];                                                                     \
+    else if (SW == 2)                                                                             \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            row[2 * ow] += s[ow];                                                                 \
+    else                                                                                          \
+        for (i64 ow = wlo; ow < whi; ++ow)                                                        \
+            row[ow * SW] += s[ow];                                                                \
+}
+
+ROW_COPY(float, f32)
+ROW_COPY(double, f64)
+
+
 #define IM2COL(T, SUFFIX)                                                                         \
 void im2col_##SUFFIX(const T *img, T *col, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW,           \
                      i64 PH, i64 PW, i64 SH, i64 SW, i64 DH, i64 DW, i64 OH, i64 OW,             \
@@ -53,16 +93,7 @@ void im2col_##SUFFIX(const T *img, T *col, i64 N, i64 C, i64 H, i64 W, i64 KH, i
                         memset(dst, 0, (size_t)(hlo * OW) * sizeof(T));                           \
                     for (i64 oh = hlo; oh < hhi; ++oh) {                                          \
                         const T *row = plane + (oh * SH - PH + i * DH) * W + (j * DW - PW);       \
-                        T *d = dst + oh * OW;                                                     \
-                        for (i64 ow = 0; ow < wlo; ++ow)                                          \
-                            d[ow] = 0;                                                            \
-                        if (SW == 1)                                                              \
-                            memcpy(d + wlo, row + wlo, (size_t)(whi - wlo) * sizeof(T));          \
-                        else                                                                      \
-                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
-                                d[ow] = row[ow * SW];                                             \
-                        for (i64 ow = whi; ow < OW; ++ow)                                         \
-                            d[ow] = 0;                                                            \
+                        im2col_row_##SUFFIX(dst + oh * OW, row, wlo, whi, OW, SW);                \
                     }                                                                             \
                     if (hhi < OH)                                                                 \
                         memset(dst + hhi * OW, 0, (size_t)((OH - hhi) * OW) * sizeof(T));         \
@@ -78,6 +109,14 @@ void col2im_##SUFFIX(const T *col, T *img, i64 N, i64 C, i64 H, i64 W, i64 KH, i
                      i64 n0, i64 n1)                                                              \
 {                                                                                                 \
     const i64 P = OH * OW;                                                                        \
+    /* each tap's output ranges inside the image, the divisions done once */                     \
+    i64 *hr = (i64 *)malloc((size_t)(2 * (KH + KW)) * sizeof(i64)), *wr = hr + 2 * KH;            \
+    if (!hr)                                                                                      \
+        return;                                                                                   \
+    for (i64 i = 0; i < KH; ++i)                                                                  \
+        in_range(i * DH - PH, SH, H, OH, hr + 2 * i, hr + 2 * i + 1);                             \
+    for (i64 j = 0; j < KW; ++j)                                                                  \
+        in_range(j * DW - PW, SW, W, OW, wr + 2 * j, wr + 2 * j + 1);                             \
     for (i64 n = n0; n < n1; ++n)                                                                 \
         for (i64 c = 0; c < C; ++c) {                                                             \
             T *plane = img + (n * C + c) * H * W;                                                 \
@@ -85,21 +124,15 @@ void col2im_##SUFFIX(const T *col, T *img, i64 N, i64 C, i64 H, i64 W, i64 KH, i
             for (i64 i = 0; i < KH; ++i)                                                          \
                 for (i64 j = 0; j < KW; ++j) {                                                    \
                     const T *src = col + (((c * KH + i) * KW + j) * N + n) * P;                   \
-                    i64 hlo, hhi, wlo, whi;                                                       \
-                    in_range(i * DH - PH, SH, H, OH, &hlo, &hhi);                                 \
-                    in_range(j * DW - PW, SW, W, OW, &wlo, &whi);                                 \
+                    const i64 hlo = hr[2 * i], hhi = hr[2 * i + 1];                               \
+                    const i64 wlo = wr[2 * j], whi = wr[2 * j + 1];                               \
                     for (i64 oh = hlo; oh < hhi; ++oh) {                                          \
                         T *row = plane + (oh * SH - PH + i * DH) * W + (j * DW - PW);             \
-                        const T *s = src + oh * OW;                                               \
-                        if (SW == 1)                                                              \
-                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
-                                row[ow] += s[ow];                                                 \
-                        else                                                                      \
-                            for (i64 ow = wlo; ow < whi; ++ow)                                    \
-                                row[ow * SW] += s[ow];                                            \
+                        col2im_row_##SUFFIX(row, src + oh * OW, wlo, whi, SW);                    \
                     }                                                                             \
                 }                                                                                 \
         }                                                                                         \
+    free(hr);                                                                                     \
 }
 
 
