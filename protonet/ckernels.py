@@ -90,6 +90,11 @@ def available():
     return _load() is not None
 
 
+def handles(dtype):
+    """Whether the compiled kernels take arrays of ``dtype`` (when C-contiguous)."""
+    return available() and np.dtype(dtype) in _SUFFIX
+
+
 def num_threads():
     global _threads
     if _threads is None:

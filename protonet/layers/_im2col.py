@@ -117,6 +117,11 @@ class ColPlan:
         self.windowed = (out_size is None and all(k <= o for k, o in zip(self.kernel, self.out_size))
                          and padded_area <= 1.25)
 
+    def writes_every_column(self, xp, dtype):
+        """Whether im2col rewrites the padding columns too (then a buffer needs no zeros kept):
+        windowed plans, and every 2-d plan the compiled kernel runs."""
+        return self.windowed or (xp is np and len(self.in_size) == 2 and ckernels.handles(dtype))
+
     def col_shape(self, channels, num):
         return (channels,) + self.kernel + (num,) + self.out_size
 

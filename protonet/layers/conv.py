@@ -219,7 +219,10 @@ class _ConvolutionBase(Layer):
         """im2col of ``img`` (a few images) as a (G, Kg, n*P) matrix in the chunk buffer."""
         n = img.shape[0]
         lead = (self.img_channels,) + self.kernel
-        if n == step:
+        if self._plan.writes_every_column(self.xp, self.dtype):
+            # nothing to keep between calls: one buffer serves every layer's chunks
+            col = scratch("conv.chunk", self.xp, self.dtype, lead + (n,) + self.col_spatial)
+        elif n == step:
             if self._chunk_col is None:
                 self._chunk_col = self.xp.zeros(lead + (step,) + self.col_spatial, self.dtype)
             col = self._chunk_col
@@ -243,14 +246,17 @@ class _ConvolutionBase(Layer):
 
     def _weight_grad_in_chunks(self, img, colside):
         """blobs[0].diff += colside @ im2col(img)^T, the im2col redone a few images at a time."""
-        N, P = self.num, self.P
+        G, N, P = self.group, self.num, self.P
         step = self._images_per_chunk()
-        cs = self._colside_groups(colside)
         img = img.reshape((N, self.img_channels) + self.img_spatial)
+        colside = colside.reshape(N, G, self.Cg, P)
         for n0 in range(0, N, step):
             n = min(step, N - n0)
             cols = self._chunk_columns(img[n0:n0 + n], step)
-            add_product_to_diff(self.blobs[0], cs[:, :, n0 * P:(n0 + n) * P], cols.transpose(0, 2, 1))
+            # the chunk's top diff as (G, Cg, n*P): a chunk-sized copy, not the whole batch's
+            cs = scratch("conv.cside", self.xp, self.dtype, (G, self.Cg, n, P))
+            cs[...] = colside[n0:n0 + n].transpose(1, 2, 0, 3)
+            add_product_to_diff(self.blobs[0], cs.reshape(G, self.Cg, n * P), cols.transpose(0, 2, 1))
 
     def _col_buffer(self):
         shape = (self.img_channels,) + self.kernel + (self.num,) + self.col_spatial
