@@ -598,3 +598,49 @@ def test_convolution_a_few_images_at_a_time_matches_the_whole_batch(type_, param
     np.testing.assert_allclose(bottom[0].diff, wbottom[0].diff, atol=1e-12)
     for p, q in zip(chunked.blobs, whole.blobs):
         np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+def test_per_image_1x1_convolution_matches_the_batched_gemm(phase, monkeypatch):
+    # GoogLeNet's 1x1 layers over a batch: a GEMM per image on the planes, no transposes
+    text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { num_output: 5 '
+            'kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    r = np.random.default_rng(12)
+    x1, x2 = r.standard_normal((3, 4, 6, 7)), r.standard_normal((3, 4, 6, 7))
+    monkeypatch.setattr(conv_module, "PER_IMAGE_MIN_POSITIONS", 1)
+    per_image = make_layer(text, phase=phase)
+    bottom, top = build(per_image, [x1, x2])
+    assert per_image._per_image
+    monkeypatch.setattr(conv_module, "PER_IMAGE_MIN_POSITIONS", 10 ** 9)
+    batched = make_layer(text, phase=phase)
+    bbottom, btop = build(batched, [x1, x2])
+    assert not batched._per_image
+    for src, dst in zip(per_image.blobs, batched.blobs):
+        dst.data[...] = src.data
+    dys = [r.standard_normal(t.shape) for t in top]
+    for lay, b, t in ((per_image, bottom, top), (batched, bbottom, btop)):
+        lay.forward(b, t)
+        for ti, dy in zip(t, dys):
+            ti.diff[...] = dy
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True, True], b)
+    for a, c in zip(top + bottom, btop + bbottom):
+        np.testing.assert_allclose(a.data, c.data, atol=1e-12)
+        np.testing.assert_allclose(a.diff, c.diff, atol=1e-12)
+    for p, q in zip(per_image.blobs, batched.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+    # and against plain loops: y[n] = W x[n] + b
+    w, bias = per_image.blobs[0].data.reshape(5, 4), per_image.blobs[1].data
+    want = np.einsum("oc,nchw->nohw", w, x1) + bias[None, :, None, None]
+    np.testing.assert_allclose(top[0].data, want, atol=1e-12)
+
+
+def test_per_image_1x1_convolution_gradient(monkeypatch):
+    monkeypatch.setattr(conv_module, "PER_IMAGE_MIN_POSITIONS", 1)
+    lay = make_layer('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 3 kernel_size: 1 '
+                     'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    x = np.random.default_rng(13).standard_normal((2, 4, 3, 5))
+    bottom, top = build(lay, [x])
+    assert lay._per_image
+    assert check_gradient(lay, [x], bottom=bottom, top=top) > 0
