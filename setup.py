@@ -3,7 +3,7 @@ from setuptools import Extension, find_packages, setup
 # im2col, col2im, pooling and LRN compiled (protonet/ckernels.py loads it with ctypes); optional:
 # without a C compiler the install goes on and those passes run on NumPy
 CKERNELS = Extension("protonet._ckernels", sources=["protonet/_ckernels.c"], optional=True, libraries=["m"],
-                     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"])
+                     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno"])
 
 setup(
     name="protonet",

@@ -249,3 +249,15 @@ def test_lrn_matches_numpy(params, dtype, shape, numpy_path, split):
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     np.testing.assert_array_equal(got[2], want[2])     # the scale: no pow in it
+
+
+def test_lrn_three_quarter_power_within_an_ulp_of_powf(split):
+    # beta 0.75 (every AlexNet-family LRN) takes r sqrt(r), r = 1/sqrt(scale), in double
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2, 6, 50, 40)) * 10 ** rng.uniform(-3, 3, (2, 6, 50, 40))).astype(np.float32)
+    scale, scale_pow, top = (np.empty_like(x) for _ in range(3))
+    assert ckernels.lrn_forward(x, scale, scale_pow, top, 5, 2.0, 0.75, 1.0)
+    want = np.power(scale, np.float32(-0.75))
+    ulps = np.abs(scale_pow.view(np.int32).astype(np.int64) - want.view(np.int32))
+    assert ulps.max() <= 1 and (ulps == 0).mean() > 0.99
+    np.testing.assert_array_equal(top, x * scale_pow)
