@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,9 @@ def main(argv=None):
     walls = {name: [] for name, _ in tools}
     for r in range(a.rounds):
         for name, cmd in tools:
+            # every run starts from an empty snapshot folder (no curve history, no old snapshots)
+            shutil.rmtree(folder / "snap", ignore_errors=True)
+            (folder / "snap").mkdir()
             wall, rss, out = run(cmd)
             acc, loss = last_test(out)
             walls[name].append(wall)

@@ -357,6 +357,23 @@ AVEPOOL(double, f64)
    scale = k + alpha/size * sum x^2; scale_pow = scale^-beta; top = x * scale_pow.
    dx = dy * scale_pow + coef * x * sum(dy * y / scale), coef = -2 alpha beta / size. */
 #define LRN_BLOCK 256
+
+/* s[0:len] = the ring's planes lo .. hi added in that order (the first copied, not added to 0) */
+#define RING_SUM(T, SUFFIX)                                                                       \
+static inline void ring_sum_##SUFFIX(T *restrict s, const T *restrict ring, i64 lo, i64 hi,       \
+                                     i64 size, i64 len)                                           \
+{                                                                                                 \
+    memcpy(s, ring + (lo % size) * LRN_BLOCK, (size_t)len * sizeof(T));                           \
+    for (i64 cc = lo + 1; cc <= hi; ++cc) {                                                       \
+        const T *r = ring + (cc % size) * LRN_BLOCK;                                              \
+        for (i64 i = 0; i < len; ++i)                                                             \
+            s[i] += r[i];                                                                         \
+    }                                                                                             \
+}
+
+RING_SUM(float, f32)
+RING_SUM(double, f64)
+
 #define LRN(T, SUFFIX, POW)                                                                       \
 void lrn_fwd_##SUFFIX(const T *x, T *scale, T *scale_pow, T *top, i64 C, i64 HW, i64 size,       \
                       T alpha_over_size, T k, T neg_beta, i64 u0, i64 u1)                         \
@@ -384,12 +401,7 @@ void lrn_fwd_##SUFFIX(const T *x, T *scale, T *scale_pow, T *top, i64 C, i64 HW,
                     r[i] = xc[i] * xc[i];                                                         \
             }                                                                                     \
             const i64 lo = c - half < 0 ? 0 : c - half, hi = c + half < C ? c + half : C - 1;     \
-            memcpy(s, ring + (lo % size) * LRN_BLOCK, (size_t)len * sizeof(T));                   \
-            for (i64 cc = lo + 1; cc <= hi; ++cc) {                                               \
-                const T *r = ring + (cc % size) * LRN_BLOCK;                                      \
-                for (i64 i = 0; i < len; ++i)                                                     \
-                    s[i] += r[i];                                                                 \
-            }                                                                                     \
+            ring_sum_##SUFFIX(s, ring, lo, hi, size, len);                                        \
             const i64 o = base + c * HW;                                                          \
             for (i64 i = 0; i < len; ++i) {                                                       \
                 T v = s[i] * alpha_over_size;                                                     \
@@ -442,12 +454,7 @@ void lrn_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale, const
             if (c < 0)                                                                            \
                 continue;                                                                         \
             const i64 lo = c - half < 0 ? 0 : c - half, hi = c + half < C ? c + half : C - 1;     \
-            memcpy(s, ring + (lo % size) * LRN_BLOCK, (size_t)len * sizeof(T));                   \
-            for (i64 cc = lo + 1; cc <= hi; ++cc) {                                               \
-                const T *r = ring + (cc % size) * LRN_BLOCK;                                      \
-                for (i64 i = 0; i < len; ++i)                                                     \
-                    s[i] += r[i];                                                                 \
-            }                                                                                     \
+            ring_sum_##SUFFIX(s, ring, lo, hi, size, len);                                        \
             const i64 o = base + c * HW;                                                          \
             for (i64 i = 0; i < len; ++i) {                                                       \
                 T a = s[i] * x[o + i];                                                            \

@@ -143,78 +143,68 @@ def _ptr(a):
     return a.ctypes.data
 
 
-def im2col(img, col, kernel, pad, stride, dilation, out_size):
-    """col (C, KH, KW, N, OH, OW) = the columns of img (N, C, H, W); False when not applicable."""
+def _column_pass(name, img, col, pointers, kernel, pad, stride, dilation, out_size):
     lib = _load()
     if lib is None or len(kernel) != 2 or not _ok(img, col):
         return False
     n, c, h, w = img.shape
-    fn = getattr(lib, "im2col_" + _SUFFIX[img.dtype])
-    head = (_ptr(img), _ptr(col), n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size)
-    _run(fn, head, n, col.size)
+    fn = getattr(lib, name + _SUFFIX[img.dtype])
+    _run(fn, pointers + (n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size), n, col.size)
     return True
+
+
+def im2col(img, col, kernel, pad, stride, dilation, out_size):
+    """col (C, KH, KW, N, OH, OW) = the columns of img (N, C, H, W); False when not applicable."""
+    return _column_pass("im2col_", img, col, (_ptr(img), _ptr(col)), kernel, pad, stride, dilation, out_size)
 
 
 def col2im(col, img, kernel, pad, stride, dilation, out_size):
     """img (N, C, H, W) = the sum of col's (C, KH, KW, N, OH, OW) columns per pixel."""
-    lib = _load()
-    if lib is None or len(kernel) != 2 or not _ok(img, col):
-        return False
-    n, c, h, w = img.shape
-    fn = getattr(lib, "col2im_" + _SUFFIX[img.dtype])
-    head = (_ptr(col), _ptr(img), n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size)
-    _run(fn, head, n, col.size)
+    return _column_pass("col2im_", img, col, (_ptr(col), _ptr(img)), kernel, pad, stride, dilation, out_size)
+
+
+def _choice_ok(choice):
+    return isinstance(choice, np.ndarray) and choice.flags.c_contiguous and choice.dtype in _ISUFFIX
+
+
+def _planes(fn, pointers, image, pooled, kernel, stride, pad):
+    """fn(*pointers, H, W, KH, KW, SH, SW, PH, PW, OH, OW, p0, p1) over the N*C planes of ``image``."""
+    n, c, h, w = image.shape
+    _run(fn, pointers + (h, w, *kernel, *stride, *pad, *pooled.shape[2:]), n * c, image.size)
     return True
 
 
 def max_pool_forward(x, top, choice, kernel, stride, pad):
     """top (and choice, if not None) of MAX pooling x (N, C, H, W); False when not applicable."""
     lib = _load()
-    if lib is None or not _ok(x, top) or (choice is not None and not (
-            isinstance(choice, np.ndarray) and choice.flags.c_contiguous and choice.dtype in _ISUFFIX)):
+    if lib is None or not _ok(x, top) or (choice is not None and not _choice_ok(choice)):
         return False
-    n, c, h, w = x.shape
-    oh, ow = top.shape[2:]
     itype = _ISUFFIX[choice.dtype] if choice is not None else "i32"
     fn = getattr(lib, "maxpool_fwd_%s_%s" % (_SUFFIX[x.dtype], itype))
-    head = (_ptr(x), _ptr(top), None if choice is None else _ptr(choice), h, w, *kernel, *stride, *pad, oh, ow)
-    _run(fn, head, n * c, x.size)
-    return True
+    return _planes(fn, (_ptr(x), _ptr(top), None if choice is None else _ptr(choice)), x, top, kernel, stride, pad)
 
 
 def max_pool_backward(top_diff, choice, dx, kernel, stride, pad):
     lib = _load()
-    if lib is None or not _ok(top_diff, dx) or not (
-            isinstance(choice, np.ndarray) and choice.flags.c_contiguous and choice.dtype in _ISUFFIX):
+    if lib is None or not _ok(top_diff, dx) or not _choice_ok(choice):
         return False
-    n, c, h, w = dx.shape
-    oh, ow = top_diff.shape[2:]
     fn = getattr(lib, "maxpool_bwd_%s_%s" % (_SUFFIX[dx.dtype], _ISUFFIX[choice.dtype]))
-    head = (_ptr(top_diff), _ptr(choice), _ptr(dx), h, w, *kernel, *stride, *pad, oh, ow)
-    _run(fn, head, n * c, dx.size)
-    return True
+    return _planes(fn, (_ptr(top_diff), _ptr(choice), _ptr(dx)), dx, top_diff, kernel, stride, pad)
 
 
 def ave_pool_forward(x, top, kernel, stride, pad):
     lib = _load()
     if lib is None or not _ok(x, top):
         return False
-    n, c, h, w = x.shape
-    oh, ow = top.shape[2:]
-    fn = getattr(lib, "avepool_fwd_" + _SUFFIX[x.dtype])
-    _run(fn, (_ptr(x), _ptr(top), h, w, *kernel, *stride, *pad, oh, ow), n * c, x.size)
-    return True
+    return _planes(getattr(lib, "avepool_fwd_" + _SUFFIX[x.dtype]), (_ptr(x), _ptr(top)), x, top, kernel, stride, pad)
 
 
 def ave_pool_backward(top_diff, dx, kernel, stride, pad):
     lib = _load()
     if lib is None or not _ok(top_diff, dx):
         return False
-    n, c, h, w = dx.shape
-    oh, ow = top_diff.shape[2:]
-    fn = getattr(lib, "avepool_bwd_" + _SUFFIX[dx.dtype])
-    _run(fn, (_ptr(top_diff), _ptr(dx), h, w, *kernel, *stride, *pad, oh, ow), n * c, dx.size)
-    return True
+    return _planes(getattr(lib, "avepool_bwd_" + _SUFFIX[dx.dtype]), (_ptr(top_diff), _ptr(dx)), dx, top_diff,
+                   kernel, stride, pad)
 
 
 # positions per LRN work unit (LRN_BLOCK in _ckernels.c)
