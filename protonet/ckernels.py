@@ -143,24 +143,24 @@ def _ptr(a):
     return a.ctypes.data
 
 
-def _column_pass(name, img, col, pointers, kernel, pad, stride, dilation, out_size):
+def _column_pass(name, img, col, source, target, kernel, pad, stride, dilation, out_size):
     lib = _load()
     if lib is None or len(kernel) != 2 or not _ok(img, col):
         return False
     n, c, h, w = img.shape
     fn = getattr(lib, name + _SUFFIX[img.dtype])
-    _run(fn, pointers + (n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size), n, col.size)
+    _run(fn, (_ptr(source), _ptr(target), n, c, h, w, *kernel, *pad, *stride, *dilation, *out_size), n, col.size)
     return True
 
 
 def im2col(img, col, kernel, pad, stride, dilation, out_size):
     """col (C, KH, KW, N, OH, OW) = the columns of img (N, C, H, W); False when not applicable."""
-    return _column_pass("im2col_", img, col, (_ptr(img), _ptr(col)), kernel, pad, stride, dilation, out_size)
+    return _column_pass("im2col_", img, col, img, col, kernel, pad, stride, dilation, out_size)
 
 
 def col2im(col, img, kernel, pad, stride, dilation, out_size):
     """img (N, C, H, W) = the sum of col's (C, KH, KW, N, OH, OW) columns per pixel."""
-    return _column_pass("col2im_", img, col, (_ptr(col), _ptr(img)), kernel, pad, stride, dilation, out_size)
+    return _column_pass("col2im_", img, col, col, img, kernel, pad, stride, dilation, out_size)
 
 
 def _choice_ok(choice):

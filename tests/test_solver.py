@@ -692,7 +692,16 @@ def test_sighup_is_read_before_sigint_as_in_caffe():
     assert [handler(), handler(), handler()] == [SNAPSHOT, STOP, NONE]
 
 
-def test_ctrl_c_in_a_script_lands_between_updates():
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test, whatever the runner inherited (a shell's
+    background job starts with SIGINT ignored, and Python then installs none)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_in_a_script_lands_between_updates(python_sigint_handler):
     # without the command line's handler, Python raises KeyboardInterrupt wherever Ctrl-C
     # lands; inside an update that would leave some parameters stepped and others not
     solver = make_solver(solver_param("SGD"))
