@@ -358,6 +358,31 @@ AVEPOOL(double, f64)
    dx = dy * scale_pow + coef * x * sum(dy * y / scale), coef = -2 alpha beta / size. */
 #define LRN_BLOCK 256
 
+/* scale_pow = scale^-beta and top = x * scale_pow over n values; beta 0.75 (every
+   AlexNet-family LRN) as r sqrt(r), r = 1/sqrt(scale), in double and rounded once: within an
+   ulp of powf, and it vectorizes */
+#define SCALE_POW(T, SUFFIX, POW)                                                                 \
+static void lrn_scale_pow_##SUFFIX(const T *restrict x, const T *restrict scale,                  \
+                                   T *restrict scale_pow, T *restrict top, i64 n, T neg_beta)     \
+{                                                                                                 \
+    if (sizeof(T) == sizeof(float) && neg_beta == (T)-0.75)                                       \
+        for (i64 i = 0; i < n; ++i) {                                                             \
+            double r = 1.0 / sqrt((double)scale[i]);                                              \
+            T p = (T)(r * sqrt(r));                                                               \
+            scale_pow[i] = p;                                                                     \
+            top[i] = x[i] * p;                                                                    \
+        }                                                                                         \
+    else                                                                                          \
+        for (i64 i = 0; i < n; ++i) {                                                             \
+            T p = POW(scale[i], neg_beta);                                                        \
+            scale_pow[i] = p;                                                                     \
+            top[i] = x[i] * p;                                                                    \
+        }                                                                                         \
+}
+
+SCALE_POW(float, f32, powf)
+SCALE_POW(double, f64, pow)
+
 /* s[0:len] = the ring's planes lo .. hi added in that order (the first copied, not added to 0) */
 #define RING_SUM(T, SUFFIX)                                                                       \
 static inline void ring_sum_##SUFFIX(T *restrict s, const T *restrict ring, i64 lo, i64 hi,       \
@@ -408,21 +433,7 @@ void lrn_fwd_##SUFFIX(const T *x, T *scale, T *scale_pow, T *top, i64 C, i64 HW,
                 v += k;                                                                           \
                 scale[o + i] = v;                                                                 \
             }                                                                                     \
-            if (sizeof(T) == sizeof(float) && neg_beta == (T)-0.75)                               \
-                /* every AlexNet-family LRN: v^-3/4 = r sqrt(r), r = 1/sqrt(v), in double and   \
-                   rounded once (within an ulp of powf, and it vectorizes: 5x faster) */          \
-                for (i64 i = 0; i < len; ++i) {                                                   \
-                    double r = 1.0 / sqrt((double)scale[o + i]);                                  \
-                    T p = (T)(r * sqrt(r));                                                       \
-                    scale_pow[o + i] = p;                                                         \
-                    top[o + i] = x[o + i] * p;                                                    \
-                }                                                                                 \
-            else                                                                                  \
-                for (i64 i = 0; i < len; ++i) {                                                   \
-                    T p = POW(scale[o + i], neg_beta);                                            \
-                    scale_pow[o + i] = p;                                                         \
-                    top[o + i] = x[o + i] * p;                                                    \
-                }                                                                                 \
+            lrn_scale_pow_##SUFFIX(x + o, scale + o, scale_pow + o, top + o, len, neg_beta);      \
         }                                                                                         \
     }                                                                                             \
     free(ring);                                                                                   \
@@ -469,5 +480,86 @@ void lrn_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale, const
 LRN(float, f32, powf)
 LRN(double, f64, pow)
 
+/* LRN within channel on planes [p0, p1) of H x W: the zero-padded size x size box sum, taken
+   as the NumPy path takes it (along H, then along W, each window's terms in order), so
+   scale = 1 + alpha/size^2 * box(x^2) and the backward's box(dy * y / scale) are its values. */
+#define BOX(T, SUFFIX)                                                                            \
+static void box_sum_##SUFFIX(const T *restrict a, T *restrict rows, T *restrict out, i64 H,       \
+                             i64 W, i64 half)                                                     \
+{                                                                                                 \
+    for (i64 h = 0; h < H; ++h) {                                                                 \
+        const i64 lo = h - half < 0 ? 0 : h - half, hi = h + half < H ? h + half : H - 1;         \
+        T *r = rows + h * W;                                                                      \
+        memcpy(r, a + lo * W, (size_t)W * sizeof(T));                                             \
+        for (i64 k = lo + 1; k <= hi; ++k) {                                                      \
+            const T *src = a + k * W;                                                             \
+            for (i64 w = 0; w < W; ++w)                                                           \
+                r[w] += src[w];                                                                   \
+        }                                                                                         \
+    }                                                                                             \
+    for (i64 h = 0; h < H; ++h) {                                                                 \
+        const T *r = rows + h * W;                                                                \
+        T *o = out + h * W;                                                                       \
+        for (i64 w = 0; w < W; ++w) {                                                             \
+            const i64 lo = w - half < 0 ? 0 : w - half, hi = w + half < W ? w + half : W - 1;     \
+            T v = r[lo];                                                                          \
+            for (i64 k = lo + 1; k <= hi; ++k)                                                    \
+                v += r[k];                                                                        \
+            o[w] = v;                                                                             \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+void lrn_within_fwd_##SUFFIX(const T *x, T *scale, T *scale_pow, T *top, i64 H, i64 W, i64 size, \
+                             T alpha_over_area, T neg_beta, i64 p0, i64 p1)                       \
+{                                                                                                 \
+    const i64 HW = H * W;                                                                         \
+    T *buf = (T *)malloc((size_t)(2 * HW) * sizeof(T));                                           \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        const T *xp = x + p * HW;                                                                 \
+        T *sc = scale + p * HW, *sp = scale_pow + p * HW, *tp = top + p * HW;                     \
+        for (i64 i = 0; i < HW; ++i)                                                              \
+            buf[i] = xp[i] * xp[i];                                                               \
+        box_sum_##SUFFIX(buf, buf + HW, sc, H, W, (size - 1) / 2);                                \
+        for (i64 i = 0; i < HW; ++i) {                                                            \
+            T v = sc[i] * alpha_over_area;                                                        \
+            v += (T)1;                                                                            \
+            sc[i] = v;                                                                            \
+        }                                                                                         \
+        lrn_scale_pow_##SUFFIX(xp, sc, sp, tp, HW, neg_beta);                                     \
+    }                                                                                             \
+    free(buf);                                                                                    \
+}                                                                                                 \
+                                                                                                  \
+void lrn_within_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale,                \
+                             const T *scale_pow, T *dx, i64 H, i64 W, i64 size, T coef, i64 p0,  \
+                             i64 p1)                                                              \
+{                                                                                                 \
+    const i64 HW = H * W;                                                                         \
+    T *buf = (T *)malloc((size_t)(3 * HW) * sizeof(T));                                           \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    for (i64 p = p0; p < p1; ++p) {                                                               \
+        const i64 o = p * HW;                                                                     \
+        for (i64 i = 0; i < HW; ++i) {                                                            \
+            T v = dy[o + i] * y[o + i];                                                           \
+            buf[i] = v / scale[o + i];                                                            \
+        }                                                                                         \
+        box_sum_##SUFFIX(buf, buf + HW, buf + 2 * HW, H, W, (size - 1) / 2);                      \
+        const T *acc = buf + 2 * HW;                                                              \
+        for (i64 i = 0; i < HW; ++i) {                                                            \
+            T a = acc[i] * x[o + i];                                                              \
+            a *= coef;                                                                            \
+            dx[o + i] = a + dy[o + i] * scale_pow[o + i];                                         \
+        }                                                                                         \
+    }                                                                                             \
+    free(buf);                                                                                    \
+}
+
+BOX(float, f32)
+BOX(double, f64)
+
 /* the library's interface version: ckernels.py refuses a stale build */
-int protonet_ckernels_version(void) { return 2; }
+int protonet_ckernels_version(void) { return 3; }

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-VERSION = 2
+VERSION = 3
 # elements per thread below which a pass is not split
 MIN_SPLIT = 1 << 19
 
@@ -79,6 +79,12 @@ def _load():
             fn.argtypes = [ptr] * 4 + [i64] * 3 + [real] * 3 + [i64] * 2
             fn.restype = None
             fn = getattr(lib, "lrn_bwd_" + kind)
+            fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
+            fn.restype = None
+            fn = getattr(lib, "lrn_within_fwd_" + kind)
+            fn.argtypes = [ptr] * 4 + [i64] * 3 + [real] * 2 + [i64] * 2
+            fn.restype = None
+            fn = getattr(lib, "lrn_within_bwd_" + kind)
             fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
             fn.restype = None
         _lib = lib
@@ -209,7 +215,8 @@ def ave_pool_backward(top_diff, dx, kernel, stride, pad):
 
 # positions per LRN work unit (LRN_BLOCK in _ckernels.c)
 _LRN_BLOCK = 256
-# the ring of planes the window sum keeps; larger windows stay on NumPy's running sums
+# the ring of planes the window sum keeps (across channels), the box's side (within); larger
+# windows stay on NumPy's running sums
 LRN_MAX_SIZE = 15
 
 
@@ -239,4 +246,29 @@ def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
     head = (_ptr(x), _ptr(y), _ptr(dy), _ptr(scale), _ptr(scale_pow), _ptr(dx), c, h * w, size,
             float(real(-2.0 * alpha * beta / size)))
     _run(fn, head, n * blocks, x.size)
+    return True
+
+
+def lrn_within_forward(x, scale, scale_pow, top, size, alpha, beta):
+    """WITHIN_CHANNEL LRN of x (N, C, H, W): scale = 1 + alpha/size^2 * box(x^2), scale ** -beta, top."""
+    lib = _load()
+    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, scale, scale_pow, top):
+        return False
+    n, c, h, w = x.shape
+    real = np.dtype(x.dtype).type
+    head = (_ptr(x), _ptr(scale), _ptr(scale_pow), _ptr(top), h, w, size,
+            float(real(alpha / (size * size))), float(real(-beta)))
+    _run(getattr(lib, "lrn_within_fwd_" + _SUFFIX[x.dtype]), head, n * c, x.size)
+    return True
+
+
+def lrn_within_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
+    lib = _load()
+    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, y, dy, scale, scale_pow, dx):
+        return False
+    n, c, h, w = x.shape
+    real = np.dtype(x.dtype).type
+    head = (_ptr(x), _ptr(y), _ptr(dy), _ptr(scale), _ptr(scale_pow), _ptr(dx), h, w, size,
+            float(real(-2.0 * alpha * beta / (size * size))))
+    _run(getattr(lib, "lrn_within_bwd_" + _SUFFIX[x.dtype]), head, n * c, x.size)
     return True

@@ -233,7 +233,10 @@ def _lrn_pass(params, x, dy, dtype):
 @pytest.mark.parametrize("params", ["local_size: 5 alpha: 0.0001 beta: 0.75",
                                     "local_size: 3 alpha: 0.9 beta: 0.6 k: 2.0",
                                     "local_size: 1 alpha: 0.5 beta: 1.0",
-                                    "local_size: 15 alpha: 0.8 beta: 0.75 k: 1.5"])
+                                    "local_size: 15 alpha: 0.8 beta: 0.75 k: 1.5",
+                                    "local_size: 3 alpha: 5e-05 beta: 0.75 norm_region: WITHIN_CHANNEL",
+                                    "local_size: 5 alpha: 0.7 beta: 0.5 norm_region: WITHIN_CHANNEL",
+                                    "local_size: 1 alpha: 0.3 beta: 1.0 norm_region: WITHIN_CHANNEL"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(2, 7, 4, 5), (1, 3, 23, 29)], ids=["small", "blocks"])
 def test_lrn_matches_numpy(params, dtype, shape, numpy_path, split):
