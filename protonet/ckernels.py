@@ -120,6 +120,17 @@ def num_threads():
     return _threads
 
 
+def _forget_pool():
+    # a forked child has none of the parent's threads: it starts a pool of its own
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _run(fn, head, count, work):
     """fn(*head, lo, hi) over [0, count), split into up to num_threads() ranges."""
     parts = min(num_threads(), count, max(1, work // MIN_SPLIT))

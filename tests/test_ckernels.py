@@ -9,6 +9,7 @@ over threads, which must not change a bit.
 """
 import itertools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -264,3 +265,33 @@ def test_lrn_three_quarter_power_within_an_ulp_of_powf(split):
     ulps = np.abs(scale_pow.view(np.int32).astype(np.int64) - want.view(np.int32))
     assert ulps.max() <= 1 and (ulps == 0).mean() > 0.99
     np.testing.assert_array_equal(top, x * scale_pow)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
+    # the parent's pool threads do not exist in a child: work handed to them would never run
+    monkeypatch.setattr(ckernels, "MIN_SPLIT", 1)
+    monkeypatch.setattr(ckernels, "_threads", 2)
+    x = np.random.default_rng(9).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    top = np.empty((4, 3, 4, 4), np.float32)
+    assert ckernels.max_pool_forward(x, top, None, (2, 2), (2, 2), (0, 0))   # the pool exists now
+    assert ckernels._pool is not None
+    pid = os.fork()
+    if pid == 0:
+        try:
+            out = np.empty_like(top)
+            ok = ckernels.max_pool_forward(x, out, None, (2, 2), (2, 2), (0, 0)) and np.array_equal(out, top)
+            os._exit(0 if ok else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the parent's pool")
+    assert os.waitstatus_to_exitcode(status) == 0
