@@ -231,55 +231,37 @@ _LRN_BLOCK = 256
 LRN_MAX_SIZE = 15
 
 
-def lrn_forward(x, scale, scale_pow, top, size, alpha, beta, k):
-    """Across-channel LRN of x (N, C, H, W): scale, scale ** -beta and top; False when not applicable."""
+def _lrn(direction, within, arrays, size, constants):
+    """One LRN pass: across channels in units of (image, LRN_BLOCK positions), within a channel
+    plane by plane; ``constants`` are the kernel's Dtype scalars after the geometry."""
     lib = _load()
-    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, scale, scale_pow, top):
+    x = arrays[0]
+    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(*arrays):
         return False
     n, c, h, w = x.shape
     real = np.dtype(x.dtype).type
-    blocks = -(-(h * w) // _LRN_BLOCK)
-    fn = getattr(lib, "lrn_fwd_" + _SUFFIX[x.dtype])
-    head = (_ptr(x), _ptr(scale), _ptr(scale_pow), _ptr(top), c, h * w, size,
-            float(real(alpha / size)), float(real(k)), float(real(-beta)))
-    _run(fn, head, n * blocks, x.size)
+    constants = tuple(float(real(v)) for v in constants)
+    pointers = tuple(_ptr(a) for a in arrays)
+    if within:
+        fn = getattr(lib, "lrn_within_%s_%s" % (direction, _SUFFIX[x.dtype]))
+        _run(fn, pointers + (h, w, size) + constants, n * c, x.size)
+    else:
+        fn = getattr(lib, "lrn_%s_%s" % (direction, _SUFFIX[x.dtype]))
+        _run(fn, pointers + (c, h * w, size) + constants, n * -(-(h * w) // _LRN_BLOCK), x.size)
     return True
 
 
-def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
-    lib = _load()
-    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, y, dy, scale, scale_pow, dx):
-        return False
-    n, c, h, w = x.shape
-    real = np.dtype(x.dtype).type
-    blocks = -(-(h * w) // _LRN_BLOCK)
-    fn = getattr(lib, "lrn_bwd_" + _SUFFIX[x.dtype])
-    head = (_ptr(x), _ptr(y), _ptr(dy), _ptr(scale), _ptr(scale_pow), _ptr(dx), c, h * w, size,
-            float(real(-2.0 * alpha * beta / size)))
-    _run(fn, head, n * blocks, x.size)
-    return True
+def lrn_forward(x, scale, scale_pow, top, size, alpha, beta, k, within=False):
+    """LRN of x (N, C, H, W): scale, scale ** -beta and top; False when not applicable.
+
+    Across channels scale = k + alpha/size * sum x^2; within a channel (Caffe's
+    WITHIN_CHANNEL, whose shift is 1 whatever k) 1 + alpha/size^2 * box(x^2)."""
+    if within:
+        return _lrn("fwd", True, (x, scale, scale_pow, top), size, (alpha / (size * size), -beta))
+    return _lrn("fwd", False, (x, scale, scale_pow, top), size, (alpha / size, k, -beta))
 
 
-def lrn_within_forward(x, scale, scale_pow, top, size, alpha, beta):
-    """WITHIN_CHANNEL LRN of x (N, C, H, W): scale = 1 + alpha/size^2 * box(x^2), scale ** -beta, top."""
-    lib = _load()
-    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, scale, scale_pow, top):
-        return False
-    n, c, h, w = x.shape
-    real = np.dtype(x.dtype).type
-    head = (_ptr(x), _ptr(scale), _ptr(scale_pow), _ptr(top), h, w, size,
-            float(real(alpha / (size * size))), float(real(-beta)))
-    _run(getattr(lib, "lrn_within_fwd_" + _SUFFIX[x.dtype]), head, n * c, x.size)
-    return True
-
-
-def lrn_within_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta):
-    lib = _load()
-    if lib is None or x.ndim != 4 or size > LRN_MAX_SIZE or not _ok(x, y, dy, scale, scale_pow, dx):
-        return False
-    n, c, h, w = x.shape
-    real = np.dtype(x.dtype).type
-    head = (_ptr(x), _ptr(y), _ptr(dy), _ptr(scale), _ptr(scale_pow), _ptr(dx), h, w, size,
-            float(real(-2.0 * alpha * beta / (size * size))))
-    _run(getattr(lib, "lrn_within_bwd_" + _SUFFIX[x.dtype]), head, n * c, x.size)
-    return True
+def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta, within=False):
+    """dx of the LRN whose forward left y, scale and scale_pow (dx may be dy)."""
+    area = size * size if within else size
+    return _lrn("bwd", within, (x, y, dy, scale, scale_pow, dx), size, (-2.0 * alpha * beta / area,))

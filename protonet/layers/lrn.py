@@ -114,11 +114,9 @@ class LRNLayer(Layer):
             cuda_kernels.lrn_forward(x, self.scale, self.scale_pow, top[0].data,
                                      self.size, self.alpha, self.beta, self.k)
             return
-        if top[0] is not bottom[0] and (
-                ckernels.lrn_within_forward(x, self.scale, self.scale_pow, top[0].data,
-                                            self.size, self.alpha, self.beta) if self.within
-                else ckernels.lrn_forward(x, self.scale, self.scale_pow, top[0].data,
-                                          self.size, self.alpha, self.beta, self.k)):
+        if top[0] is not bottom[0] and ckernels.lrn_forward(
+                x, self.scale, self.scale_pow, top[0].data, self.size, self.alpha, self.beta, self.k,
+                within=self.within):
             return
         s = self._window_sum(lambda dest: xp.multiply(x, x, out=dest), self.scale)
         if self.within:
@@ -141,11 +139,9 @@ class LRNLayer(Layer):
                 and cuda_kernels.supported(x, y, dy, dx, self.scale, self.scale_pow)):
             cuda_kernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx, self.size, self.alpha, self.beta)
             return
-        if top[0] is not bottom[0] and (
-                ckernels.lrn_within_backward(x, y, dy, self.scale, self.scale_pow, dx,
-                                             self.size, self.alpha, self.beta) if self.within
-                else ckernels.lrn_backward(x, y, dy, self.scale, self.scale_pow, dx,
-                                           self.size, self.alpha, self.beta)):
+        if top[0] is not bottom[0] and ckernels.lrn_backward(
+                x, y, dy, self.scale, self.scale_pow, dx, self.size, self.alpha, self.beta,
+                within=self.within):
             return
         m = self.size * self.size if self.within else self.size
 
