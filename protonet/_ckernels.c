@@ -1,4 +1,5 @@
-/* CPU kernels for the passes around the GEMMs: im2col, col2im, MAX and AVE pooling.
+/* CPU kernels for the passes around the GEMMs: im2col, col2im, MAX and AVE pooling, LRN and
+   Winograd's transforms.
 
    A plain C library (no Python API), loaded with ctypes by protonet/ckernels.py; ctypes drops
    the GIL around each call, so Python threads may run disjoint image ranges [n0, n1) at once.
@@ -561,5 +562,257 @@ void lrn_within_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale
 BOX(float, f32)
 BOX(double, f64)
 
+/* ---- Winograd F(2x2, 3x3): the transforms around its 16 GEMMs -----------------------------
+
+   A stride-1 3x3 convolution computed tile by tile: each 2x2 output tile is A^T [U . V] A with
+   U = G g G^T (the 3x3 kernel g, 4x4) and V = B^T d B (the tile's 4x4 input patch d), so the
+   16 entries of U . V, summed over channels, are 16 GEMMs of 2.25x fewer multiply-adds than
+   im2col's. Layouts: U (16, K, C); V and M (16, channels, tiles) for a block of whole tile
+   rows [r0, r1), tile row R = n * TH + ti, tile t = (R - r0) * TW + tj. Work splits over
+   channels [c0, c1) (or output channels [k0, k1)), so threads never write the same bytes. */
+
+#define WINO_BLOCK 64
+
+#define WINOGRAD(T, SUFFIX)                                                                       \
+/* u = G w G^T: w (K, C, 3, 3) -> u (16, K, C); flip: u (16, C, K) of w[k, c, 2-i, 2-j], the   \
+   kernel a convolution's backward-data runs (the transposed kernel, turned half a circle).     \
+   Over u's entries [o0, o1) of a plane, WINO_BLOCK at a time: gathered into planes first, so   \
+   the arithmetic runs on contiguous rows */                                                    \
+void wino_weights_##SUFFIX(const T *w, T *u, i64 K, i64 C, i64 flip, i64 o0, i64 o1)             \
+{                                                                                                 \
+    const i64 KC = K * C;                                                                         \
+    const T h = (T)0.5;                                                                           \
+    T a[9][WINO_BLOCK], t[12][WINO_BLOCK];                                                        \
+    for (i64 b0 = o0; b0 < o1; b0 += WINO_BLOCK) {                                                \
+        const i64 n = o1 - b0 < WINO_BLOCK ? o1 - b0 : WINO_BLOCK;                                \
+        for (i64 j = 0; j < n; ++j) {                                                             \
+            const i64 o = b0 + j;                                                                 \
+            const T *g = w + (flip ? (o % K) * C + o / K : o) * 9;                                \
+            for (int q = 0; q < 9; ++q)                                                           \
+                a[q][j] = flip ? g[8 - q] : g[q];                                                 \
+        }                                                                                         \
+        /* G down the columns: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 */            \
+        for (int c = 0; c < 3; ++c)                                                               \
+            for (i64 j = 0; j < n; ++j) {                                                         \
+                T g0 = a[c][j], g1 = a[3 + c][j], g2 = a[6 + c][j];                               \
+                t[c][j] = g0;                                                                     \
+                t[3 + c][j] = (g0 + g1 + g2) * h;                                                 \
+                t[6 + c][j] = (g0 - g1 + g2) * h;                                                 \
+                t[9 + c][j] = g2;                                                                 \
+            }                                                                                     \
+        /* and G^T along the rows */                                                             \
+        for (int r = 0; r < 4; ++r) {                                                             \
+            T *u0 = u + (4 * r) * KC + b0, *u1 = u0 + KC, *u2 = u1 + KC, *u3 = u2 + KC;           \
+            const T *t0 = t[3 * r], *t1 = t[3 * r + 1], *t2 = t[3 * r + 2];                       \
+            for (i64 j = 0; j < n; ++j) {                                                         \
+                u0[j] = t0[j];                                                                    \
+                u1[j] = (t0[j] + t1[j] + t2[j]) * h;                                              \
+                u2[j] = (t0[j] - t1[j] + t2[j]) * h;                                              \
+                u3[j] = t2[j];                                                                    \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* dw (K, C, 3, 3) = (or +=) G^T du G, du (16, K, C): the kernel's gradient from U's, over      \
+   entries [o0, o1) of a (K, C) plane */                                                        \
+void wino_weights_grad_##SUFFIX(const T *du, T *dw, i64 K, i64 C, i64 accumulate, i64 o0, i64 o1) \
+{                                                                                                 \
+    const i64 KC = K * C;                                                                         \
+    const T h = (T)0.5;                                                                           \
+    T r[12][WINO_BLOCK], v[9][WINO_BLOCK];                                                        \
+    for (i64 b0 = o0; b0 < o1; b0 += WINO_BLOCK) {                                                \
+        const i64 n = o1 - b0 < WINO_BLOCK ? o1 - b0 : WINO_BLOCK;                                \
+        /* G^T down the columns: rows m0 + (m1 + m2) / 2, (m1 - m2) / 2, (m1 + m2) / 2 + m3 */   \
+        for (int q = 0; q < 4; ++q) {                                                             \
+            const T *m0 = du + q * KC + b0, *m1 = m0 + 4 * KC, *m2 = m1 + 4 * KC, *m3 = m2 + 4 * KC; \
+            for (i64 j = 0; j < n; ++j) {                                                         \
+                r[q][j] = m0[j] + (m1[j] + m2[j]) * h;                                            \
+                r[4 + q][j] = (m1[j] - m2[j]) * h;                                                \
+                r[8 + q][j] = (m1[j] + m2[j]) * h + m3[j];                                        \
+            }                                                                                     \
+        }                                                                                         \
+        /* and G along the rows */                                                               \
+        for (int i = 0; i < 3; ++i) {                                                             \
+            const T *x0 = r[4 * i], *x1 = r[4 * i + 1], *x2 = r[4 * i + 2], *x3 = r[4 * i + 3];   \
+            for (i64 j = 0; j < n; ++j) {                                                         \
+                v[3 * i][j] = x0[j] + (x1[j] + x2[j]) * h;                                        \
+                v[3 * i + 1][j] = (x1[j] - x2[j]) * h;                                            \
+                v[3 * i + 2][j] = (x1[j] + x2[j]) * h + x3[j];                                    \
+            }                                                                                     \
+        }                                                                                         \
+        for (i64 j = 0; j < n; ++j) {                                                             \
+            T *out = dw + (b0 + j) * 9;                                                           \
+            for (int q = 0; q < 9; ++q)                                                           \
+                out[q] = accumulate ? out[q] + v[q][j] : v[q][j];                                 \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* the even and odd columns of one row of the zero-padded image: e[j] = row[2j - PW],          \
+   o[j] = row[2j + 1 - PW], j in [0, n); zeros outside the row (and for no row at all) */      \
+static void wino_split_##SUFFIX(const T *row, i64 W, i64 PW, i64 n, T *restrict e, T *restrict o) \
+{                                                                                                 \
+    if (!row) {                                                                                   \
+        for (i64 j = 0; j < n; ++j)                                                               \
+            e[j] = o[j] = 0;                                                                      \
+        return;                                                                                   \
+    }                                                                                             \
+    i64 lo = (PW + 1) / 2, hi = (W + PW) / 2; /* both columns inside: [lo, hi) */                \
+    if (hi > n)                                                                                   \
+        hi = n;                                                                                   \
+    if (lo > hi)                                                                                  \
+        lo = hi;                                                                                  \
+    for (i64 j = 0; j < lo; ++j) {                                                                \
+        i64 xe = 2 * j - PW;                                                                      \
+        e[j] = xe >= 0 && xe < W ? row[xe] : 0;                                                   \
+        o[j] = xe + 1 >= 0 && xe + 1 < W ? row[xe + 1] : 0;                                       \
+    }                                                                                             \
+    const T *base = row - PW;                                                                     \
+    for (i64 j = lo; j < hi; ++j) {                                                               \
+        e[j] = base[2 * j];                                                                       \
+        o[j] = base[2 * j + 1];                                                                   \
+    }                                                                                             \
+    for (i64 j = hi; j < n; ++j) {                                                                \
+        i64 xe = 2 * j - PW;                                                                      \
+        e[j] = xe >= 0 && xe < W ? row[xe] : 0;                                                   \
+        o[j] = xe + 1 >= 0 && xe + 1 < W ? row[xe + 1] : 0;                                       \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* v (16, C, tiles) = B^T d B for the tiles of rows [r0, r1) of x (N, C, H, W), padded by PH, PW */ \
+void wino_input_##SUFFIX(const T *x, T *v, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH, i64 TW,  \
+                         i64 r0, i64 r1, i64 c0, i64 c1)                                          \
+{                                                                                                 \
+    const i64 tb = (r1 - r0) * TW, CT = C * tb, L = TW + 1;                                       \
+    T *buf = (T *)malloc((size_t)(8 * L) * sizeof(T));                                            \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    T *e[4], *o[4];                                                                               \
+    for (int i = 0; i < 4; ++i) {                                                                 \
+        e[i] = buf + 2 * i * L;                                                                   \
+        o[i] = buf + (2 * i + 1) * L;                                                             \
+    }                                                                                             \
+    for (i64 c = c0; c < c1; ++c)                                                                 \
+        for (i64 R = r0; R < r1; ++R) {                                                           \
+            const i64 n = R / TH, ti = R % TH;                                                    \
+            const T *plane = x + (n * C + c) * H * W;                                             \
+            for (int i = 0; i < 4; ++i) {                                                         \
+                const i64 y = 2 * ti - PH + i;                                                    \
+                wino_split_##SUFFIX(y >= 0 && y < H ? plane + y * W : NULL, W, PW, L, e[i], o[i]); \
+            }                                                                                     \
+            /* B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 */                  \
+            for (int s = 0; s < 2; ++s) {                                                         \
+                T *d0 = s ? o[0] : e[0], *d1 = s ? o[1] : e[1];                                   \
+                T *d2 = s ? o[2] : e[2], *d3 = s ? o[3] : e[3];                                   \
+                for (i64 j = 0; j < L; ++j) {                                                     \
+                    T a = d0[j], b = d1[j], cc = d2[j], dd = d3[j];                               \
+                    d0[j] = a - cc;                                                               \
+                    d1[j] = b + cc;                                                               \
+                    d2[j] = cc - b;                                                               \
+                    d3[j] = b - dd;                                                               \
+                }                                                                                 \
+            }                                                                                     \
+            /* and B along the rows: columns (e[j], o[j], e[j+1], o[j+1]) of each row */         \
+            T *vt = v + c * tb + (R - r0) * TW;                                                   \
+            for (int k = 0; k < 4; ++k) {                                                         \
+                const T *ek = e[k], *ok = o[k];                                                   \
+                T *v0 = vt + (4 * k) * CT, *v1 = v0 + CT, *v2 = v1 + CT, *v3 = v2 + CT;           \
+                for (i64 j = 0; j < TW; ++j) {                                                    \
+                    v0[j] = ek[j] - ek[j + 1];                                                    \
+                    v1[j] = ok[j] + ek[j + 1];                                                    \
+                    v2[j] = ek[j + 1] - ok[j];                                                    \
+                    v3[j] = ok[j] - ok[j + 1];                                                    \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    free(buf);                                                                                    \
+}                                                                                                 \
+                                                                                                  \
+/* y (N, K, Ho, Wo) = A^T m A (+ bias[k]) for the tiles of rows [r0, r1), m (16, K, tiles) */   \
+void wino_output_##SUFFIX(const T *m, T *y, const T *bias, i64 K, i64 Ho, i64 Wo, i64 TH, i64 TW, \
+                          i64 r0, i64 r1, i64 k0, i64 k1)                                         \
+{                                                                                                 \
+    const i64 tb = (r1 - r0) * TW, KT = K * tb;                                                   \
+    T *buf = (T *)malloc((size_t)(4 * TW) * sizeof(T));                                           \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    T *y00 = buf, *y01 = buf + TW, *y10 = buf + 2 * TW, *y11 = buf + 3 * TW;                       \
+    for (i64 k = k0; k < k1; ++k) {                                                               \
+        const T b = bias ? bias[k] : (T)0;                                                        \
+        for (i64 R = r0; R < r1; ++R) {                                                           \
+            const i64 n = R / TH, ti = R % TH;                                                    \
+            const T *mt = m + k * tb + (R - r0) * TW;                                             \
+            for (i64 j = 0; j < TW; ++j) {                                                        \
+                T p0[4], p1[4];                                                                   \
+                for (int q = 0; q < 4; ++q) {                                                     \
+                    T a0 = mt[q * KT + j], a1 = mt[(4 + q) * KT + j];                             \
+                    T a2 = mt[(8 + q) * KT + j], a3 = mt[(12 + q) * KT + j];                      \
+                    p0[q] = a0 + a1 + a2;                                                         \
+                    p1[q] = a1 - a2 - a3;                                                         \
+                }                                                                                 \
+                T v00 = p0[0] + p0[1] + p0[2], v01 = p0[1] - p0[2] - p0[3];                       \
+                T v10 = p1[0] + p1[1] + p1[2], v11 = p1[1] - p1[2] - p1[3];                       \
+                if (bias) {                                                                       \
+                    v00 += b; v01 += b; v10 += b; v11 += b;                                       \
+                }                                                                                 \
+                y00[j] = v00; y01[j] = v01; y10[j] = v10; y11[j] = v11;                           \
+            }                                                                                     \
+            const i64 pairs = Wo / 2;                                                             \
+            for (int r = 0; r < 2 && 2 * ti + r < Ho; ++r) {                                      \
+                T *row = y + ((n * K + k) * Ho + 2 * ti + r) * Wo;                                \
+                const T *ev = r ? y10 : y00, *od = r ? y11 : y01;                                 \
+                for (i64 j = 0; j < pairs; ++j) {                                                 \
+                    row[2 * j] = ev[j];                                                           \
+                    row[2 * j + 1] = od[j];                                                       \
+                }                                                                                 \
+                if (Wo & 1)                                                                       \
+                    row[Wo - 1] = ev[pairs];                                                      \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    free(buf);                                                                                    \
+}                                                                                                 \
+                                                                                                  \
+/* m (16, K, tiles) = A dy A^T for the tiles of rows [r0, r1) of dy (N, K, Ho, Wo), zeros past  \
+   its edge: a top diff as the output transform's adjoint (for the kernel's gradient) */        \
+void wino_grad_##SUFFIX(const T *dy, T *m, i64 K, i64 Ho, i64 Wo, i64 TH, i64 TW, i64 r0, i64 r1, \
+                        i64 k0, i64 k1)                                                           \
+{                                                                                                 \
+    const i64 tb = (r1 - r0) * TW, KT = K * tb;                                                   \
+    T *buf = (T *)malloc((size_t)(4 * TW) * sizeof(T));                                           \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    T *e0 = buf, *o0 = buf + TW, *e1 = buf + 2 * TW, *o1 = buf + 3 * TW;                           \
+    for (i64 k = k0; k < k1; ++k)                                                                 \
+        for (i64 R = r0; R < r1; ++R) {                                                           \
+            const i64 n = R / TH, ti = R % TH;                                                    \
+            const T *plane = dy + (n * K + k) * Ho * Wo;                                          \
+            wino_split_##SUFFIX(plane + 2 * ti * Wo, Wo, 0, TW, e0, o0);                          \
+            wino_split_##SUFFIX(2 * ti + 1 < Ho ? plane + (2 * ti + 1) * Wo : NULL, Wo, 0, TW, e1, o1); \
+            T *mt = m + k * tb + (R - r0) * TW;                                                   \
+            for (int s = 0; s < 4; ++s) {                                                         \
+                /* A down the columns: rows g0, g0 + g1, g0 - g1, -g1 */                         \
+                T *q0 = mt + (4 * s) * KT, *q1 = q0 + KT, *q2 = q1 + KT, *q3 = q2 + KT;          \
+                for (i64 j = 0; j < TW; ++j) {                                                    \
+                    T a, b;                                                                       \
+                    if (s == 0) { a = e0[j]; b = o0[j]; }                                         \
+                    else if (s == 1) { a = e0[j] + e1[j]; b = o0[j] + o1[j]; }                    \
+                    else if (s == 2) { a = e0[j] - e1[j]; b = o0[j] - o1[j]; }                    \
+                    else { a = -e1[j]; b = -o1[j]; }                                              \
+                    /* and A^T along the rows: (a, a + b, a - b, -b) */                          \
+                    q0[j] = a;                                                                    \
+                    q1[j] = a + b;                                                                \
+                    q2[j] = a - b;                                                                \
+                    q3[j] = -b;                                                                   \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    free(buf);                                                                                    \
+}
+
+WINOGRAD(float, f32)
+WINOGRAD(double, f64)
+
 /* the library's interface version: ckernels.py refuses a stale build */
-int protonet_ckernels_version(void) { return 3; }
+int protonet_ckernels_version(void) { return 4; }

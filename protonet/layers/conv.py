@@ -22,6 +22,7 @@ from ..layer import TEST, Layer, add_product_to_diff, register
 from .. import blas as _blas, ckernels, fillers
 from ._im2col import ColPlan, _fill_border, conv_out_size, deconv_out_size
 from ._scratch import scratch
+from ._winograd import Winograd
 
 # The backward-data column scratch goes DCOL_BYTES of images at a time, at least
 # DCOL_MIN_COLUMNS GEMM columns (smaller products run below the GEMM's peak rate).
@@ -177,6 +178,7 @@ class _ConvolutionBase(Layer):
             self.Kg = self.img_channels // self.group * int(np.prod(self.kernel, dtype=np.int64))
             self.Cg = self.col_channels // self.group
             self._rows = _KernelRows.maybe(self)
+            self._wino = Winograd.maybe(self)
             self._col = None    # im2col target: padding entries stay zero
             self._chunk_col = None  # the same for a few images (see _forward_in_chunks)
             self._col_holds = None  # which bottom's im2col the buffer holds (conv forward)
@@ -395,6 +397,9 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def forward(self, bottom, top):
         for i, (b, t) in enumerate(zip(bottom, top)):
+            if self._wino is not None:
+                self._wino.forward(b.data, t.data)
+                continue
             if self._rows is not None:
                 self._rows.forward(b.data, t.data, i)
                 self._add_bias(t.data)
@@ -445,6 +450,13 @@ class ConvolutionLayer(_ConvolutionBase):
         for i in reversed(range(len(top))):
             td = top[i].diff
             self._bias_grad(td)
+            if self._wino is not None:
+                need_w = self.param_needs_grad(0)
+                if need_w and not self._wino.weight_grad:
+                    self._weight_grad_by_columns(i, bottom[i].data, td)
+                self._wino.backward(td, bottom[i].data, self.blobs[0], need_w and self._wino.weight_grad,
+                                    bottom[i].diff if propagate_down[i] else None)
+                continue
             if self._rows is not None:
                 self._rows.backward(td, bottom[i].data, i, self.blobs[0], self.param_needs_grad(0),
                                     bottom[i].diff if propagate_down[i] else None)
@@ -463,14 +475,18 @@ class ConvolutionLayer(_ConvolutionBase):
             if self._box is not None:
                 td = self._gather_box(td)   # diffs outside the box reach neither weights nor bottom
             if self.param_needs_grad(0):
-                if self._col_holds == i:
-                    self._weight_grad(self._col.reshape(self.group, self.Kg, self.num * self.P), td)
-                elif self._forward_in_chunks():
-                    self._weight_grad_in_chunks(bottom[i].data, td)
-                else:
-                    self._weight_grad(self._columns(bottom[i].data), td)
+                self._weight_grad_by_columns(i, bottom[i].data, td)
             if propagate_down[i]:
                 self._colside_to_image(td, bottom[i].diff, spend_col=True)
+
+    def _weight_grad_by_columns(self, i, x, td):
+        """The weight gradient from bottom i's im2col: forward's, when it kept it."""
+        if self._col_holds == i:
+            self._weight_grad(self._col.reshape(self.group, self.Kg, self.num * self.P), td)
+        elif self._forward_in_chunks():
+            self._weight_grad_in_chunks(x, td)
+        else:
+            self._weight_grad(self._columns(x), td)
 
 
 @register("Deconvolution", "DECONVOLUTION")

@@ -1,0 +1,164 @@
+"""Winograd F(2x2, 3x3) (protonet/layers/_winograd.py) against the im2col path and finite differences."""
+import numpy as np
+import pytest
+
+from gradcheck import build, check_gradient, make_layer
+from protonet import blas as blas_module, ckernels
+from protonet.layer import TEST, TRAIN
+from protonet.layers import _winograd
+from protonet.layers._winograd import Winograd
+
+needs_kernels = pytest.mark.skipif(not ckernels.available() or blas_module.get(np.float64) is None,
+                                   reason="Winograd needs the compiled kernels and NumPy's OpenBLAS")
+
+
+def _any_layer(monkeypatch):
+    """Small layers take the path too (the thresholds are for speed, not for correctness)."""
+    monkeypatch.setattr(Winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(Winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(Winograd, "GRAD_MIN_CHANNELS", 1)
+
+
+def _conv(params, phase=TRAIN, dtype=np.float64):
+    text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { kernel_size: 3 %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
+    lay = make_layer(text, phase=phase)
+    if dtype != np.float64:
+        from google.protobuf import text_format
+        from protonet.layer import create_layer
+        from protonet.proto import caffe_pb2
+        p = caffe_pb2.LayerParameter()
+        text_format.Parse(text, p)
+        lay = create_layer(p, phase=phase, dtype=dtype, xp=np)
+    return lay
+
+
+def _build(lay, arrays, dtype):
+    from protonet.blob import Blob
+    bottom = []
+    for a in arrays:
+        b = Blob(a.shape, dtype=dtype, xp=np)
+        b.data[...] = a
+        bottom.append(b)
+    top = [Blob((), dtype=dtype, xp=np) for _ in lay.layer_param.top]
+    lay.setup(bottom, top)
+    lay.reshape(bottom, top)
+    lay.param_propagate_down = [True] * len(lay.blobs)
+    return bottom, top
+
+
+CASES = [
+    ("num_output: 6 pad: 1", (2, 4, 7, 9)),              # odd output: a half tile on each edge
+    ("num_output: 4 pad: 0", (3, 5, 8, 6)),
+    ("num_output: 5 pad: 2", (1, 3, 5, 4)),              # backward-data then pads by 0
+    ("num_output: 6 group: 3 pad: 1", (2, 6, 6, 5)),
+    ("num_output: 4 pad_h: 0 pad_w: 2", (2, 3, 4, 7)),
+    ("num_output: 3 pad: 1", (2, 2, 1, 1)),              # one pixel: every tap but one is padding
+    ("num_output: 2 pad: 0 bias_term: false", (1, 2, 3, 3)),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("block", [1 << 30, 1])          # one block, or one tile row per block
+@pytest.mark.parametrize("params,shape", CASES)
+def test_winograd_matches_im2col(params, shape, block, dtype, tol, monkeypatch):
+    _any_layer(monkeypatch)
+    monkeypatch.setattr(Winograd, "BLOCK_BYTES", block)
+    monkeypatch.setattr(Winograd, "GRAD_BLOCK_BYTES", block)
+    r = np.random.default_rng(3)
+    xs = [r.standard_normal(shape), r.standard_normal(shape)]
+    wino = _conv(params, dtype=dtype)
+    bottom, top = _build(wino, xs, dtype)
+    assert wino._wino is not None and wino._wino.weight_grad
+    monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
+    ref = _conv(params, dtype=dtype)
+    rbottom, rtop = _build(ref, xs, dtype)
+    assert ref._wino is None
+    for src, dst in zip(wino.blobs, ref.blobs):
+        dst.data[...] = src.data
+    for lay, b, t in ((wino, bottom, top), (ref, rbottom, rtop)):
+        lay.forward(b, t)
+    scale = max(np.abs(rtop[0].data).max(), 1)
+    for k in range(2):
+        np.testing.assert_allclose(top[k].data, rtop[k].data, rtol=0, atol=tol * scale)
+    dys = [r.standard_normal(top[0].shape) for _ in range(2)]
+    for lay, b, t in ((wino, bottom, top), (ref, rbottom, rtop)):
+        for k in range(2):
+            t[k].diff[...] = dys[k]
+        for p in lay.blobs:
+            p.clear_diff()
+        lay.backward(t, [True, True], b)
+    for k in range(2):
+        np.testing.assert_allclose(bottom[k].diff, rbottom[k].diff, rtol=0,
+                                   atol=tol * max(np.abs(rbottom[k].diff).max(), 1))
+    for p, q in zip(wino.blobs, ref.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, rtol=0, atol=tol * max(np.abs(q.diff).max(), 1))
+
+
+@needs_kernels
+def test_winograd_gradient(monkeypatch):
+    _any_layer(monkeypatch)
+    text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: 3 '
+            'pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    x = np.random.default_rng(11).standard_normal((2, 4, 5, 6))
+    lay = make_layer(text)
+    build(lay, [x])
+    assert lay._wino is not None
+    assert check_gradient(make_layer(text), [x]) > 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("grad_here", [True, False])
+def test_winograd_adds_to_a_held_weight_gradient(grad_here, monkeypatch):
+    # a second backward (iter_size, a shared weight) adds to the diff, whichever path takes it
+    _any_layer(monkeypatch)
+    if not grad_here:
+        monkeypatch.setattr(Winograd, "GRAD_MIN_CHANNELS", 1 << 20)   # im2col's weight gradient
+    lay = _conv("num_output: 4 pad: 1")
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6))
+    bottom, top = build(lay, [x, x])
+    assert lay._wino is not None and lay._wino.weight_grad == grad_here
+    lay.forward(bottom, top)
+    for t in top:
+        t.diff[...] = np.random.default_rng(6).standard_normal(t.shape)
+    lay.blobs[0].clear_diff()
+    lay.backward(top, [False, False], bottom)
+    once = lay.blobs[0].diff.copy()
+    lay.blobs[0].clear_diff()
+    lay.backward(top, [False, False], bottom)
+    lay.backward(top, [False, False], bottom)
+    np.testing.assert_allclose(lay.blobs[0].diff, 2 * once, rtol=1e-13, atol=1e-13)
+    assert np.abs(once).max() > 0.1
+
+
+def test_winograd_only_where_it_pays():
+    # the real thresholds: a GoogLeNet 3x3 at 28x28 takes it, its 7x7 ones, 64-channel VGG
+    # layers, strided, dilated, 5x5 and padded-by-3 layers do not
+    def chosen(params, shape, phase=TRAIN):
+        lay = _conv(params, phase=phase, dtype=np.float32)
+        _build(lay, [np.zeros(shape, np.float32)] * 2, np.float32)
+        return lay._wino is not None
+
+    usable = ckernels.available() and blas_module.get(np.float32) is not None
+    assert chosen("num_output: 128 pad: 1", (4, 96, 28, 28)) == usable
+    assert chosen("num_output: 128 pad: 1", (4, 96, 28, 28), TEST) == usable
+    assert not chosen("num_output: 384 pad: 1", (4, 192, 7, 7))      # 64 tiles
+    assert not chosen("num_output: 64 pad: 1", (1, 64, 64, 64))      # too shallow
+    assert not chosen("num_output: 128 pad: 1 stride: 2", (4, 128, 28, 28))
+    assert not chosen("num_output: 128 pad: 2 dilation: 2", (4, 128, 28, 28))
+    assert not chosen("num_output: 128 pad: 3", (4, 128, 28, 28))
+    if usable:
+        lay = _conv("num_output: 128 pad: 1", dtype=np.float32)
+        _build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2, np.float32)
+        assert not lay._wino.weight_grad                               # 96 in: im2col's gradient
+        lay = _conv("num_output: 384 group: 2 pad: 1", dtype=np.float32)
+        _build(lay, [np.zeros((8, 384, 13, 13), np.float32)] * 2, np.float32)
+        assert lay._wino.weight_grad                                   # CaffeNet's conv4
+
+
+def test_winograd_switch(monkeypatch):
+    monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
+    lay = _conv("num_output: 128 pad: 1", dtype=np.float32)
+    _build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2, np.float32)
+    assert lay._wino is None
