@@ -562,91 +562,128 @@ void lrn_within_bwd_##SUFFIX(const T *x, const T *y, const T *dy, const T *scale
 BOX(float, f32)
 BOX(double, f64)
 
-/* ---- Winograd F(2x2, 3x3): the transforms around its 16 GEMMs -----------------------------
+/* ---- Winograd F(2x2, r x r): the transforms around its GEMMs -----------------------------
 
-   A stride-1 3x3 convolution computed tile by tile: each 2x2 output tile is A^T [U . V] A with
-   U = G g G^T (the 3x3 kernel g, 4x4) and V = B^T d B (the tile's 4x4 input patch d), so the
-   16 entries of U . V, summed over channels, are 16 GEMMs of 2.25x fewer multiply-adds than
-   im2col's. Layouts: U (16, K, C); V and M (16, channels, tiles) for a block of whole tile
-   rows [r0, r1), tile row R = n * TH + ti, tile t = (R - r0) * TW + tj. Work splits over
-   channels [c0, c1) (or output channels [k0, k1)), so threads never write the same bytes. */
+   A stride-1 r x r convolution computed tile by tile: each 2x2 output tile is A^T [U . V] A
+   with U = G g G^T (the kernel g, a x a, a = r + 1) and V = B^T d B (the tile's a x a input
+   patch d), so the a*a entries of U . V, summed over channels, are a*a GEMMs with fewer
+   multiply-adds than im2col's (16 for 36 at r = 3, 36 for 100 at r = 5). The matrices come
+   from the caller (bt: a x a, g: a x r, at: 2 x a, row-major doubles; mostly 0 and +-1, so
+   terms with a zero coefficient are skipped). Layouts: U (a*a, K, C); V and M (a*a, channels,
+   tiles) for a block of whole tile rows [r0, r1), tile row R = n * TH + ti, tile
+   t = (R - r0) * TW + tj. Work splits over channels [c0, c1) (or output channels, or kernel
+   entries), so threads never write the same bytes. */
 
+#define WINO_MAX_A 6
 #define WINO_BLOCK 64
 
-#define WINOGRAD(T, SUFFIX)                                                                       \
-/* u = G w G^T: w (K, C, 3, 3) -> u (16, K, C); flip: u (16, C, K) of w[k, c, 2-i, 2-j], the   \
-   kernel a convolution's backward-data runs (the transposed kernel, turned half a circle).     \
-   Over u's entries [o0, o1) of a plane, WINO_BLOCK at a time: gathered into planes first, so   \
-   the arithmetic runs on contiguous rows */                                                    \
-void wino_weights_##SUFFIX(const T *w, T *u, i64 K, i64 C, i64 flip, i64 o0, i64 o1)             \
+/* dst[j] = sum_i coef[i * stride] * src[i][j + off[i]] over j in [0, n), zero coefficients skipped */
+#define WINO_COMBINE(T, SUFFIX)                                                                   \
+static void wino_combine_##SUFFIX(T *restrict dst, T *const *src, const i64 *off, const double *coef, \
+                                  i64 stride, int terms, i64 n)                                   \
 {                                                                                                 \
-    const i64 KC = K * C;                                                                         \
-    const T h = (T)0.5;                                                                           \
-    T a[9][WINO_BLOCK], t[12][WINO_BLOCK];                                                        \
+    int first = 1;                                                                                \
+    for (int i = 0; i < terms; ++i) {                                                             \
+        const T c = (T)coef[i * stride];                                                          \
+        if (c == 0)                                                                               \
+            continue;                                                                             \
+        const T *restrict s = src[i] + off[i];                                                    \
+        if (first) {                                                                              \
+            if (c == 1)                                                                           \
+                for (i64 j = 0; j < n; ++j) dst[j] = s[j];                                        \
+            else if (c == -1)                                                                     \
+                for (i64 j = 0; j < n; ++j) dst[j] = -s[j];                                       \
+            else                                                                                  \
+                for (i64 j = 0; j < n; ++j) dst[j] = c * s[j];                                    \
+            first = 0;                                                                            \
+        } else if (c == 1) {                                                                      \
+            for (i64 j = 0; j < n; ++j) dst[j] += s[j];                                           \
+        } else if (c == -1) {                                                                     \
+            for (i64 j = 0; j < n; ++j) dst[j] -= s[j];                                           \
+        } else {                                                                                  \
+            for (i64 j = 0; j < n; ++j) dst[j] += c * s[j];                                       \
+        }                                                                                         \
+    }                                                                                             \
+    if (first)                                                                                    \
+        for (i64 j = 0; j < n; ++j) dst[j] = 0;                                                   \
+}
+
+#define WINOGRAD(T, SUFFIX)                                                                       \
+/* u = G w G^T: w (K, C, r, r) -> u (a*a, K, C); flip: u (a*a, C, K) of w[k, c, r-1-i, r-1-j],  \
+   the kernel a convolution's backward-data runs (transposed, turned half a circle). Over u's   \
+   entries [o0, o1) of a plane, WINO_BLOCK at a time, gathered into planes first so that the    \
+   arithmetic runs along contiguous rows */                                                     \
+void wino_weights_##SUFFIX(const T *w, T *u, const double *g, i64 a, i64 r, i64 K, i64 C, i64 flip, \
+                           i64 o0, i64 o1)                                                        \
+{                                                                                                 \
+    const i64 KC = K * C, rr = r * r;                                                             \
+    T *buf = (T *)malloc((size_t)((rr + a * r) * WINO_BLOCK) * sizeof(T));                       \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    T *src[WINO_MAX_A * WINO_MAX_A];                                                              \
+    i64 off[WINO_MAX_A * WINO_MAX_A] = {0};                                                       \
+    T *kern = buf, *half = buf + rr * WINO_BLOCK;   /* half: (a, r) planes, G g */                \
     for (i64 b0 = o0; b0 < o1; b0 += WINO_BLOCK) {                                                \
         const i64 n = o1 - b0 < WINO_BLOCK ? o1 - b0 : WINO_BLOCK;                                \
         for (i64 j = 0; j < n; ++j) {                                                             \
             const i64 o = b0 + j;                                                                 \
-            const T *g = w + (flip ? (o % K) * C + o / K : o) * 9;                                \
-            for (int q = 0; q < 9; ++q)                                                           \
-                a[q][j] = flip ? g[8 - q] : g[q];                                                 \
+            const T *gk = w + (flip ? (o % K) * C + o / K : o) * rr;                              \
+            for (i64 q = 0; q < rr; ++q)                                                          \
+                kern[q * WINO_BLOCK + j] = flip ? gk[rr - 1 - q] : gk[q];                         \
         }                                                                                         \
-        /* G down the columns: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 */            \
-        for (int c = 0; c < 3; ++c)                                                               \
-            for (i64 j = 0; j < n; ++j) {                                                         \
-                T g0 = a[c][j], g1 = a[3 + c][j], g2 = a[6 + c][j];                               \
-                t[c][j] = g0;                                                                     \
-                t[3 + c][j] = (g0 + g1 + g2) * h;                                                 \
-                t[6 + c][j] = (g0 - g1 + g2) * h;                                                 \
-                t[9 + c][j] = g2;                                                                 \
+        for (i64 i = 0; i < a; ++i)            /* G down the columns */                          \
+            for (i64 c = 0; c < r; ++c) {                                                         \
+                for (i64 t = 0; t < r; ++t)                                                       \
+                    src[t] = kern + (t * r + c) * WINO_BLOCK;                                     \
+                wino_combine_##SUFFIX(half + (i * r + c) * WINO_BLOCK, src, off, g + i * r, 1,    \
+                                      (int)r, n);                                                 \
             }                                                                                     \
-        /* and G^T along the rows */                                                             \
-        for (int r = 0; r < 4; ++r) {                                                             \
-            T *u0 = u + (4 * r) * KC + b0, *u1 = u0 + KC, *u2 = u1 + KC, *u3 = u2 + KC;           \
-            const T *t0 = t[3 * r], *t1 = t[3 * r + 1], *t2 = t[3 * r + 2];                       \
-            for (i64 j = 0; j < n; ++j) {                                                         \
-                u0[j] = t0[j];                                                                    \
-                u1[j] = (t0[j] + t1[j] + t2[j]) * h;                                              \
-                u2[j] = (t0[j] - t1[j] + t2[j]) * h;                                              \
-                u3[j] = t2[j];                                                                    \
+        for (i64 i = 0; i < a; ++i)            /* and G^T along the rows */                      \
+            for (i64 q = 0; q < a; ++q) {                                                         \
+                for (i64 t = 0; t < r; ++t)                                                       \
+                    src[t] = half + (i * r + t) * WINO_BLOCK;                                     \
+                wino_combine_##SUFFIX(u + (i * a + q) * KC + b0, src, off, g + q * r, 1, (int)r, n); \
             }                                                                                     \
-        }                                                                                         \
     }                                                                                             \
+    free(buf);                                                                                    \
 }                                                                                                 \
                                                                                                   \
-/* dw (K, C, 3, 3) = (or +=) G^T du G, du (16, K, C): the kernel's gradient from U's, over      \
+/* dw (K, C, r, r) = (or +=) G^T du G, du (a*a, K, C): the kernel's gradient from U's, over     \
    entries [o0, o1) of a (K, C) plane */                                                        \
-void wino_weights_grad_##SUFFIX(const T *du, T *dw, i64 K, i64 C, i64 accumulate, i64 o0, i64 o1) \
+void wino_weights_grad_##SUFFIX(const T *du, T *dw, const double *g, i64 a, i64 r, i64 K, i64 C,  \
+                                i64 accumulate, i64 o0, i64 o1)                                   \
 {                                                                                                 \
-    const i64 KC = K * C;                                                                         \
-    const T h = (T)0.5;                                                                           \
-    T r[12][WINO_BLOCK], v[9][WINO_BLOCK];                                                        \
+    const i64 KC = K * C, rr = r * r;                                                             \
+    T *buf = (T *)malloc((size_t)((a * a + r * a + rr) * WINO_BLOCK) * sizeof(T));               \
+    if (!buf)                                                                                     \
+        return;                                                                                   \
+    T *m = buf, *half = buf + a * a * WINO_BLOCK, *v = half + r * a * WINO_BLOCK;                 \
+    T *src[WINO_MAX_A * WINO_MAX_A];                                                              \
+    i64 off[WINO_MAX_A * WINO_MAX_A] = {0};                                                       \
     for (i64 b0 = o0; b0 < o1; b0 += WINO_BLOCK) {                                                \
         const i64 n = o1 - b0 < WINO_BLOCK ? o1 - b0 : WINO_BLOCK;                                \
-        /* G^T down the columns: rows m0 + (m1 + m2) / 2, (m1 - m2) / 2, (m1 + m2) / 2 + m3 */   \
-        for (int q = 0; q < 4; ++q) {                                                             \
-            const T *m0 = du + q * KC + b0, *m1 = m0 + 4 * KC, *m2 = m1 + 4 * KC, *m3 = m2 + 4 * KC; \
-            for (i64 j = 0; j < n; ++j) {                                                         \
-                r[q][j] = m0[j] + (m1[j] + m2[j]) * h;                                            \
-                r[4 + q][j] = (m1[j] - m2[j]) * h;                                                \
-                r[8 + q][j] = (m1[j] + m2[j]) * h + m3[j];                                        \
+        for (i64 x = 0; x < a * a; ++x)                                                           \
+            memcpy(m + x * WINO_BLOCK, du + x * KC + b0, (size_t)n * sizeof(T));                  \
+        for (i64 i = 0; i < r; ++i)            /* G^T down the columns */                        \
+            for (i64 q = 0; q < a; ++q) {                                                         \
+                for (i64 t = 0; t < a; ++t)                                                       \
+                    src[t] = m + (t * a + q) * WINO_BLOCK;                                        \
+                wino_combine_##SUFFIX(half + (i * a + q) * WINO_BLOCK, src, off, g + i, r,        \
+                                      (int)a, n);                                                 \
             }                                                                                     \
-        }                                                                                         \
-        /* and G along the rows */                                                               \
-        for (int i = 0; i < 3; ++i) {                                                             \
-            const T *x0 = r[4 * i], *x1 = r[4 * i + 1], *x2 = r[4 * i + 2], *x3 = r[4 * i + 3];   \
-            for (i64 j = 0; j < n; ++j) {                                                         \
-                v[3 * i][j] = x0[j] + (x1[j] + x2[j]) * h;                                        \
-                v[3 * i + 1][j] = (x1[j] - x2[j]) * h;                                            \
-                v[3 * i + 2][j] = (x1[j] + x2[j]) * h + x3[j];                                    \
+        for (i64 i = 0; i < r; ++i)            /* and G along the rows */                        \
+            for (i64 j = 0; j < r; ++j) {                                                         \
+                for (i64 t = 0; t < a; ++t)                                                       \
+                    src[t] = half + (i * a + t) * WINO_BLOCK;                                     \
+                wino_combine_##SUFFIX(v + (i * r + j) * WINO_BLOCK, src, off, g + j, r, (int)a, n); \
             }                                                                                     \
-        }                                                                                         \
         for (i64 j = 0; j < n; ++j) {                                                             \
-            T *out = dw + (b0 + j) * 9;                                                           \
-            for (int q = 0; q < 9; ++q)                                                           \
-                out[q] = accumulate ? out[q] + v[q][j] : v[q][j];                                 \
+            T *out = dw + (b0 + j) * rr;                                                          \
+            for (i64 q = 0; q < rr; ++q)                                                          \
+                out[q] = accumulate ? out[q] + v[q * WINO_BLOCK + j] : v[q * WINO_BLOCK + j];     \
         }                                                                                         \
     }                                                                                             \
+    free(buf);                                                                                    \
 }                                                                                                 \
                                                                                                   \
 /* the even and odd columns of one row of the zero-padded image: e[j] = row[2j - PW],          \
@@ -678,90 +715,186 @@ static void wino_split_##SUFFIX(const T *row, i64 W, i64 PW, i64 n, T *restrict 
         e[j] = xe >= 0 && xe < W ? row[xe] : 0;                                                   \
         o[j] = xe + 1 >= 0 && xe + 1 < W ? row[xe + 1] : 0;                                       \
     }                                                                                             \
+}
+
+/* The tile transforms of F(2, 3) and F(2, 5), written out (protonet/layers/_winograd.py derives
+   the same matrices from the interpolation points 0, +-1 (+-2) and infinity; its tests compare
+   the results with im2col's). Each pass is one loop along a row of tiles, so it vectorizes:
+   B^T down the columns of the A input rows (in place, on their even and odd halves), B along a
+   row of tiles (tile j's columns are e[j], o[j], e[j+1], o[j+1], ...), A^T of the products and
+   A of a top diff's 2x2 tiles. */
+#define WINO_ROWS(T, SUFFIX)                                                                      \
+static void wino_bt_cols3_##SUFFIX(T *const *d, i64 n)                                            \
+{                                                                                                 \
+    T *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3];        \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        T a = d0[j], b = d1[j], c = d2[j], e = d3[j];                                             \
+        d0[j] = c - a;                                                                            \
+        d1[j] = b + c;                                                                            \
+        d2[j] = c - b;                                                                            \
+        d3[j] = e - b;                                                                            \
+    }                                                                                             \
 }                                                                                                 \
                                                                                                   \
-/* v (16, C, tiles) = B^T d B for the tiles of rows [r0, r1) of x (N, C, H, W), padded by PH, PW */ \
-void wino_input_##SUFFIX(const T *x, T *v, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH, i64 TW,  \
-                         i64 r0, i64 r1, i64 c0, i64 c1)                                          \
+static void wino_bt_row3_##SUFFIX(const T *restrict e, const T *restrict o, T *const *v, i64 n)   \
 {                                                                                                 \
-    const i64 tb = (r1 - r0) * TW, CT = C * tb, L = TW + 1;                                       \
-    T *buf = (T *)malloc((size_t)(8 * L) * sizeof(T));                                            \
+    T *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3];        \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        v0[j] = e[j + 1] - e[j];                                                                  \
+        v1[j] = o[j] + e[j + 1];                                                                  \
+        v2[j] = e[j + 1] - o[j];                                                                  \
+        v3[j] = o[j + 1] - o[j];                                                                  \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void wino_bt_cols5_##SUFFIX(T *const *d, i64 n)                                            \
+{                                                                                                 \
+    T *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2];                              \
+    T *restrict d3 = d[3], *restrict d4 = d[4], *restrict d5 = d[5];                              \
+    const T four = 4, five = 5, two = 2;                                                          \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        T a = d0[j], b = d1[j], c = d2[j], e = d3[j], f = d4[j], g = d5[j];                       \
+        d0[j] = four * a - five * c + f;                                                          \
+        d1[j] = -four * b - four * c + e + f;                                                     \
+        d2[j] = four * b - four * c - e + f;                                                      \
+        d3[j] = -two * b - c + two * e + f;                                                       \
+        d4[j] = two * b - c - two * e + f;                                                        \
+        d5[j] = four * b - five * e + g;                                                          \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void wino_bt_row5_##SUFFIX(const T *restrict e, const T *restrict o, T *const *v, i64 n)   \
+{                                                                                                 \
+    T *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2];                              \
+    T *restrict v3 = v[3], *restrict v4 = v[4], *restrict v5 = v[5];                              \
+    const T four = 4, five = 5, two = 2;                                                          \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        T c0 = e[j], c1 = o[j], c2 = e[j + 1], c3 = o[j + 1], c4 = e[j + 2], c5 = o[j + 2];       \
+        v0[j] = four * c0 - five * c2 + c4;                                                       \
+        v1[j] = -four * c1 - four * c2 + c3 + c4;                                                 \
+        v2[j] = four * c1 - four * c2 - c3 + c4;                                                  \
+        v3[j] = -two * c1 - c2 + two * c3 + c4;                                                   \
+        v4[j] = two * c1 - c2 - two * c3 + c4;                                                    \
+        v5[j] = four * c1 - five * c3 + c5;                                                       \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* out[j] (+)= the two rows of A^T applied to m[0..A) (rows of a tile column), j in [0, n) */   \
+static void wino_at3_##SUFFIX(const T *const *m, T *restrict y0, T *restrict y1, i64 n)           \
+{                                                                                                 \
+    const T *restrict m0 = m[0], *restrict m1 = m[1], *restrict m2 = m[2], *restrict m3 = m[3];  \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        y0[j] = m0[j] + m1[j] + m2[j];                                                            \
+        y1[j] = m1[j] - m2[j] + m3[j];                                                            \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void wino_at5_##SUFFIX(const T *const *m, T *restrict y0, T *restrict y1, i64 n)           \
+{                                                                                                 \
+    const T *restrict m0 = m[0], *restrict m1 = m[1], *restrict m2 = m[2];                        \
+    const T *restrict m3 = m[3], *restrict m4 = m[4], *restrict m5 = m[5];                        \
+    const T two = 2;                                                                              \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        y0[j] = m0[j] + m1[j] + m2[j] + m3[j] + m4[j];                                            \
+        y1[j] = m1[j] - m2[j] + two * m3[j] - two * m4[j] + m5[j];                                \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* u[0..A) = A (g0, g1): a top diff column through A, the output transform's adjoint */         \
+static void wino_a3_##SUFFIX(const T *restrict g0, const T *restrict g1, T *const *u, i64 n)      \
+{                                                                                                 \
+    T *restrict u0 = u[0], *restrict u1 = u[1], *restrict u2 = u[2], *restrict u3 = u[3];        \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        u0[j] = g0[j];                                                                            \
+        u1[j] = g0[j] + g1[j];                                                                    \
+        u2[j] = g0[j] - g1[j];                                                                    \
+        u3[j] = g1[j];                                                                            \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void wino_a5_##SUFFIX(const T *restrict g0, const T *restrict g1, T *const *u, i64 n)      \
+{                                                                                                 \
+    T *restrict u0 = u[0], *restrict u1 = u[1], *restrict u2 = u[2];                              \
+    T *restrict u3 = u[3], *restrict u4 = u[4], *restrict u5 = u[5];                              \
+    const T two = 2;                                                                              \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        u0[j] = g0[j];                                                                            \
+        u1[j] = g0[j] + g1[j];                                                                    \
+        u2[j] = g0[j] - g1[j];                                                                    \
+        u3[j] = g0[j] + two * g1[j];                                                              \
+        u4[j] = g0[j] - two * g1[j];                                                              \
+        u5[j] = g1[j];                                                                            \
+    }                                                                                             \
+}
+
+#define WINO_TILES(T, SUFFIX, R, A)                                                               \
+/* v (A*A, C, tiles) = B^T d B for the tiles of rows [r0, r1) of x (N, C, H, W) padded by PH,  \
+   PW: per tile row the even and odd columns of its A input rows, B^T down them, B along them */ \
+void wino_input_##SUFFIX##_##R(const T *x, T *v, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,     \
+                               i64 TW, i64 r0, i64 r1, i64 c0, i64 c1)                            \
+{                                                                                                 \
+    const i64 tb = (r1 - r0) * TW, CT = C * tb, L = TW + A / 2 - 1;                               \
+    T *buf = (T *)malloc((size_t)(2 * A * L) * sizeof(T));                                        \
     if (!buf)                                                                                     \
         return;                                                                                   \
-    T *e[4], *o[4];                                                                               \
-    for (int i = 0; i < 4; ++i) {                                                                 \
-        e[i] = buf + 2 * i * L;                                                                   \
-        o[i] = buf + (2 * i + 1) * L;                                                             \
+    T *e[A], *o[A], *out[A];                                                                      \
+    for (int i = 0; i < A; ++i) {                                                                 \
+        e[i] = buf + (2 * i) * L;                                                                 \
+        o[i] = e[i] + L;                                                                          \
     }                                                                                             \
     for (i64 c = c0; c < c1; ++c)                                                                 \
-        for (i64 R = r0; R < r1; ++R) {                                                           \
-            const i64 n = R / TH, ti = R % TH;                                                    \
+        for (i64 Rw = r0; Rw < r1; ++Rw) {                                                        \
+            const i64 n = Rw / TH, ti = Rw % TH;                                                  \
             const T *plane = x + (n * C + c) * H * W;                                             \
-            for (int i = 0; i < 4; ++i) {                                                         \
+            for (int i = 0; i < A; ++i) {                                                         \
                 const i64 y = 2 * ti - PH + i;                                                    \
                 wino_split_##SUFFIX(y >= 0 && y < H ? plane + y * W : NULL, W, PW, L, e[i], o[i]); \
             }                                                                                     \
-            /* B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 */                  \
-            for (int s = 0; s < 2; ++s) {                                                         \
-                T *d0 = s ? o[0] : e[0], *d1 = s ? o[1] : e[1];                                   \
-                T *d2 = s ? o[2] : e[2], *d3 = s ? o[3] : e[3];                                   \
-                for (i64 j = 0; j < L; ++j) {                                                     \
-                    T a = d0[j], b = d1[j], cc = d2[j], dd = d3[j];                               \
-                    d0[j] = a - cc;                                                               \
-                    d1[j] = b + cc;                                                               \
-                    d2[j] = cc - b;                                                               \
-                    d3[j] = b - dd;                                                               \
-                }                                                                                 \
-            }                                                                                     \
-            /* and B along the rows: columns (e[j], o[j], e[j+1], o[j+1]) of each row */         \
-            T *vt = v + c * tb + (R - r0) * TW;                                                   \
-            for (int k = 0; k < 4; ++k) {                                                         \
-                const T *ek = e[k], *ok = o[k];                                                   \
-                T *v0 = vt + (4 * k) * CT, *v1 = v0 + CT, *v2 = v1 + CT, *v3 = v2 + CT;           \
-                for (i64 j = 0; j < TW; ++j) {                                                    \
-                    v0[j] = ek[j] - ek[j + 1];                                                    \
-                    v1[j] = ok[j] + ek[j + 1];                                                    \
-                    v2[j] = ek[j + 1] - ok[j];                                                    \
-                    v3[j] = ok[j] - ok[j + 1];                                                    \
-                }                                                                                 \
+            wino_bt_cols##R##_##SUFFIX(e, L);                                                     \
+            wino_bt_cols##R##_##SUFFIX(o, L);                                                     \
+            T *vt = v + c * tb + (Rw - r0) * TW;                                                  \
+            for (int k = 0; k < A; ++k) {                                                         \
+                for (int q = 0; q < A; ++q)                                                       \
+                    out[q] = vt + (k * A + q) * CT;                                               \
+                wino_bt_row##R##_##SUFFIX(e[k], o[k], out, TW);                                   \
             }                                                                                     \
         }                                                                                         \
     free(buf);                                                                                    \
 }                                                                                                 \
                                                                                                   \
-/* y (N, K, Ho, Wo) = A^T m A (+ bias[k]) for the tiles of rows [r0, r1), m (16, K, tiles) */   \
-void wino_output_##SUFFIX(const T *m, T *y, const T *bias, i64 K, i64 Ho, i64 Wo, i64 TH, i64 TW, \
-                          i64 r0, i64 r1, i64 k0, i64 k1)                                         \
+/* y (N, K, Ho, Wo) = A^T m A (+ bias[k]) for the tiles of rows [r0, r1), m (A*A, K, tiles) */  \
+void wino_output_##SUFFIX##_##R(const T *m, T *y, const T *bias, i64 K, i64 Ho, i64 Wo, i64 TH,   \
+                                i64 TW, i64 r0, i64 r1, i64 k0, i64 k1)                           \
 {                                                                                                 \
     const i64 tb = (r1 - r0) * TW, KT = K * tb;                                                   \
-    T *buf = (T *)malloc((size_t)(4 * TW) * sizeof(T));                                           \
+    T *buf = (T *)malloc((size_t)((2 * A + 4) * TW) * sizeof(T));                                 \
     if (!buf)                                                                                     \
         return;                                                                                   \
-    T *y00 = buf, *y01 = buf + TW, *y10 = buf + 2 * TW, *y11 = buf + 3 * TW;                       \
+    T *p = buf, *yv = buf + 2 * A * TW;     /* p: A^T down the columns, (2, A) rows; yv: 4 */   \
+    const T *col[A];                                                                              \
     for (i64 k = k0; k < k1; ++k) {                                                               \
-        const T b = bias ? bias[k] : (T)0;                                                        \
-        for (i64 R = r0; R < r1; ++R) {                                                           \
-            const i64 n = R / TH, ti = R % TH;                                                    \
-            const T *mt = m + k * tb + (R - r0) * TW;                                             \
-            for (i64 j = 0; j < TW; ++j) {                                                        \
-                T p0[4], p1[4];                                                                   \
-                for (int q = 0; q < 4; ++q) {                                                     \
-                    T a0 = mt[q * KT + j], a1 = mt[(4 + q) * KT + j];                             \
-                    T a2 = mt[(8 + q) * KT + j], a3 = mt[(12 + q) * KT + j];                      \
-                    p0[q] = a0 + a1 + a2;                                                         \
-                    p1[q] = a1 - a2 - a3;                                                         \
-                }                                                                                 \
-                T v00 = p0[0] + p0[1] + p0[2], v01 = p0[1] - p0[2] - p0[3];                       \
-                T v10 = p1[0] + p1[1] + p1[2], v11 = p1[1] - p1[2] - p1[3];                       \
-                if (bias) {                                                                       \
-                    v00 += b; v01 += b; v10 += b; v11 += b;                                       \
-                }                                                                                 \
-                y00[j] = v00; y01[j] = v01; y10[j] = v10; y11[j] = v11;                           \
+        for (i64 Rw = r0; Rw < r1; ++Rw) {                                                        \
+            const i64 n = Rw / TH, ti = Rw % TH;                                                  \
+            const T *mt = m + k * tb + (Rw - r0) * TW;                                            \
+            for (int q = 0; q < A; ++q) {                                                         \
+                for (int i = 0; i < A; ++i)                                                       \
+                    col[i] = mt + (i * A + q) * KT;                                               \
+                wino_at##R##_##SUFFIX(col, p + q * TW, p + (A + q) * TW, TW);                     \
+            }                                                                                     \
+            for (int r = 0; r < 2; ++r) {                                                         \
+                for (int q = 0; q < A; ++q)                                                       \
+                    col[q] = p + (r * A + q) * TW;                                                \
+                wino_at##R##_##SUFFIX(col, yv + (2 * r) * TW, yv + (2 * r + 1) * TW, TW);         \
+            }                                                                                     \
+            if (bias) {                                                                           \
+                const T b = bias[k];                                                              \
+                for (i64 j = 0; j < 4 * TW; ++j)                                                  \
+                    yv[j] += b;                                                                   \
             }                                                                                     \
             const i64 pairs = Wo / 2;                                                             \
             for (int r = 0; r < 2 && 2 * ti + r < Ho; ++r) {                                      \
                 T *row = y + ((n * K + k) * Ho + 2 * ti + r) * Wo;                                \
-                const T *ev = r ? y10 : y00, *od = r ? y11 : y01;                                 \
+                const T *ev = yv + (2 * r) * TW, *od = yv + (2 * r + 1) * TW;                     \
                 for (i64 j = 0; j < pairs; ++j) {                                                 \
                     row[2 * j] = ev[j];                                                           \
                     row[2 * j + 1] = od[j];                                                       \
@@ -774,45 +907,49 @@ void wino_output_##SUFFIX(const T *m, T *y, const T *bias, i64 K, i64 Ho, i64 Wo
     free(buf);                                                                                    \
 }                                                                                                 \
                                                                                                   \
-/* m (16, K, tiles) = A dy A^T for the tiles of rows [r0, r1) of dy (N, K, Ho, Wo), zeros past  \
-   its edge: a top diff as the output transform's adjoint (for the kernel's gradient) */        \
-void wino_grad_##SUFFIX(const T *dy, T *m, i64 K, i64 Ho, i64 Wo, i64 TH, i64 TW, i64 r0, i64 r1, \
-                        i64 k0, i64 k1)                                                           \
+/* m (A*A, K, tiles) = A dy A^T for the tiles of rows [r0, r1) of dy (N, K, Ho, Wo), zeros past \
+   its edge: a top diff through the output transform's adjoint (for the kernel's gradient) */   \
+void wino_grad_##SUFFIX##_##R(const T *dy, T *m, i64 K, i64 Ho, i64 Wo, i64 TH, i64 TW, i64 r0,   \
+                              i64 r1, i64 k0, i64 k1)                                             \
 {                                                                                                 \
     const i64 tb = (r1 - r0) * TW, KT = K * tb;                                                   \
-    T *buf = (T *)malloc((size_t)(4 * TW) * sizeof(T));                                           \
+    T *buf = (T *)malloc((size_t)((4 + 2 * A) * TW) * sizeof(T));                                 \
     if (!buf)                                                                                     \
         return;                                                                                   \
-    T *e0 = buf, *o0 = buf + TW, *e1 = buf + 2 * TW, *o1 = buf + 3 * TW;                           \
+    T *ue[A], *uo[A], *out[A];              /* A down the even and the odd columns */           \
+    for (int i = 0; i < A; ++i) {                                                                 \
+        ue[i] = buf + (4 + 2 * i) * TW;                                                           \
+        uo[i] = ue[i] + TW;                                                                       \
+    }                                                                                             \
     for (i64 k = k0; k < k1; ++k)                                                                 \
-        for (i64 R = r0; R < r1; ++R) {                                                           \
-            const i64 n = R / TH, ti = R % TH;                                                    \
+        for (i64 Rw = r0; Rw < r1; ++Rw) {                                                        \
+            const i64 n = Rw / TH, ti = Rw % TH;                                                  \
             const T *plane = dy + (n * K + k) * Ho * Wo;                                          \
-            wino_split_##SUFFIX(plane + 2 * ti * Wo, Wo, 0, TW, e0, o0);                          \
-            wino_split_##SUFFIX(2 * ti + 1 < Ho ? plane + (2 * ti + 1) * Wo : NULL, Wo, 0, TW, e1, o1); \
-            T *mt = m + k * tb + (R - r0) * TW;                                                   \
-            for (int s = 0; s < 4; ++s) {                                                         \
-                /* A down the columns: rows g0, g0 + g1, g0 - g1, -g1 */                         \
-                T *q0 = mt + (4 * s) * KT, *q1 = q0 + KT, *q2 = q1 + KT, *q3 = q2 + KT;          \
-                for (i64 j = 0; j < TW; ++j) {                                                    \
-                    T a, b;                                                                       \
-                    if (s == 0) { a = e0[j]; b = o0[j]; }                                         \
-                    else if (s == 1) { a = e0[j] + e1[j]; b = o0[j] + o1[j]; }                    \
-                    else if (s == 2) { a = e0[j] - e1[j]; b = o0[j] - o1[j]; }                    \
-                    else { a = -e1[j]; b = -o1[j]; }                                              \
-                    /* and A^T along the rows: (a, a + b, a - b, -b) */                          \
-                    q0[j] = a;                                                                    \
-                    q1[j] = a + b;                                                                \
-                    q2[j] = a - b;                                                                \
-                    q3[j] = -b;                                                                   \
-                }                                                                                 \
+            wino_split_##SUFFIX(plane + 2 * ti * Wo, Wo, 0, TW, buf, buf + TW);                   \
+            wino_split_##SUFFIX(2 * ti + 1 < Ho ? plane + (2 * ti + 1) * Wo : NULL, Wo, 0, TW,    \
+                                buf + 2 * TW, buf + 3 * TW);                                      \
+            wino_a##R##_##SUFFIX(buf, buf + 2 * TW, ue, TW);                                      \
+            wino_a##R##_##SUFFIX(buf + TW, buf + 3 * TW, uo, TW);                                 \
+            T *mt = m + k * tb + (Rw - r0) * TW;                                                  \
+            for (int i = 0; i < A; ++i) {        /* and A^T along the rows */                    \
+                for (int q = 0; q < A; ++q)                                                       \
+                    out[q] = mt + (i * A + q) * KT;                                               \
+                wino_a##R##_##SUFFIX(ue[i], uo[i], out, TW);                                      \
             }                                                                                     \
         }                                                                                         \
     free(buf);                                                                                    \
 }
 
+WINO_COMBINE(float, f32)
+WINO_COMBINE(double, f64)
+WINO_ROWS(float, f32)
+WINO_ROWS(double, f64)
 WINOGRAD(float, f32)
 WINOGRAD(double, f64)
+WINO_TILES(float, f32, 3, 4)
+WINO_TILES(float, f32, 5, 6)
+WINO_TILES(double, f64, 3, 4)
+WINO_TILES(double, f64, 5, 6)
 
 /* the library's interface version: ckernels.py refuses a stale build */
 int protonet_ckernels_version(void) { return 4; }

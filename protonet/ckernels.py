@@ -88,14 +88,18 @@ def _load():
             fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
             fn.restype = None
         for kind in ("f32", "f64"):
-            for name, argtypes in (("wino_weights_", [ptr, ptr] + [i64] * 5),
-                                   ("wino_weights_grad_", [ptr, ptr] + [i64] * 5),
-                                   ("wino_input_", [ptr, ptr] + [i64] * 11),
-                                   ("wino_output_", [ptr, ptr, ptr] + [i64] * 9),
-                                   ("wino_grad_", [ptr, ptr] + [i64] * 9)):
+            for name, argtypes in (("wino_weights_", [ptr, ptr, ptr] + [i64] * 7),
+                                   ("wino_weights_grad_", [ptr, ptr, ptr] + [i64] * 7)):
                 fn = getattr(lib, name + kind)
                 fn.argtypes = argtypes
                 fn.restype = None
+            for r in (3, 5):
+                for name, argtypes in (("wino_input_", [ptr, ptr] + [i64] * 11),
+                                       ("wino_output_", [ptr, ptr, ptr] + [i64] * 9),
+                                       ("wino_grad_", [ptr, ptr] + [i64] * 9)):
+                    fn = getattr(lib, "%s%s_%d" % (name, kind, r))
+                    fn.argtypes = argtypes
+                    fn.restype = None
         _lib = lib
         return lib
 
@@ -276,41 +280,43 @@ def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta, within=False
     return _lrn("bwd", within, (x, y, dy, scale, scale_pow, dx), size, (-2.0 * alpha * beta / area,))
 
 
-# ---- Winograd F(2x2, 3x3) transforms (protonet/layers/_winograd.py runs the GEMMs between)
-def winograd_weights(w, u, flip=False):
-    """u (16, K, C) = G w G^T of w (K, C, 3, 3); flip: u (16, C, K) of w turned half a circle."""
+# ---- Winograd F(2x2, r x r) transforms (protonet/layers/_winograd.py runs the GEMMs between)
+# ``m`` is its matrices: m.bt (a, a), m.g (a, r), m.at (2, a), C-contiguous float64.
+def winograd_weights(m, w, u, flip=False):
+    """u (a*a, K, C) = G w G^T of w (K, C, r, r); flip: u (a*a, C, K) of w turned half a circle."""
     lib = _load()
     K, C = w.shape[:2]
-    _run(getattr(lib, "wino_weights_" + _SUFFIX[w.dtype]), (_ptr(w), _ptr(u), K, C, int(flip)), K * C, u.size)
+    _run(getattr(lib, "wino_weights_" + _SUFFIX[w.dtype]),
+         (_ptr(w), _ptr(u), _ptr(m.g), m.a, m.r, K, C, int(flip)), K * C, u.size)
 
 
-def winograd_weights_grad(du, dw, accumulate):
-    """dw (K, C, 3, 3) = (or +=) G^T du G of du (16, K, C)."""
+def winograd_weights_grad(m, du, dw, accumulate):
+    """dw (K, C, r, r) = (or +=) G^T du G of du (a*a, K, C)."""
     lib = _load()
     K, C = dw.shape[:2]
-    _run(getattr(lib, "wino_weights_grad_" + _SUFFIX[dw.dtype]), (_ptr(du), _ptr(dw), K, C, int(accumulate)),
-         K * C, du.size)
+    _run(getattr(lib, "wino_weights_grad_" + _SUFFIX[dw.dtype]),
+         (_ptr(du), _ptr(dw), _ptr(m.g), m.a, m.r, K, C, int(accumulate)), K * C, du.size)
 
 
-def winograd_input(x, v, pad, tiles, rows):
-    """v (16, C, tiles) = B^T d B over tile rows [r0, r1) of x (N, C, H, W) padded by ``pad``."""
+def winograd_input(m, x, v, pad, tiles, rows):
+    """v (a*a, C, tiles) = B^T d B over tile rows [r0, r1) of x (N, C, H, W) padded by ``pad``."""
     lib = _load()
     _, C, H, W = x.shape
-    _run(getattr(lib, "wino_input_" + _SUFFIX[x.dtype]), (_ptr(x), _ptr(v), C, H, W, *pad, *tiles, *rows),
-         C, v.size)
+    _run(getattr(lib, "wino_input_%s_%d" % (_SUFFIX[x.dtype], m.r)),
+         (_ptr(x), _ptr(v), C, H, W, *pad, *tiles, *rows), C, v.size)
 
 
-def winograd_output(m, y, bias, tiles, rows):
-    """y (N, K, Ho, Wo) = A^T m A (+ bias) over tile rows [r0, r1), m (16, K, tiles)."""
+def winograd_output(m, mm, y, bias, tiles, rows):
+    """y (N, K, Ho, Wo) = A^T mm A (+ bias) over tile rows [r0, r1), mm (a*a, K, tiles)."""
     lib = _load()
     _, K, Ho, Wo = y.shape
-    _run(getattr(lib, "wino_output_" + _SUFFIX[y.dtype]),
-         (_ptr(m), _ptr(y), None if bias is None else _ptr(bias), K, Ho, Wo, *tiles, *rows), K, m.size)
+    _run(getattr(lib, "wino_output_%s_%d" % (_SUFFIX[y.dtype], m.r)),
+         (_ptr(mm), _ptr(y), None if bias is None else _ptr(bias), K, Ho, Wo, *tiles, *rows), K, mm.size)
 
 
-def winograd_grad(dy, m, tiles, rows):
-    """m (16, K, tiles) = A dy A^T over tile rows [r0, r1) of dy (N, K, Ho, Wo)."""
+def winograd_grad(m, dy, mm, tiles, rows):
+    """mm (a*a, K, tiles) = A dy A^T over tile rows [r0, r1) of dy (N, K, Ho, Wo)."""
     lib = _load()
     _, K, Ho, Wo = dy.shape
-    _run(getattr(lib, "wino_grad_" + _SUFFIX[dy.dtype]), (_ptr(dy), _ptr(m), K, Ho, Wo, *tiles, *rows),
-         K, m.size)
+    _run(getattr(lib, "wino_grad_%s_%d" % (_SUFFIX[dy.dtype], m.r)),
+         (_ptr(dy), _ptr(mm), K, Ho, Wo, *tiles, *rows), K, mm.size)

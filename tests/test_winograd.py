@@ -12,15 +12,17 @@ needs_kernels = pytest.mark.skipif(not ckernels.available() or blas_module.get(n
                                    reason="Winograd needs the compiled kernels and NumPy's OpenBLAS")
 
 
-def _any_layer(monkeypatch):
-    """Small layers take the path too (the thresholds are for speed, not for correctness)."""
-    monkeypatch.setattr(Winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(Winograd, "MIN_TILES", 1)
-    monkeypatch.setattr(Winograd, "GRAD_MIN_CHANNELS", 1)
+def _any_layer(monkeypatch, passes=("forward", "data", "weight")):
+    """Small layers take the path too (the thresholds are for speed, not for correctness);
+    the backward passes not in ``passes`` run on im2col."""
+    rules = {p: ((1, 1),) if p in passes else () for p in ("forward", "data", "weight")}
+    monkeypatch.setattr(Winograd, "RULES", {3: rules, 5: rules})
 
 
 def _conv(params, phase=TRAIN, dtype=np.float64):
-    text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { kernel_size: 3 %s '
+    if "kernel_" not in params:
+        params += " kernel_size: 3"
+    text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { %s '
             'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
     lay = make_layer(text, phase=phase)
     if dtype != np.float64:
@@ -55,22 +57,33 @@ CASES = [
     ("num_output: 4 pad_h: 0 pad_w: 2", (2, 3, 4, 7)),
     ("num_output: 3 pad: 1", (2, 2, 1, 1)),              # one pixel: every tap but one is padding
     ("num_output: 2 pad: 0 bias_term: false", (1, 2, 3, 3)),
+    ("num_output: 4 kernel_size: 5 pad: 2", (2, 3, 7, 9)),      # AlexNet's conv2, small
+    ("num_output: 6 kernel_size: 5 group: 2 pad: 2", (2, 4, 6, 6)),
+    ("num_output: 3 kernel_size: 5 pad: 0", (1, 2, 5, 8)),
+    ("num_output: 3 kernel_size: 5 pad: 4", (2, 2, 3, 2)),      # backward-data pads by 0
+    ("num_output: 3 kernel_size: 5 pad_h: 1 pad_w: 3", (1, 3, 6, 5)),
 ]
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-@pytest.mark.parametrize("block", [1 << 30, 1])          # one block, or one tile row per block
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("block,passes", [
+    (1 << 30, "forward data weight"),                     # one block
+    (1, "forward data weight"),                           # one tile row per block
+    (1 << 30, "forward weight"),                          # backward-data on im2col
+    (1 << 30, "forward data"),                            # the weight gradient on im2col
+])
 @pytest.mark.parametrize("params,shape", CASES)
-def test_winograd_matches_im2col(params, shape, block, dtype, tol, monkeypatch):
-    _any_layer(monkeypatch)
+def test_winograd_matches_im2col(params, shape, block, passes, dtype, tol, monkeypatch):
+    _any_layer(monkeypatch, passes.split())
     monkeypatch.setattr(Winograd, "BLOCK_BYTES", block)
     monkeypatch.setattr(Winograd, "GRAD_BLOCK_BYTES", block)
     r = np.random.default_rng(3)
     xs = [r.standard_normal(shape), r.standard_normal(shape)]
     wino = _conv(params, dtype=dtype)
     bottom, top = _build(wino, xs, dtype)
-    assert wino._wino is not None and wino._wino.weight_grad
+    assert wino._wino is not None
+    assert (wino._wino.weight_grad, wino._wino.data_grad) == ("weight" in passes, "data" in passes)
     monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
     ref = _conv(params, dtype=dtype)
     rbottom, rtop = _build(ref, xs, dtype)
@@ -97,10 +110,11 @@ def test_winograd_matches_im2col(params, shape, block, dtype, tol, monkeypatch):
 
 
 @needs_kernels
-def test_winograd_gradient(monkeypatch):
+@pytest.mark.parametrize("k", [3, 5])
+def test_winograd_gradient(k, monkeypatch):
     _any_layer(monkeypatch)
-    text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: 3 '
-            'pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    text = ('name: "c" type: "Convolution" top: "y" convolution_param { num_output: 4 group: 2 kernel_size: %d '
+            'pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % k)
     x = np.random.default_rng(11).standard_normal((2, 4, 5, 6))
     lay = make_layer(text)
     build(lay, [x])
@@ -112,9 +126,7 @@ def test_winograd_gradient(monkeypatch):
 @pytest.mark.parametrize("grad_here", [True, False])
 def test_winograd_adds_to_a_held_weight_gradient(grad_here, monkeypatch):
     # a second backward (iter_size, a shared weight) adds to the diff, whichever path takes it
-    _any_layer(monkeypatch)
-    if not grad_here:
-        monkeypatch.setattr(Winograd, "GRAD_MIN_CHANNELS", 1 << 20)   # im2col's weight gradient
+    _any_layer(monkeypatch, ("forward", "data", "weight") if grad_here else ("forward", "data"))
     lay = _conv("num_output: 4 pad: 1")
     x = np.random.default_rng(5).standard_normal((2, 3, 6, 6))
     bottom, top = build(lay, [x, x])
@@ -132,29 +144,44 @@ def test_winograd_adds_to_a_held_weight_gradient(grad_here, monkeypatch):
     assert np.abs(once).max() > 0.1
 
 
+@pytest.mark.parametrize("r", [3, 5])
+def test_winograd_matrices_compute_a_correlation(r):
+    # 1-d F(2, r): A^T [(G g) . (B^T d)] is the correlation of d (r + 1 values) with g
+    m = _winograd.MATRICES[r]
+    rng = np.random.default_rng(r)
+    for _ in range(5):
+        g, d = rng.standard_normal(r), rng.standard_normal(r + 1)
+        ref = [np.dot(g, d[i:i + r]) for i in range(2)]
+        np.testing.assert_allclose(m.at @ ((m.g @ g) * (m.bt @ d)), ref, rtol=1e-12, atol=1e-12)
+    assert set(np.unique(m.bt)) <= set(range(-5, 6))      # integer input transforms
+
+
 def test_winograd_only_where_it_pays():
-    # the real thresholds: a GoogLeNet 3x3 at 28x28 takes it, its 7x7 ones, 64-channel VGG
-    # layers, strided, dilated, 5x5 and padded-by-3 layers do not
-    def chosen(params, shape, phase=TRAIN):
+    # the real rules: which layers, and which of their passes
+    def passes(params, shape, phase=TRAIN):
         lay = _conv(params, phase=phase, dtype=np.float32)
         _build(lay, [np.zeros(shape, np.float32)] * 2, np.float32)
-        return lay._wino is not None
+        w = lay._wino
+        return None if w is None else ("forward",) + ("data",) * w.data_grad + ("weight",) * w.weight_grad
 
-    usable = ckernels.available() and blas_module.get(np.float32) is not None
-    assert chosen("num_output: 128 pad: 1", (4, 96, 28, 28)) == usable
-    assert chosen("num_output: 128 pad: 1", (4, 96, 28, 28), TEST) == usable
-    assert not chosen("num_output: 384 pad: 1", (4, 192, 7, 7))      # 64 tiles
-    assert not chosen("num_output: 64 pad: 1", (1, 64, 64, 64))      # too shallow
-    assert not chosen("num_output: 128 pad: 1 stride: 2", (4, 128, 28, 28))
-    assert not chosen("num_output: 128 pad: 2 dilation: 2", (4, 128, 28, 28))
-    assert not chosen("num_output: 128 pad: 3", (4, 128, 28, 28))
-    if usable:
-        lay = _conv("num_output: 128 pad: 1", dtype=np.float32)
-        _build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2, np.float32)
-        assert not lay._wino.weight_grad                               # 96 in: im2col's gradient
-        lay = _conv("num_output: 384 group: 2 pad: 1", dtype=np.float32)
-        _build(lay, [np.zeros((8, 384, 13, 13), np.float32)] * 2, np.float32)
-        assert lay._wino.weight_grad                                   # CaffeNet's conv4
+    if not (ckernels.available() and blas_module.get(np.float32) is not None):
+        assert passes("num_output: 128 pad: 1", (4, 96, 28, 28)) is None
+        return
+    every = ("forward", "data", "weight")
+    assert passes("num_output: 128 pad: 1", (4, 96, 28, 28)) == every          # GoogLeNet 3a
+    assert passes("num_output: 128 pad: 1", (4, 96, 28, 28), TEST) == every
+    assert passes("num_output: 256 pad: 1", (4, 128, 14, 14)) == ("forward",)   # 196 tiles
+    assert passes("num_output: 384 pad: 1", (4, 192, 7, 7)) is None            # 64 tiles
+    assert passes("num_output: 64 pad: 1", (1, 32, 64, 64)) is None            # shallow, 1024 tiles
+    assert passes("num_output: 32 pad: 1", (100, 32, 16, 16)) == every         # shallow, 6400 tiles
+    assert passes("num_output: 384 group: 2 pad: 1", (8, 384, 13, 13)) == every  # CaffeNet conv4
+    assert passes("num_output: 256 kernel_size: 5 group: 2 pad: 2", (8, 96, 27, 27)) == every  # conv2
+    assert passes("num_output: 256 kernel_size: 5 group: 2 pad: 2", (1, 96, 63, 63)) == ("forward",)
+    assert passes("num_output: 64 kernel_size: 5 pad: 2", (100, 32, 16, 16)) == ("forward", "data")
+    assert passes("num_output: 50 kernel_size: 5", (64, 20, 12, 12)) is None      # LeNet's conv2
+    for other in ("pad: 1 stride: 2", "pad: 2 dilation: 2", "pad: 3", "kernel_size: 7 pad: 3",
+                  "kernel_h: 3 kernel_w: 5 pad: 1"):
+        assert passes("num_output: 128 " + other, (4, 128, 28, 28)) is None
 
 
 def test_winograd_switch(monkeypatch):

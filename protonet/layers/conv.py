@@ -451,11 +451,15 @@ class ConvolutionLayer(_ConvolutionBase):
             td = top[i].diff
             self._bias_grad(td)
             if self._wino is not None:
+                # each pass on Winograd where it pays (see Winograd.RULES), else on im2col
+                wino = self._wino
                 need_w = self.param_needs_grad(0)
-                if need_w and not self._wino.weight_grad:
+                if need_w and not wino.weight_grad:
                     self._weight_grad_by_columns(i, bottom[i].data, td)
-                self._wino.backward(td, bottom[i].data, self.blobs[0], need_w and self._wino.weight_grad,
-                                    bottom[i].diff if propagate_down[i] else None)
+                wino.backward(td, bottom[i].data, self.blobs[0], need_w and wino.weight_grad,
+                              bottom[i].diff if propagate_down[i] and wino.data_grad else None)
+                if propagate_down[i] and not wino.data_grad:
+                    self._colside_to_image(td, bottom[i].diff, spend_col=True)
                 continue
             if self._rows is not None:
                 self._rows.backward(td, bottom[i].data, i, self.blobs[0], self.param_needs_grad(0),
