@@ -175,6 +175,7 @@ def test_winograd_only_where_it_pays():
     assert passes("num_output: 64 pad: 1", (1, 32, 64, 64)) is None            # shallow, 1024 tiles
     assert passes("num_output: 32 pad: 1", (100, 32, 16, 16)) == every         # shallow, 6400 tiles
     assert passes("num_output: 384 group: 2 pad: 1", (8, 384, 13, 13)) == every  # CaffeNet conv4
+    assert passes("num_output: 384 pad: 1", (1, 256, 28, 28)) == every         # FCN-AlexNet conv3
     assert passes("num_output: 256 kernel_size: 5 group: 2 pad: 2", (8, 96, 27, 27)) == every  # conv2
     assert passes("num_output: 256 kernel_size: 5 group: 2 pad: 2", (1, 96, 63, 63)) == ("forward",)
     assert passes("num_output: 64 kernel_size: 5 pad: 2", (100, 32, 16, 16)) == ("forward", "data")
@@ -189,3 +190,39 @@ def test_winograd_switch(monkeypatch):
     lay = _conv("num_output: 128 pad: 1", dtype=np.float32)
     _build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2, np.float32)
     assert lay._wino is None
+
+
+@needs_kernels
+def test_winograd_forward_with_kernel_rows_backward(monkeypatch):
+    # AlexNet's conv2 at FCN sizes: Winograd forward, its backward passes by kernel rows
+    from protonet.layers import conv as conv_module
+    _any_layer(monkeypatch, ("forward",))
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_POSITIONS", 1)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_COLUMN_BYTES", 0)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_DEPTH_WITH_CKERNELS", 0)
+    params = "num_output: 4 kernel_size: 5 group: 2 pad: 2"
+    r = np.random.default_rng(8)
+    xs = [r.standard_normal((2, 4, 7, 8)) for _ in range(2)]
+    lay = _conv(params)
+    bottom, top = build(lay, xs)
+    assert lay._wino is not None and lay._rows is not None
+    monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
+    monkeypatch.setattr(conv_module._KernelRows, "MIN_ROWS", 99)
+    ref = _conv(params)
+    rbottom, rtop = build(ref, xs)
+    assert ref._wino is None and ref._rows is None
+    for src, dst in zip(lay.blobs, ref.blobs):
+        dst.data[...] = src.data
+    dys = [r.standard_normal(lay._top_shape) for _ in range(2)]
+    for layer, b, t in ((lay, bottom, top), (ref, rbottom, rtop)):
+        layer.forward(b, t)
+        for k in range(2):
+            t[k].diff[...] = dys[k]
+        for p in layer.blobs:
+            p.clear_diff()
+        layer.backward(t, [True, True], b)
+    for k in range(2):
+        np.testing.assert_allclose(top[k].data, rtop[k].data, atol=1e-12)
+        np.testing.assert_allclose(bottom[k].diff, rbottom[k].diff, atol=1e-12)
+    for p, q in zip(lay.blobs, ref.blobs):
+        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)

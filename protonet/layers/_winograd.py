@@ -84,12 +84,13 @@ class Winograd:
     # at least that many channels per group (in and out, the fewer of the two) and that many
     # 2x2 tiles over the batch. With fewer channels its GEMMs are too shallow to run near
     # the GEMM rate; with few tiles (GoogLeNet's 7x7 maps at batch 4: 64, a third of them
-    # padding) the backward passes' GEMMs are small. 3x3 at 64 channels and 1024 tiles or
-    # more: 0.62-0.72x im2col's time in each pass; 5x5 (AlexNet's conv2, batch 8):
+    # padding) the backward passes' GEMMs are small unless the channels are many. 3x3 at
+    # 64 channels and 1024 tiles or more: 0.62-0.72x im2col's time in each pass; FCN-AlexNet's
+    # conv3-5 (256-384 channels, 196 tiles): 0.66-0.80x; 5x5 (AlexNet's conv2, batch 8):
     # 0.81-0.88x. A pass that does not take it runs on the layer's im2col.
     RULES = {
-        3: {"forward": ((64, 128), (32, 4096)), "data": ((64, 384), (32, 4096)),
-            "weight": ((64, 384), (32, 4096))},
+        3: {"forward": ((64, 128), (32, 4096)), "data": ((64, 384), (256, 128), (32, 4096)),
+            "weight": ((64, 384), (256, 128), (32, 4096))},
         5: {"forward": ((32, 128),), "data": ((32, 1536),), "weight": ((48, 1536),)},
     }
     # PROTONET_WINOGRAD=0 keeps every layer on im2col (tests switch it here too).

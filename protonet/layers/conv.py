@@ -455,11 +455,18 @@ class ConvolutionLayer(_ConvolutionBase):
                 # each pass on Winograd where it pays (see Winograd.RULES), else on im2col
                 wino = self._wino
                 need_w = self.param_needs_grad(0)
-                if need_w and not wino.weight_grad:
+                rest_w = need_w and not wino.weight_grad
+                rest_dx = propagate_down[i] and not wino.data_grad
+                if self._rows is not None and (rest_w or rest_dx):
+                    # the passes Winograd leaves, by kernel rows where they suit the layer
+                    self._rows.backward(td, bottom[i].data, i, self.blobs[0], rest_w,
+                                        bottom[i].diff if rest_dx else None)
+                    rest_w = rest_dx = False
+                if rest_w:
                     self._weight_grad_by_columns(i, bottom[i].data, td)
                 wino.backward(td, bottom[i].data, self.blobs[0], need_w and wino.weight_grad,
                               bottom[i].diff if propagate_down[i] and wino.data_grad else None)
-                if propagate_down[i] and not wino.data_grad:
+                if rest_dx:
                     self._colside_to_image(td, bottom[i].diff, spend_col=True)
                 continue
             if self._rows is not None:
