@@ -16,22 +16,23 @@ from protonet.proto import caffe_pb2
 from protonet import rng
 
 
-def make_layer(prototxt, phase=TRAIN):
+def make_layer(prototxt, phase=TRAIN, dtype=np.float64):
     """A LayerParameter from a text snippet (a `layer { ... }` body)."""
     param = caffe_pb2.LayerParameter()
     text_format.Parse(prototxt, param)
-    return create_layer(param, phase=phase, dtype=np.float64, xp=np)
+    return create_layer(param, phase=phase, dtype=dtype, xp=np)
 
 
 def build(layer, bottoms, num_top=None):
     """Blobs for ``bottoms`` (arrays), tops, then setup + reshape. Returns (bottom, top)."""
+    dtype = layer.dtype
     bottom = []
     for a in bottoms:
-        b = Blob(np.shape(a), dtype=np.float64, xp=np)
+        b = Blob(np.shape(a), dtype=dtype, xp=np)
         b.data[...] = a
         bottom.append(b)
     ntop = len(layer.layer_param.top) if num_top is None else num_top
-    top = [Blob((), dtype=np.float64, xp=np) for _ in range(ntop)]
+    top = [Blob((), dtype=dtype, xp=np) for _ in range(ntop)]
     layer.check_arity(len(bottom), len(top))
     layer.setup(bottom, top)
     layer.reshape(bottom, top)

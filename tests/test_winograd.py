@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) (protonet/layers/_winograd.py) against the im2col path and finite differences."""
+"""Winograd F(2x2, 3x3) and F(2x2, 5x5) (protonet/layers/_winograd.py) against im2col and finite differences."""
 import numpy as np
 import pytest
 
@@ -24,29 +24,35 @@ def _conv(params, phase=TRAIN, dtype=np.float64):
         params += " kernel_size: 3"
     text = ('name: "c" type: "Convolution" top: "y" top: "z" convolution_param { %s '
             'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }' % params)
-    lay = make_layer(text, phase=phase)
-    if dtype != np.float64:
-        from google.protobuf import text_format
-        from protonet.layer import create_layer
-        from protonet.proto import caffe_pb2
-        p = caffe_pb2.LayerParameter()
-        text_format.Parse(text, p)
-        lay = create_layer(p, phase=phase, dtype=dtype, xp=np)
-    return lay
+    return make_layer(text, phase=phase, dtype=dtype)
 
 
-def _build(lay, arrays, dtype):
-    from protonet.blob import Blob
-    bottom = []
-    for a in arrays:
-        b = Blob(a.shape, dtype=dtype, xp=np)
-        b.data[...] = a
-        bottom.append(b)
-    top = [Blob((), dtype=dtype, xp=np) for _ in lay.layer_param.top]
-    lay.setup(bottom, top)
-    lay.reshape(bottom, top)
-    lay.param_propagate_down = [True] * len(lay.blobs)
-    return bottom, top
+def _forward_backward_agree(fast, ref, rng, tol):
+    """``fast`` and ``ref`` ((layer, bottoms, tops), two bottoms each), given the same weights,
+    inputs and top diffs, agree to ``tol`` of the largest value: tops, bottom diffs and
+    parameter diffs."""
+    (lay, bottom, top), (rlay, rbottom, rtop) = fast, ref
+    for src, dst in zip(lay.blobs, rlay.blobs):
+        dst.data[...] = src.data
+    dys = None
+    for layer, b, t in (fast, ref):
+        layer.forward(b, t)
+        if dys is None:
+            dys = [rng.standard_normal(t[0].shape) for _ in range(2)]
+        for k in range(2):
+            t[k].diff[...] = dys[k]
+        for p in layer.blobs:
+            p.clear_diff()
+        layer.backward(t, [True, True], b)
+
+    def agree(a, b):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * max(np.abs(b).max(), 1))
+
+    for k in range(2):
+        agree(top[k].data, rtop[k].data)
+        agree(bottom[k].diff, rbottom[k].diff)
+    for p, q in zip(lay.blobs, rlay.blobs):
+        agree(p.diff, q.diff)
 
 
 CASES = [
@@ -81,32 +87,14 @@ def test_winograd_matches_im2col(params, shape, block, passes, dtype, tol, monke
     r = np.random.default_rng(3)
     xs = [r.standard_normal(shape), r.standard_normal(shape)]
     wino = _conv(params, dtype=dtype)
-    bottom, top = _build(wino, xs, dtype)
+    bottom, top = build(wino, xs)
     assert wino._wino is not None
     assert (wino._wino.weight_grad, wino._wino.data_grad) == ("weight" in passes, "data" in passes)
     monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
     ref = _conv(params, dtype=dtype)
-    rbottom, rtop = _build(ref, xs, dtype)
+    rbottom, rtop = build(ref, xs)
     assert ref._wino is None
-    for src, dst in zip(wino.blobs, ref.blobs):
-        dst.data[...] = src.data
-    for lay, b, t in ((wino, bottom, top), (ref, rbottom, rtop)):
-        lay.forward(b, t)
-    scale = max(np.abs(rtop[0].data).max(), 1)
-    for k in range(2):
-        np.testing.assert_allclose(top[k].data, rtop[k].data, rtol=0, atol=tol * scale)
-    dys = [r.standard_normal(top[0].shape) for _ in range(2)]
-    for lay, b, t in ((wino, bottom, top), (ref, rbottom, rtop)):
-        for k in range(2):
-            t[k].diff[...] = dys[k]
-        for p in lay.blobs:
-            p.clear_diff()
-        lay.backward(t, [True, True], b)
-    for k in range(2):
-        np.testing.assert_allclose(bottom[k].diff, rbottom[k].diff, rtol=0,
-                                   atol=tol * max(np.abs(rbottom[k].diff).max(), 1))
-    for p, q in zip(wino.blobs, ref.blobs):
-        np.testing.assert_allclose(p.diff, q.diff, rtol=0, atol=tol * max(np.abs(q.diff).max(), 1))
+    _forward_backward_agree((wino, bottom, top), (ref, rbottom, rtop), r, tol)
 
 
 @needs_kernels
@@ -160,7 +148,7 @@ def test_winograd_only_where_it_pays():
     # the real rules: which layers, and which of their passes
     def passes(params, shape, phase=TRAIN):
         lay = _conv(params, phase=phase, dtype=np.float32)
-        _build(lay, [np.zeros(shape, np.float32)] * 2, np.float32)
+        build(lay, [np.zeros(shape, np.float32)] * 2)
         w = lay._wino
         return None if w is None else ("forward",) + ("data",) * w.data_grad + ("weight",) * w.weight_grad
 
@@ -188,7 +176,7 @@ def test_winograd_only_where_it_pays():
 def test_winograd_switch(monkeypatch):
     monkeypatch.setattr(_winograd.Winograd, "ENABLED", False)
     lay = _conv("num_output: 128 pad: 1", dtype=np.float32)
-    _build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2, np.float32)
+    build(lay, [np.zeros((4, 96, 28, 28), np.float32)] * 2)
     assert lay._wino is None
 
 
@@ -211,18 +199,4 @@ def test_winograd_forward_with_kernel_rows_backward(monkeypatch):
     ref = _conv(params)
     rbottom, rtop = build(ref, xs)
     assert ref._wino is None and ref._rows is None
-    for src, dst in zip(lay.blobs, ref.blobs):
-        dst.data[...] = src.data
-    dys = [r.standard_normal(lay._top_shape) for _ in range(2)]
-    for layer, b, t in ((lay, bottom, top), (ref, rbottom, rtop)):
-        layer.forward(b, t)
-        for k in range(2):
-            t[k].diff[...] = dys[k]
-        for p in layer.blobs:
-            p.clear_diff()
-        layer.backward(t, [True, True], b)
-    for k in range(2):
-        np.testing.assert_allclose(top[k].data, rtop[k].data, atol=1e-12)
-        np.testing.assert_allclose(bottom[k].diff, rbottom[k].diff, atol=1e-12)
-    for p, q in zip(lay.blobs, ref.blobs):
-        np.testing.assert_allclose(p.diff, q.diff, atol=1e-11)
+    _forward_backward_agree((lay, bottom, top), (ref, rbottom, rtop), r, 1e-12)
