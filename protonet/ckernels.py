@@ -281,7 +281,8 @@ def lrn_backward(x, y, dy, scale, scale_pow, dx, size, alpha, beta, within=False
 
 
 # ---- Winograd F(2x2, r x r) transforms (protonet/layers/_winograd.py runs the GEMMs between)
-# ``m`` is its matrices: m.bt (a, a), m.g (a, r), m.at (2, a), C-contiguous float64.
+# ``m`` is a _winograd.Matrices: the kernel transforms take its G (m.g, (a, r) float64); the
+# tile transforms are compiled per kernel size m.r (3 or 5), B^T and A^T written out.
 def winograd_weights(m, w, u, flip=False):
     """u (a*a, K, C) = G w G^T of w (K, C, r, r); flip: u (a*a, C, K) of w turned half a circle."""
     lib = _load()

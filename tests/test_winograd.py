@@ -144,6 +144,39 @@ def test_winograd_matrices_compute_a_correlation(r):
     assert set(np.unique(m.bt)) <= set(range(-5, 6))      # integer input transforms
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("r", [3, 5])
+def test_compiled_transforms_are_the_derived_matrices(r, dtype):
+    # one tile, one channel: the compiled B^T d B, A^T m A and A g A^T, and the kernel's
+    # G g G^T and G^T u G, equal the matrices _winograd.Matrices derives
+    m = _winograd.MATRICES[r]
+    a = r + 1
+    rng = np.random.default_rng(r)
+    d = rng.integers(-4, 5, (1, 1, a, a)).astype(dtype)       # small integers: exact in float32
+    v = np.empty((a * a, 1, 1), dtype)
+    ckernels.winograd_input(m, d, v, (0, 0), (1, 1), (0, 1))
+    np.testing.assert_array_equal(v.reshape(a, a), m.bt @ d[0, 0] @ m.bt.T)
+    prod = rng.integers(-4, 5, (a * a, 1, 1)).astype(dtype)
+    y = np.empty((1, 1, 2, 2), dtype)
+    ckernels.winograd_output(m, prod, y, None, (1, 1), (0, 1))
+    np.testing.assert_array_equal(y[0, 0], m.at @ prod.reshape(a, a) @ m.at.T)
+    ckernels.winograd_grad(m, y, prod, (1, 1), (0, 1))
+    np.testing.assert_array_equal(prod.reshape(a, a), m.at.T @ y[0, 0] @ m.at)
+    g = rng.standard_normal((1, 1, r, r)).astype(dtype)
+    u = np.empty((a * a, 1, 1), dtype)
+    ckernels.winograd_weights(m, g, u)
+    tol = 1e-6 if dtype == np.float32 else 1e-14              # G's 1/6, 1/24 round
+
+    def near(got, want):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+    near(u.reshape(a, a), m.g @ g[0, 0] @ m.g.T)
+    dg = np.empty_like(g)
+    ckernels.winograd_weights_grad(m, u, dg, accumulate=False)
+    near(dg[0, 0], m.g.T @ u.reshape(a, a) @ m.g)
+
+
 def test_winograd_only_where_it_pays():
     # the real rules: which layers, and which of their passes
     def passes(params, shape, phase=TRAIN):
