@@ -57,51 +57,34 @@ def _load():
                 return None
         except (OSError, AttributeError):
             return None
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        for kind in ("f32", "f64"):
-            for name in ("im2col_", "col2im_"):
-                fn = getattr(lib, name + kind)
-                fn.argtypes = [ptr, ptr] + [i64] * 16
-                fn.restype = None
-            for ik in ("i8", "i16", "i32"):
-                fn = getattr(lib, "maxpool_fwd_%s_%s" % (kind, ik))
-                fn.argtypes = [ptr, ptr, ptr] + [i64] * 12
-                fn.restype = None
-                fn = getattr(lib, "maxpool_bwd_%s_%s" % (kind, ik))
-                fn.argtypes = [ptr, ptr, ptr] + [i64] * 12
-                fn.restype = None
-            for name in ("avepool_fwd_", "avepool_bwd_"):
-                fn = getattr(lib, name + kind)
-                fn.argtypes = [ptr, ptr] + [i64] * 12
-                fn.restype = None
-        for kind, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-            fn = getattr(lib, "lrn_fwd_" + kind)
-            fn.argtypes = [ptr] * 4 + [i64] * 3 + [real] * 3 + [i64] * 2
+        for name, argtypes in _signatures():
+            fn = getattr(lib, name)
+            fn.argtypes = argtypes
             fn.restype = None
-            fn = getattr(lib, "lrn_bwd_" + kind)
-            fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
-            fn.restype = None
-            fn = getattr(lib, "lrn_within_fwd_" + kind)
-            fn.argtypes = [ptr] * 4 + [i64] * 3 + [real] * 2 + [i64] * 2
-            fn.restype = None
-            fn = getattr(lib, "lrn_within_bwd_" + kind)
-            fn.argtypes = [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2
-            fn.restype = None
-        for kind in ("f32", "f64"):
-            for name, argtypes in (("wino_weights_", [ptr, ptr, ptr] + [i64] * 7),
-                                   ("wino_weights_grad_", [ptr, ptr, ptr] + [i64] * 7)):
-                fn = getattr(lib, name + kind)
-                fn.argtypes = argtypes
-                fn.restype = None
-            for r in (3, 5):
-                for name, argtypes in (("wino_input_", [ptr, ptr] + [i64] * 11),
-                                       ("wino_output_", [ptr, ptr, ptr] + [i64] * 9),
-                                       ("wino_grad_", [ptr, ptr] + [i64] * 9)):
-                    fn = getattr(lib, "%s%s_%d" % (name, kind, r))
-                    fn.argtypes = argtypes
-                    fn.restype = None
         _lib = lib
         return lib
+
+
+def _signatures():
+    """(name, ctypes argtypes) of every kernel the library exports (all return void)."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    out = []
+    for kind, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        out += [("im2col_" + kind, [ptr] * 2 + [i64] * 16), ("col2im_" + kind, [ptr] * 2 + [i64] * 16),
+                ("avepool_fwd_" + kind, [ptr] * 2 + [i64] * 12), ("avepool_bwd_" + kind, [ptr] * 2 + [i64] * 12),
+                ("lrn_fwd_" + kind, [ptr] * 4 + [i64] * 3 + [real] * 3 + [i64] * 2),
+                ("lrn_bwd_" + kind, [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2),
+                ("lrn_within_fwd_" + kind, [ptr] * 4 + [i64] * 3 + [real] * 2 + [i64] * 2),
+                ("lrn_within_bwd_" + kind, [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2),
+                ("wino_weights_" + kind, [ptr] * 3 + [i64] * 7),
+                ("wino_weights_grad_" + kind, [ptr] * 3 + [i64] * 7)]
+        for ik in ("i8", "i16", "i32"):
+            out += [("maxpool_%s_%s_%s" % (d, kind, ik), [ptr] * 3 + [i64] * 12) for d in ("fwd", "bwd")]
+        for r in (3, 5):
+            out += [("wino_input_%s_%d" % (kind, r), [ptr] * 2 + [i64] * 11),
+                    ("wino_output_%s_%d" % (kind, r), [ptr] * 3 + [i64] * 9),
+                    ("wino_grad_%s_%d" % (kind, r), [ptr] * 2 + [i64] * 9)]
+    return out
 
 
 def available():
