@@ -864,7 +864,7 @@ void wino_input_##SUFFIX##_##R(const T *x, T *v, i64 C, i64 H, i64 W, i64 PH, i6
                                                                                                   \
 /* y (N, K, Ho, Wo) = A^T m A (+ bias[k]) for the tiles of rows [r0, r1), m (A*A, K, tiles) */  \
 void wino_output_##SUFFIX##_##R(const T *m, T *y, const T *bias, i64 K, i64 Ho, i64 Wo, i64 TH,   \
-                                i64 TW, i64 r0, i64 r1, i64 k0, i64 k1)                           \
+                                i64 TW, i64 r0, i64 r1, i64 relu, i64 k0, i64 k1)                 \
 {                                                                                                 \
     const i64 tb = (r1 - r0) * TW, KT = K * tb;                                                   \
     T *buf = (T *)malloc((size_t)((2 * A + 4) * TW) * sizeof(T));                                 \
@@ -891,6 +891,9 @@ void wino_output_##SUFFIX##_##R(const T *m, T *y, const T *bias, i64 K, i64 Ho, 
                 for (i64 j = 0; j < 4 * TW; ++j)                                                  \
                     yv[j] += b;                                                                   \
             }                                                                                     \
+            if (relu)                                                                             \
+                for (i64 j = 0; j < 4 * TW; ++j)                                                  \
+                    yv[j] = yv[j] < 0 ? (T)0 : yv[j];                                             \
             const i64 pairs = Wo / 2;                                                             \
             for (int r = 0; r < 2 && 2 * ti + r < Ho; ++r) {                                      \
                 T *row = y + ((n * K + k) * Ho + 2 * ti + r) * Wo;                                \
@@ -951,5 +954,30 @@ WINO_TILES(float, f32, 5, 6)
 WINO_TILES(double, f64, 3, 4)
 WINO_TILES(double, f64, 5, 6)
 
+/* y (rows of P) += bias[row % K], then, when relu, y = max(y, 0) in ReLU's sense (NaN stays NaN):
+   a convolution's bias and the in-place ReLU after it in one pass over the top */
+#define BIAS_RELU(T, SUFFIX)                                                                      \
+void bias_relu_##SUFFIX(T *y, const T *bias, i64 P, i64 K, i64 relu, i64 lo, i64 hi)             \
+{                                                                                                 \
+    for (i64 row = lo; row < hi; ++row) {                                                         \
+        T *v = y + row * P;                                                                       \
+        const T b = bias ? bias[row % K] : (T)0;                                                  \
+        if (bias && relu)                                                                         \
+            for (i64 j = 0; j < P; ++j) {                                                         \
+                const T t = v[j] + b;                                                             \
+                v[j] = t < 0 ? (T)0 : t;                                                          \
+            }                                                                                     \
+        else if (bias)                                                                            \
+            for (i64 j = 0; j < P; ++j)                                                           \
+                v[j] += b;                                                                        \
+        else if (relu)                                                                            \
+            for (i64 j = 0; j < P; ++j)                                                           \
+                v[j] = v[j] < 0 ? (T)0 : v[j];                                                    \
+    }                                                                                             \
+}
+
+BIAS_RELU(float, f32)
+BIAS_RELU(double, f64)
+
 /* the library's interface version: ckernels.py refuses a stale build */
-int protonet_ckernels_version(void) { return 4; }
+int protonet_ckernels_version(void) { return 5; }

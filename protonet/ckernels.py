@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-VERSION = 4
+VERSION = 5
 # elements per thread below which a pass is not split
 MIN_SPLIT = 1 << 19
 
@@ -77,12 +77,13 @@ def _signatures():
                 ("lrn_within_fwd_" + kind, [ptr] * 4 + [i64] * 3 + [real] * 2 + [i64] * 2),
                 ("lrn_within_bwd_" + kind, [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2),
                 ("wino_weights_" + kind, [ptr] * 3 + [i64] * 7),
-                ("wino_weights_grad_" + kind, [ptr] * 3 + [i64] * 7)]
+                ("wino_weights_grad_" + kind, [ptr] * 3 + [i64] * 7),
+                ("bias_relu_" + kind, [ptr] * 2 + [i64] * 5)]
         for ik in ("i8", "i16", "i32"):
             out += [("maxpool_%s_%s_%s" % (d, kind, ik), [ptr] * 3 + [i64] * 12) for d in ("fwd", "bwd")]
         for r in (3, 5):
             out += [("wino_input_%s_%d" % (kind, r), [ptr] * 2 + [i64] * 11),
-                    ("wino_output_%s_%d" % (kind, r), [ptr] * 3 + [i64] * 9),
+                    ("wino_output_%s_%d" % (kind, r), [ptr] * 3 + [i64] * 10),
                     ("wino_grad_%s_%d" % (kind, r), [ptr] * 2 + [i64] * 9)]
     return out
 
@@ -290,12 +291,25 @@ def winograd_input(m, x, v, pad, tiles, rows):
          (_ptr(x), _ptr(v), C, H, W, *pad, *tiles, *rows), C, v.size)
 
 
-def winograd_output(m, mm, y, bias, tiles, rows):
-    """y (N, K, Ho, Wo) = A^T mm A (+ bias) over tile rows [r0, r1), mm (a*a, K, tiles)."""
+def winograd_output(m, mm, y, bias, tiles, rows, relu=False):
+    """y (N, K, Ho, Wo) = A^T mm A (+ bias, then max(., 0) when ``relu``) over tile rows
+    [r0, r1), mm (a*a, K, tiles)."""
     lib = _load()
     _, K, Ho, Wo = y.shape
     _run(getattr(lib, "wino_output_%s_%d" % (_SUFFIX[y.dtype], m.r)),
-         (_ptr(mm), _ptr(y), None if bias is None else _ptr(bias), K, Ho, Wo, *tiles, *rows), K, mm.size)
+         (_ptr(mm), _ptr(y), None if bias is None else _ptr(bias), K, Ho, Wo, *tiles, *rows, int(relu)),
+         K, mm.size)
+
+
+def bias_relu(y, bias, relu):
+    """y (N, K, P) += bias[k] (bias None: none), then y = max(y, 0) when ``relu``, in place."""
+    lib = _load()
+    if lib is None or not _ok(y) or (bias is not None and not _ok(y, bias)):
+        return False
+    N, K, P = y.shape
+    _run(getattr(lib, "bias_relu_" + _SUFFIX[y.dtype]),
+         (_ptr(y), None if bias is None else _ptr(bias), P, K, int(relu)), N * K, y.size)
+    return True
 
 
 def winograd_grad(m, dy, mm, tiles, rows):

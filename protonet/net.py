@@ -309,6 +309,25 @@ class Net:
         self._param_dict = collections.OrderedDict(
             (name, layer.blobs) for name, layer in zip(self.layer_names, self._layers) if layer.blobs)
         self.params = self._param_dict
+        self._relu_fused = self._fusable_relus()
+
+    def _fusable_relus(self):
+        """{conv index: relu index} where a ReLU (slope 0) works in place on the top of the
+        Convolution just before it: a forward that runs both has the convolution apply it as it
+        writes its top, and skips the ReLU's own pass (the blob ends the same)."""
+        from .layers.conv import ConvolutionLayer
+        from .layers.neuron import ReLU
+        fused = {}
+        for li in range(len(self._layers) - 1):
+            conv, relu = self._layers[li], self._layers[li + 1]
+            if type(conv) is not ConvolutionLayer or type(relu) is not ReLU or relu.negative_slope != 0:
+                continue
+            tops = self.top_vecs[li]
+            if (len(tops) == 1 and len(self.bottom_vecs[li + 1]) == 1 and len(self.top_vecs[li + 1]) == 1
+                    and self.bottom_vecs[li + 1][0] is tops[0] and self.top_vecs[li + 1][0] is tops[0]
+                    and not any(conv.loss_weights) and not any(relu.loss_weights)):
+                fused[li] = li + 1
+        return fused
 
     def _set_loss_weights(self, layer, tops):
         weights = list(layer.layer_param.loss_weight)
@@ -417,13 +436,25 @@ class Net:
     def forward_from_to(self, start=0, end=None):
         end = len(self._layers) - 1 if end is None else end
         loss = 0.0
+        # a hook may look at the convolution's top before its ReLU: no fusing then
+        fusing = not (self.before_forward_hooks or self.after_forward_hooks)
+        skip = -1
         for li in range(start, end + 1):
             layer, bottom, top = self._layers[li], self.bottom_vecs[li], self.top_vecs[li]
             for hook in self.before_forward_hooks:
                 hook(li)
+            fuse = fusing and li < end and li in self._relu_fused
             try:
                 layer.reshape(bottom, top)
-                layer.forward(bottom, top)
+                if fuse:
+                    layer.fused_relu = True
+                    try:
+                        layer.forward(bottom, top)
+                    finally:
+                        layer.fused_relu = False
+                    skip = li + 1
+                elif li != skip:
+                    layer.forward(bottom, top)
             except Exception as exc:
                 if getattr(layer, "plugin_name", None):
                     raise self._plugin_error(layer, "forward", exc) from exc

@@ -140,7 +140,7 @@ class Winograd:
         step = max(1, min(rows, budget // per_row))
         return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
-    def _convolve(self, x, y, u, cin, cout, pad, bias):
+    def _convolve(self, x, y, u, cin, cout, pad, bias, relu=False):
         """y = x (*) the kernel whose transform is ``u``: per group ``u[g]`` (a*a, cout/G, cin/G)."""
         G, m, aa = self.groups, self.m, self.m.a ** 2
         ci, co = cin // G, cout // G
@@ -152,9 +152,9 @@ class Winograd:
             prod = scratch("wino.m", np, self.dtype, (aa, cout, tb))
             for g in range(G):
                 np.matmul(u[g], v[:, g * ci:(g + 1) * ci], out=prod[:, g * co:(g + 1) * co])
-            ckernels.winograd_output(m, prod, y, bias, tiles, (r0, r1))
+            ckernels.winograd_output(m, prod, y, bias, tiles, (r0, r1), relu)
 
-    def forward(self, x, top):
+    def forward(self, x, top, relu=False):
         layer, G = self.layer, self.groups
         kg = self.k // G
         u = scratch("wino.u", np, self.dtype, (self.m.a ** 2, self.k, self.c // G))
@@ -162,7 +162,8 @@ class Winograd:
         x = x.reshape(self.num, self.c, self.h, self.w)
         y = top.reshape(self.num, self.k, self.oh, self.ow)
         bias = layer.blobs[1].data if layer.bias_term else None
-        self._convolve(x, y, [u[:, g * kg:(g + 1) * kg] for g in range(G)], self.c, self.k, self.pad, bias)
+        self._convolve(x, y, [u[:, g * kg:(g + 1) * kg] for g in range(G)], self.c, self.k, self.pad, bias,
+                       relu)
 
     def backward(self, top_diff, x, weight_blob, need_weight, bottom_diff):
         """The weight gradient (when ``need_weight``) and bottom_diff (when not None)."""

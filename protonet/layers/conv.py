@@ -366,10 +366,18 @@ class _ConvolutionBase(Layer):
         add_product_to_diff(self.blobs[0], self._colside_groups(colside), cols.transpose(0, 2, 1))
 
     # -- bias on the top ---------------------------------------------------
-    def _add_bias(self, out):
-        if self.bias_term:
-            view = out.reshape(self.num, self.num_output, -1)
-            view += self.blobs[1].data[:, None]
+    def _add_bias(self, out, relu=False):
+        """out += bias, then out = max(out, 0) when ``relu`` (a fused in-place ReLU)."""
+        bias = self.blobs[1].data if self.bias_term else None
+        if bias is None and not relu:
+            return
+        view = out.reshape(self.num, self.num_output, -1)
+        if self.xp is np and ckernels.bias_relu(view, bias, relu):
+            return
+        if bias is not None:
+            view += bias[:, None]
+        if relu:
+            self.xp.maximum(view, 0, out=view)
 
     def _bias_grad(self, top_diff):
         if self.bias_term and self.param_needs_grad(1):
@@ -396,31 +404,35 @@ class ConvolutionLayer(_ConvolutionBase):
 
     reverse = False
 
+    # set by the net for one forward: an in-place ReLU follows, applied here as the top is written
+    fused_relu = False
+
     def forward(self, bottom, top):
+        relu = self.fused_relu
         for i, (b, t) in enumerate(zip(bottom, top)):
             if self._wino is not None:
-                self._wino.forward(b.data, t.data)
+                self._wino.forward(b.data, t.data, relu)
                 continue
             if self._rows is not None:
                 self._rows.forward(b.data, t.data, i)
-                self._add_bias(t.data)
+                self._add_bias(t.data, relu)
                 continue
             if self._per_image:
                 N, P = self.num, self.P
                 self.xp.matmul(self._weights()[0], b.data.reshape(N, self.channels, P),
                                out=t.data.reshape(N, self.num_output, P))
-                self._add_bias(t.data)
+                self._add_bias(t.data, relu)
                 continue
             if self._forward_in_chunks():
                 self._image_to_colside_in_chunks(b.data, t.data)
-                self._add_bias(t.data)
+                self._add_bias(t.data, relu)
                 continue
             cols = None if self.is_1x1 else self._columns(b.data)
             if cols is not None and not self._shares_columns():
                 self._col_holds = i
             if self._box is None:
                 self._image_to_colside(b.data, t.data, cols)
-                self._add_bias(t.data)
+                self._add_bias(t.data, relu)
                 continue
             # outside the box every tap reads padding: the output is the bias alone
             inner = self._box_view()
@@ -434,6 +446,8 @@ class ConvolutionLayer(_ConvolutionBase):
             else:
                 full.fill(0)
                 inside[...] = inner
+            if relu:
+                self.xp.maximum(full, 0, out=full)
 
     def _box_view(self):
         return scratch("conv.box", self.xp, self.dtype, (self.num, self.num_output) + self.col_spatial)
