@@ -6,9 +6,13 @@ the direct Deconvolution for huge kernels, the convolution box that skips
 outputs reading only padding, windowed im2col, and MAX pooling whose choice
 is computed only when a TEST-phase net asks for it.
 """
+import os
+
 import numpy as np
 import pytest
 from google.protobuf import text_format
+
+import protonet
 
 from gradcheck import build, check_gradient, make_layer
 from protonet import blas as blas_module, ckernels, elementwise, layer as layer_module
@@ -644,3 +648,46 @@ def test_per_image_1x1_convolution_gradient(monkeypatch):
     bottom, top = build(lay, [x])
     assert lay._per_image
     assert check_gradient(lay, [x], bottom=bottom, top=top) > 0
+
+
+# -- OpenBLAS's idle workers -------------------------------------------------------------------
+_SPIN_PROBE = r"""
+import os, resource, sys, time
+import protonet
+import numpy as np
+from threadpoolctl import threadpool_info
+a = np.ones((512, 512), np.float32)
+for _ in range(3):
+    a @ a
+time.sleep(0.002)
+u = resource.getrusage(resource.RUSAGE_SELF)
+time.sleep(0.3)                     # idle: only a spinning OpenBLAS worker burns CPU now
+v = resource.getrusage(resource.RUSAGE_SELF)
+threads = max([i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"] or [1])
+print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"), threads, v.ru_utime + v.ru_stime - u.ru_utime - u.ru_stime)
+"""
+
+
+def _probe(env_extra, code=_SPIN_PROBE):
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    value, threads, cpu = out.stdout.split()
+    return value, int(threads), float(cpu)
+
+
+def test_openblas_workers_sleep_between_layers():
+    # importing protonet before NumPy shortens OpenBLAS's spin after a GEMM from 2^28 cycles
+    # (about 0.1 s, burning a core the compiled kernels need) to 2^18
+    value, threads, cpu = _probe({})
+    assert value == str(protonet.OPENBLAS_THREAD_TIMEOUT) == "18"
+    assert cpu < 0.03
+    value, threads, cpu = _probe({"OPENBLAS_THREAD_TIMEOUT": "28"})    # the user's choice stands
+    assert value == "28"
+    if threads > 1:                 # a worker to spin: it does, for about 0.1 s
+        assert cpu > 0.04
+    assert _probe({"GOTO_THREAD_TIMEOUT": "20"})[0] == "None"
+    # NumPy loaded first: OpenBLAS has read its settings already, so nothing is set
+    assert _probe({}, _SPIN_PROBE.replace("import protonet\n", "import numpy\nimport protonet\n"))[0] == "None"
