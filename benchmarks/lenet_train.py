@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the environment as the user started this script: importing protonet (for the LMDBs) may set
+# OPENBLAS_THREAD_TIMEOUT here, which is protonet's own tuning and not Caffe's
+START_ENV = dict(os.environ)
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
@@ -136,7 +139,7 @@ def main(argv=None):
             # every run starts from an empty snapshot folder (no curve history, no old snapshots)
             shutil.rmtree(folder / "snap", ignore_errors=True)
             (folder / "snap").mkdir()
-            wall, rss, out = run(cmd)
+            wall, rss, out = run(cmd, START_ENV)
             acc, loss = last_test(out)
             walls[name].append(wall)
             print(json.dumps({"tool": name, "round": r, "iterations": a.iterations, "wall_s": round(wall, 2),

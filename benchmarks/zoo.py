@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the environment as the user started the driver: `caffe time` runs in it, never with a
+# setting protonet's import made (OPENBLAS_THREAD_TIMEOUT is protonet's tuning, not Caffe's)
+START_ENV = dict(os.environ)
 SUNNYBROOK = ROOT / "examples" / "sunnybrook"
 # The zoo's net definitions live with the tests (tests/zoo_nets.py): one copy for both.
 sys.path.insert(0, str(ROOT / "tests"))
@@ -329,7 +332,7 @@ def caffe_child(caffe, name, batch, phase, a, workdir):
     """`caffe time` on the net protonet_child wrote (Input layers); its ms and peak RSS."""
     path = Path(workdir) / ("%s_%s.prototxt" % (name, phase))
     cmd = [caffe, "time", "-model", str(path), "-phase", phase, "-iterations", str(a.iterations)]
-    rc, out, err, rss = _child(cmd)
+    rc, out, err, rss = _child(cmd, START_ENV)
     text = out + err
     fwd, fb = CAFFE_FWD.search(text), CAFFE_FB.search(text)
     if rc != 0 or not fwd or not fb:
