@@ -652,10 +652,10 @@ def test_per_image_1x1_convolution_gradient(monkeypatch):
 
 # -- OpenBLAS's idle workers -------------------------------------------------------------------
 _SPIN_PROBE = r"""
-import os, resource, sys, time
+import ctypes, os, resource, sys, time
 import protonet
 import numpy as np
-from threadpoolctl import threadpool_info
+from protonet import blas
 a = np.ones((512, 512), np.float32)
 for _ in range(3):
     a @ a
@@ -663,7 +663,13 @@ time.sleep(0.002)
 u = resource.getrusage(resource.RUSAGE_SELF)
 time.sleep(0.3)                     # idle: only a spinning OpenBLAS worker burns CPU now
 v = resource.getrusage(resource.RUSAGE_SELF)
-threads = max([i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"] or [1])
+threads = 0                         # NumPy's OpenBLAS threads, asked from the library itself
+for path in blas._numpy_openblas():
+    lib = ctypes.CDLL(path)
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+        if hasattr(lib, name):
+            threads = getattr(lib, name)()
+            break
 print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"), threads, v.ru_utime + v.ru_stime - u.ru_utime - u.ru_stime)
 """
 
@@ -686,6 +692,7 @@ def test_openblas_workers_sleep_between_layers():
     assert cpu < 0.03
     value, threads, cpu = _probe({"OPENBLAS_THREAD_TIMEOUT": "28"})    # the user's choice stands
     assert value == "28"
+    assert threads >= 1             # the probe found NumPy's OpenBLAS
     if threads > 1:                 # a worker to spin: it does, for about 0.1 s
         assert cpu > 0.04
     assert _probe({"GOTO_THREAD_TIMEOUT": "20"})[0] == "None"
