@@ -233,3 +233,29 @@ def test_winograd_forward_with_kernel_rows_backward(monkeypatch):
     rbottom, rtop = build(ref, xs)
     assert ref._wino is None and ref._rows is None
     _forward_backward_agree((lay, bottom, top), (ref, rbottom, rtop), r, 1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("k", [3, 5])
+def test_weight_gradient_block_budget(k, monkeypatch):
+    # 3x3's weight gradient goes in BLOCK_BYTES blocks (as fast, half the scratch); 5x5's in
+    # the wider GRAD_BLOCK_BYTES its 36 GEMMs over few channels need
+    _any_layer(monkeypatch)
+    monkeypatch.setattr(Winograd, "BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(Winograd, "GRAD_BLOCK_BYTES", 1 << 30)
+    budgets = []
+    real = Winograd._blocks
+
+    def spy(self, tiles, channels, budget):
+        budgets.append(budget)
+        return real(self, tiles, channels, budget)
+    monkeypatch.setattr(Winograd, "_blocks", spy)
+    lay = _conv("num_output: 4 kernel_size: %d pad: 1" % k)
+    x = np.random.default_rng(9).standard_normal((2, 3, 9, 9))
+    bottom, top = build(lay, [x, x])
+    lay.forward(bottom, top)
+    for t in top:
+        t.diff[...] = 1
+    budgets.clear()
+    lay.backward(top, [False, False], bottom)            # the weight gradient only
+    assert budgets == [1 << 20 if k == 3 else 1 << 30] * 2      # one per bottom

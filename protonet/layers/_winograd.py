@@ -77,7 +77,10 @@ class Winograd:
     # per block of tile rows: about this much transformed input and product (per pass);
     # big enough for wide GEMMs (AlexNet's conv2 at 4 MB: 1.3x slower than at 16)
     BLOCK_BYTES = 16 << 20
-    # the weight gradient adds each block's products into dU: bigger blocks, fewer adds
+    # 5x5's weight gradient (36 GEMMs summed over the blocks, often over few channels) needs
+    # wider blocks: AlexNet's conv2 at 32 MB 72 ms, at 16 MB 79, at 8 MB 95; 3x3's runs as
+    # fast at 16 MB as at 32 (GoogLeNet's conv2/3x3 41.3 / 41.0 ms) and takes BLOCK_BYTES,
+    # which keeps 18 MB less scratch on GoogLeNet
     GRAD_BLOCK_BYTES = 32 << 20
     # Where it wins, measured per pass against im2col on single layers (2-core AMD host,
     # OpenBLAS), by kernel size: a pass takes it when the layer has, for one of the pairs,
@@ -174,7 +177,8 @@ class Winograd:
         if need_weight:
             tiles = self._tiles(self.oh, self.ow)
             du = scratch("wino.du", np, self.dtype, (aa, self.k, cg))
-            for r0, r1 in self._blocks(tiles, self.c + self.k, self.GRAD_BLOCK_BYTES):
+            budget = self.GRAD_BLOCK_BYTES if self.m.r == 5 else self.BLOCK_BYTES
+            for r0, r1 in self._blocks(tiles, self.c + self.k, budget):
                 tb = (r1 - r0) * tiles[1]
                 v = scratch("wino.v", np, self.dtype, (aa, self.c, tb))
                 ckernels.winograd_input(m, x, v, self.pad, tiles, (r0, r1))
