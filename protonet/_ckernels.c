@@ -1,5 +1,5 @@
-/* CPU kernels for the passes around the GEMMs: im2col, col2im, MAX and AVE pooling, LRN and
-   Winograd's transforms.
+/* CPU kernels for the passes around the GEMMs: im2col, col2im, MAX and AVE pooling, LRN,
+   Winograd's transforms, and a convolution's bias with the in-place ReLU after it.
 
    A plain C library (no Python API), loaded with ctypes by protonet/ckernels.py; ctypes drops
    the GIL around each call, so Python threads may run disjoint image ranges [n0, n1) at once.

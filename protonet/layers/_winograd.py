@@ -80,7 +80,7 @@ class Winograd:
     # 5x5's weight gradient (36 GEMMs summed over the blocks, often over few channels) needs
     # wider blocks: AlexNet's conv2 at 32 MB 72 ms, at 16 MB 79, at 8 MB 95; 3x3's runs as
     # fast at 16 MB as at 32 (GoogLeNet's conv2/3x3 41.3 / 41.0 ms) and takes BLOCK_BYTES,
-    # which keeps 18 MB less scratch on GoogLeNet
+    # which keeps 12 MB less scratch on GoogLeNet
     GRAD_BLOCK_BYTES = 32 << 20
     # Where it wins, measured per pass against im2col on single layers (2-core AMD host,
     # OpenBLAS), by kernel size: a pass takes it when the layer has, for one of the pairs,
