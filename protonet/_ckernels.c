@@ -724,26 +724,34 @@ static void wino_split_##SUFFIX(const T *row, i64 W, i64 PW, i64 n, T *restrict 
    row of tiles (tile j's columns are e[j], o[j], e[j+1], o[j+1], ...), A^T of the products and
    A of a top diff's 2x2 tiles. */
 #define WINO_ROWS(T, SUFFIX)                                                                      \
+/* B^T of one tile column or row, written once per size for both passes below */                \
+static inline void wino_bt3_##SUFFIX(T x0, T x1, T x2, T x3, T *o)                                \
+{                                                                                                 \
+    o[0] = x2 - x0;                                                                               \
+    o[1] = x1 + x2;                                                                               \
+    o[2] = x2 - x1;                                                                               \
+    o[3] = x3 - x1;                                                                               \
+}                                                                                                 \
+                                                                                                  \
+static inline void wino_bt5_##SUFFIX(T x0, T x1, T x2, T x3, T x4, T x5, T *o)                    \
+{                                                                                                 \
+    const T four = 4, five = 5, two = 2;                                                          \
+    o[0] = four * x0 - five * x2 + x4;                                                            \
+    o[1] = -four * x1 - four * x2 + x3 + x4;                                                      \
+    o[2] = four * x1 - four * x2 - x3 + x4;                                                       \
+    o[3] = -two * x1 - x2 + two * x3 + x4;                                                        \
+    o[4] = two * x1 - x2 - two * x3 + x4;                                                         \
+    o[5] = four * x1 - five * x3 + x5;                                                            \
+}                                                                                                 \
+                                                                                                  \
+/* B^T down the columns: d[0..A) in place */                                                    \
 static void wino_bt_cols3_##SUFFIX(T *const *d, i64 n)                                            \
 {                                                                                                 \
     T *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2], *restrict d3 = d[3];        \
     for (i64 j = 0; j < n; ++j) {                                                                 \
-        T a = d0[j], b = d1[j], c = d2[j], e = d3[j];                                             \
-        d0[j] = c - a;                                                                            \
-        d1[j] = b + c;                                                                            \
-        d2[j] = c - b;                                                                            \
-        d3[j] = e - b;                                                                            \
-    }                                                                                             \
-}                                                                                                 \
-                                                                                                  \
-static void wino_bt_row3_##SUFFIX(const T *restrict e, const T *restrict o, T *const *v, i64 n)   \
-{                                                                                                 \
-    T *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3];        \
-    for (i64 j = 0; j < n; ++j) {                                                                 \
-        v0[j] = e[j + 1] - e[j];                                                                  \
-        v1[j] = o[j] + e[j + 1];                                                                  \
-        v2[j] = e[j + 1] - o[j];                                                                  \
-        v3[j] = o[j + 1] - o[j];                                                                  \
+        T o[4];                                                                                   \
+        wino_bt3_##SUFFIX(d0[j], d1[j], d2[j], d3[j], o);                                         \
+        d0[j] = o[0]; d1[j] = o[1]; d2[j] = o[2]; d3[j] = o[3];                                   \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
@@ -751,15 +759,21 @@ static void wino_bt_cols5_##SUFFIX(T *const *d, i64 n)                          
 {                                                                                                 \
     T *restrict d0 = d[0], *restrict d1 = d[1], *restrict d2 = d[2];                              \
     T *restrict d3 = d[3], *restrict d4 = d[4], *restrict d5 = d[5];                              \
-    const T four = 4, five = 5, two = 2;                                                          \
     for (i64 j = 0; j < n; ++j) {                                                                 \
-        T a = d0[j], b = d1[j], c = d2[j], e = d3[j], f = d4[j], g = d5[j];                       \
-        d0[j] = four * a - five * c + f;                                                          \
-        d1[j] = -four * b - four * c + e + f;                                                     \
-        d2[j] = four * b - four * c - e + f;                                                      \
-        d3[j] = -two * b - c + two * e + f;                                                       \
-        d4[j] = two * b - c - two * e + f;                                                        \
-        d5[j] = four * b - five * e + g;                                                          \
+        T o[6];                                                                                   \
+        wino_bt5_##SUFFIX(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j], o);                           \
+        d0[j] = o[0]; d1[j] = o[1]; d2[j] = o[2]; d3[j] = o[3]; d4[j] = o[4]; d5[j] = o[5];       \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* B along a row of tiles: v[q][j] = (B^T of tile j's columns e[j], o[j], e[j+1], ...)[q] */     \
+static void wino_bt_row3_##SUFFIX(const T *restrict e, const T *restrict o, T *const *v, i64 n)   \
+{                                                                                                 \
+    T *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2], *restrict v3 = v[3];        \
+    for (i64 j = 0; j < n; ++j) {                                                                 \
+        T t[4];                                                                                   \
+        wino_bt3_##SUFFIX(e[j], o[j], e[j + 1], o[j + 1], t);                                     \
+        v0[j] = t[0]; v1[j] = t[1]; v2[j] = t[2]; v3[j] = t[3];                                   \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
@@ -767,15 +781,10 @@ static void wino_bt_row5_##SUFFIX(const T *restrict e, const T *restrict o, T *c
 {                                                                                                 \
     T *restrict v0 = v[0], *restrict v1 = v[1], *restrict v2 = v[2];                              \
     T *restrict v3 = v[3], *restrict v4 = v[4], *restrict v5 = v[5];                              \
-    const T four = 4, five = 5, two = 2;                                                          \
     for (i64 j = 0; j < n; ++j) {                                                                 \
-        T c0 = e[j], c1 = o[j], c2 = e[j + 1], c3 = o[j + 1], c4 = e[j + 2], c5 = o[j + 2];       \
-        v0[j] = four * c0 - five * c2 + c4;                                                       \
-        v1[j] = -four * c1 - four * c2 + c3 + c4;                                                 \
-        v2[j] = four * c1 - four * c2 - c3 + c4;                                                  \
-        v3[j] = -two * c1 - c2 + two * c3 + c4;                                                   \
-        v4[j] = two * c1 - c2 - two * c3 + c4;                                                    \
-        v5[j] = four * c1 - five * c3 + c5;                                                       \
+        T t[6];                                                                                   \
+        wino_bt5_##SUFFIX(e[j], o[j], e[j + 1], o[j + 1], e[j + 2], o[j + 2], t);                 \
+        v0[j] = t[0]; v1[j] = t[1]; v2[j] = t[2]; v3[j] = t[3]; v4[j] = t[4]; v5[j] = t[5];       \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
