@@ -76,7 +76,7 @@ class Blas:
         ta, lda = self._layout(a, "a")
         tb, ldb = self._layout(b, "b")
         tc, ldc = self._layout(c, "c")
-        if tc != NO_TRANS and m > 1:
+        if (tc != NO_TRANS and m > 1) or (c.strides[1] != c.itemsize and n > 1):
             raise ValueError("gemm c must be row-major, got strides %s" % (c.strides,))
         self._gemm(_ROW_MAJOR, ta, tb, m, n, k, float(alpha), a.ctypes.data, lda,
                    b.ctypes.data, ldb, float(beta), c.ctypes.data, ldc)

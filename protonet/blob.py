@@ -94,6 +94,10 @@ class Blob:
         self._gbuf = None
         self._data = None
         self._diff = None
+        # Counts the times ``_data`` became another array (a new shape, or a view of another
+        # blob): a layer whose reshape depends only on that is skipped while it stays put.
+        self.data_version = 0
+        self._data_src_array = None  # the array of _data_src that _data views
         # Pending diff contents, not yet written: None, 0 (clear_diff), an
         # array to copy (defer_diff_copy) or a pair of factors (defer_diff_product).
         # Only the owner of shared diff memory has one.
@@ -135,6 +139,7 @@ class Blob:
         self._diff = self._gbuf[:count].reshape(shape)
         self._diff_src = None
         self._data_src = None
+        self.data_version += 1
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -310,10 +315,14 @@ class Blob:
 
     def share_data(self, other):
         """Make this blob's data a view of ``other``'s (same count required)."""
+        if self._data_src is other and self._data_src_array is other._data:
+            return      # already a view of that array (reshape would have dropped the link)
         if other.count != self.count:
             raise ValueError("share_data needs equal counts: %s vs %s" % (self._shape, other.shape))
         self._data = other.data.reshape(self._shape)
         self._data_src = other
+        self._data_src_array = other._data
+        self.data_version += 1
 
     def share_diff(self, other):
         if other.count != self.count:

@@ -101,6 +101,10 @@ class Layer:
     equal_num_bottom_top = False
     # True for *Loss layers: top 0 gets loss_weight 1 unless the prototxt says otherwise.
     is_loss = False
+    # Whether reshape's outcome depends only on which arrays its bottoms and tops hold (their
+    # shapes): the net then skips the call while none of them changed since the last one. False
+    # where reshape reads values (Filter counts its selector) or is user code (Python layers).
+    reshape_from_shapes = True
 
     def __init__(self, layer_param, phase=TRAIN, dtype=np.float32, xp=None):
         self.layer_param = layer_param
@@ -186,7 +190,11 @@ def add_product_to_diff(blob, a, b):
     """
     xp = backend.xp_of(a, b)
     diff, overwrite = blob.grad_target()
-    out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    if a.ndim == 2 and b.ndim == 2:
+        # the common case (InnerProduct, ungrouped convolutions), without the batch machinery
+        out_shape = (a.shape[0], b.shape[1])
+    else:
+        out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     out = diff.reshape(out_shape)
     if overwrite:
         batch = math.prod(out_shape[:-2])   # ints: no NumPy call per product
@@ -195,7 +203,13 @@ def add_product_to_diff(blob, a, b):
             blob.defer_diff_product(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]))
             return
     blas = _blas.get(out.dtype) if xp is np else None
-    if blas is not None:
+    if blas is not None and len(out_shape) == 2:
+        try:
+            blas.gemm(a, b, out, beta=0.0 if overwrite else 1.0)
+            return
+        except ValueError:      # operands that are no BLAS matrices: below
+            pass
+    elif blas is not None:
         batch_shape = out_shape[:-2]
         a_all = np.broadcast_to(a, batch_shape + a.shape[-2:])
         b_all = np.broadcast_to(b, batch_shape + b.shape[-2:])

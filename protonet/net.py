@@ -310,6 +310,15 @@ class Net:
             (name, layer.blobs) for name, layer in zip(self.layer_names, self._layers) if layer.blobs)
         self.params = self._param_dict
         self._relu_fused = self._fusable_relus()
+        # Per layer: its bottoms' and tops' data versions after its last reshape, when that
+        # reshape depends on nothing else (a layer with bottoms, not a plugin): forward skips
+        # the call while they hold (Caffe reshapes every layer on every forward; on a small
+        # net the Python calls cost more than the arithmetic).
+        self._reshape_blobs = [list(b) + list(t) if (b and layer.reshape_from_shapes
+                                                     and not getattr(layer, "plugin_name", None))
+                               else None
+                               for layer, b, t in zip(self._layers, self.bottom_vecs, self.top_vecs)]
+        self._reshaped = [None] * len(self._layers)
 
     def _fusable_relus(self):
         """{conv index: relu index} where a ReLU (slope 0) works in place on the top of the
@@ -444,8 +453,14 @@ class Net:
             for hook in self.before_forward_hooks:
                 hook(li)
             fuse = fusing and li < end and li in self._relu_fused
+            blobs = self._reshape_blobs[li]
             try:
-                layer.reshape(bottom, top)
+                if blobs is None:
+                    layer.reshape(bottom, top)
+                elif self._reshaped[li] != [b.data_version for b in blobs]:
+                    self._reshaped[li] = None       # stays unset if reshape raises
+                    layer.reshape(bottom, top)
+                    self._reshaped[li] = [b.data_version for b in blobs]
                 if fuse:
                     layer.fused_relu = True
                     try:
@@ -585,6 +600,7 @@ class Net:
         return loss
 
     def reshape(self):
+        self._reshaped = [None] * len(self._layers)
         for layer, bottom, top in zip(self._layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
 

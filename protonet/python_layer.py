@@ -192,6 +192,8 @@ class HostCopyLayer(Layer):
     ``backward``), as Caffe syncs them.
     """
 
+    reshape_from_shapes = False      # the plugin's reshape is user code: run it every time
+
     def __init__(self, plugin, layer_param, phase, dtype, xp):
         Layer.__init__(self, layer_param, phase=phase, dtype=dtype, xp=xp)
         self.plugin = plugin

@@ -698,3 +698,189 @@ def test_openblas_workers_sleep_between_layers():
     assert _probe({"GOTO_THREAD_TIMEOUT": "20"})[0] == "None"
     # NumPy loaded first: OpenBLAS has read its settings already, so nothing is set
     assert _probe({}, _SPIN_PROBE.replace("import protonet\n", "import numpy\nimport protonet\n"))[0] == "None"
+
+
+# -- Net: a layer's reshape runs again only when its blobs moved -------------------------
+RESHAPE_NET = """
+name: "r"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 3 dim: 8 dim: 8 } shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 5 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "flat" type: "Flatten" bottom: "pool" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }
+"""
+
+
+def _reshape_counts(net):
+    counts = {}
+    for layer in net.layers:
+        def counted(bottom, top, _layer=layer, _reshape=layer.reshape):
+            counts[_layer.name] = counts.get(_layer.name, 0) + 1
+            _reshape(bottom, top)
+        layer.reshape = counted
+    return counts
+
+
+def _reshape_net(tmp_path, batch=4):
+    path = tmp_path / "r.prototxt"
+    path.write_text(RESHAPE_NET)
+    net = protonet.Net(str(path), TRAIN)
+    rng = np.random.default_rng(3)
+    for p in net.learnable_params:
+        p.data[...] = rng.standard_normal(p.shape) * 0.3
+    _feed(net, batch, seed=5)
+    return net
+
+
+def _feed(net, batch, seed):
+    rng = np.random.default_rng(seed)
+    net.blobs["data"].reshape(batch, 3, 8, 8)
+    net.blobs["label"].reshape(batch)
+    net.blobs["data"].data[...] = rng.standard_normal((batch, 3, 8, 8))
+    net.blobs["label"].data[...] = rng.integers(0, 3, batch)
+
+
+def _outputs(net):
+    net.clear_param_diffs()     # backward adds to them, as in Caffe
+    net.forward_from_to()
+    net.backward_from_to()
+    return {n: (net.blobs[n].data.copy(), net.blobs[n].diff.copy())
+            for n in ("conv", "pool", "flat", "ip", "loss", "acc")} | \
+           {"dW": net.params["ip"][0].diff.copy(), "data_diff": net.blobs["data"].diff.copy()}
+
+
+def _same_outputs(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], tuple):
+            for x, y in zip(a[k], b[k]):
+                np.testing.assert_array_equal(x, y, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_reshape_runs_once_while_nothing_moves_and_again_after_an_input_reshape(tmp_path):
+    net = _reshape_net(tmp_path)
+    counts = _reshape_counts(net)
+    for _ in range(3):
+        net.forward_from_to()
+        net.backward_from_to()
+    # Input has no bottoms: it is always asked; every other layer once, on the first forward
+    assert counts.pop("data") == 3
+    assert counts and set(counts.values()) == {1}, counts
+    counts.clear()
+    _feed(net, 2, seed=6)
+    got = _outputs(net)
+    assert net.blobs["ip"].shape == (2, 3) and net.blobs["flat"].shape == (2, 5 * 4 * 4)
+    assert counts.pop("data") == 1 and set(counts.values()) == {1}, counts
+    fresh = _reshape_net(tmp_path)
+    for a, b in zip(fresh.learnable_params, net.learnable_params):
+        a.data[...] = b.data
+    _feed(fresh, 2, seed=6)
+    _same_outputs(got, _outputs(fresh))
+
+
+def test_an_input_grown_and_shrunk_between_forwards_is_read_from_its_new_memory(tmp_path):
+    # batch 4 -> 16 (a bigger buffer) -> 4 with no forward between: same shapes as the last
+    # reshape, but the data now live elsewhere, so the layers must reshape (and re-view) again
+    net = _reshape_net(tmp_path)
+    _outputs(net)
+    old = net.blobs["data"].data
+    net.blobs["data"].reshape(16, 3, 8, 8)
+    _feed(net, 4, seed=7)
+    assert not np.shares_memory(old, net.blobs["data"].data)
+    got = _outputs(net)
+    fresh = _reshape_net(tmp_path)
+    for a, b in zip(fresh.learnable_params, net.learnable_params):
+        a.data[...] = b.data
+    _feed(fresh, 4, seed=7)
+    _same_outputs(got, _outputs(fresh))
+    assert np.shares_memory(net.blobs["flat"].data, net.blobs["pool"].data)
+
+
+def test_net_reshape_and_a_reshaped_top_bring_the_layer_back(tmp_path):
+    net = _reshape_net(tmp_path)
+    net.forward_from_to()
+    counts = _reshape_counts(net)
+    net.reshape()
+    assert counts["ip"] == 1
+    net.forward_from_to()
+    assert counts["ip"] == 2            # Net.reshape() forgets what forward saw
+    net.forward_from_to()
+    assert counts["ip"] == 2
+    net.blobs["ip"].reshape(7, 7)       # a script reshapes a top: its layer puts it back
+    net.forward_from_to()
+    assert counts["ip"] == 3 and net.blobs["ip"].shape == (4, 3)
+    assert np.isfinite(net.blobs["loss"].data)
+
+
+def test_share_data_again_keeps_the_view_and_its_version():
+    src, view = Blob((2, 6)), Blob((12,))
+    view.share_data(src)
+    first, version = view.data, view.data_version
+    view.share_data(src)
+    assert view.data is first and view.data_version == version
+    src.reshape(3, 6)                   # src's memory moved: the next share is a new view
+    src.reshape(2, 6)
+    view.share_data(src)
+    assert view.data_version == version + 1 and np.shares_memory(view.data, src.data)
+    view.reshape(4, 3)                  # its own shape: its own memory, and a new version
+    assert view.data_version == version + 2 and not np.shares_memory(view.data, src.data)
+
+
+FILTER_NET = """
+name: "f"
+layer { name: "data" type: "Input" top: "x" top: "sel"
+        input_param { shape { dim: 5 dim: 2 } shape { dim: 5 } } }
+layer { name: "filter" type: "Filter" bottom: "x" bottom: "sel" top: "y" }
+layer { name: "plug" type: "Python" bottom: "y" top: "z"
+        python_param { module: "reshape_counter" layer: "Counter" } }
+"""
+
+COUNTER = """
+import caffe
+
+
+class Counter(caffe.Layer):
+    calls = 0
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        Counter.calls += 1
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+"""
+
+
+def test_filter_and_python_layers_reshape_on_every_forward(tmp_path):
+    (tmp_path / "reshape_counter.py").write_text(COUNTER)
+    path = tmp_path / "f.prototxt"
+    path.write_text(FILTER_NET)
+    net = protonet.Net(str(path), TEST)
+    plugin = net.layers[-1]
+    counter = type(getattr(plugin, "plugin", plugin))
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    net.blobs["x"].data[...] = x
+    before = counter.calls
+    # as many picked each time: the shapes stay, only the selector's values say which rows
+    for sel in ([1, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 0, 1, 1]):
+        net.blobs["sel"].data[...] = sel
+        net.forward_from_to()
+        keep = np.flatnonzero(sel)
+        np.testing.assert_array_equal(net.blobs["y"].data, x[keep])     # the selector's values
+        np.testing.assert_array_equal(net.blobs["z"].data, 2 * x[keep])
+    assert counter.calls - before == 3

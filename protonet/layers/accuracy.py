@@ -54,17 +54,18 @@ class AccuracyLayer(Layer):
         # The true class itself is among the ">=" scores, hence the -1.
         better = (scores >= true).sum(axis=1).reshape(-1) - 1
         hit = better < self.top_k
-        if valid is None:
-            count = xp.asarray(hit.size)
-            weight = xp.ones(hit.shape, dt)
-        else:
+        if valid is not None:
             hit &= valid
-            count = valid.sum()
-            weight = valid.astype(dt)
-        hits = hit.sum()
-        top[0].data[...] = xp.where(count == 0, dt.type(0),
-                                    hits.astype(dt) / xp.maximum(count, 1).astype(dt))
+        if xp is np:
+            # host counts as Python ints: 0-d array arithmetic costs more than the layer's work
+            count = hit.size if valid is None else int(np.count_nonzero(valid))
+            top[0].data[...] = dt.type(np.count_nonzero(hit)) / dt.type(count) if count else 0
+        else:
+            count = xp.asarray(hit.size) if valid is None else valid.sum()
+            top[0].data[...] = xp.where(count == 0, dt.type(0),
+                                        hit.sum().astype(dt) / xp.maximum(count, 1).astype(dt))
         if len(top) > 1:
+            weight = xp.ones(hit.shape, dt) if valid is None else valid.astype(dt)
             nums = xp.bincount(lab, weights=weight, minlength=channels)[:channels].astype(dt)
             good = xp.bincount(lab, weights=hit.astype(dt), minlength=channels)[:channels].astype(dt)
             top[1].data[...] = xp.where(nums == 0, dt.type(0), good / xp.maximum(nums, dt.type(1)))

@@ -174,6 +174,9 @@ class FilterLayer(Layer):
                              % (len(bottom) - 1, len(top)))
         self.first_reshape = True
 
+    # the tops' first axis is the number of selected items: the selector's values
+    reshape_from_shapes = False
+
     def reshape(self, bottom, top):
         sel = bottom[-1]
         if sel.num_axes < 1 or any(d != 1 for d in sel.shape[1:]):

@@ -1,5 +1,7 @@
 """Softmax and SoftmaxWithLoss, plus the softmax / loss-normalisation helpers
 shared with the other loss layers (protonet/layers/loss.py)."""
+import math
+
 import numpy as np
 
 from ..backend import xp_of
@@ -27,8 +29,8 @@ def softmax_into(x3, out3):
 
 def split_axis(shape, axis):
     """(outer, channels, inner) counts around ``axis`` of ``shape``."""
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    outer = math.prod(shape[:axis])     # Python ints: no NumPy call per forward
+    inner = math.prod(shape[axis + 1:])
     return outer, int(shape[axis]), inner
 
 
@@ -87,6 +89,8 @@ def normalizer(mode, outer, inner, valid_count, dtype):
     labels); for VALID the result stays on the device.
     """
     if mode == _Norm.VALID:
+        if isinstance(valid_count, int):    # counted on the host
+            return dtype.type(max(1, valid_count))
         return xp_of(valid_count).maximum(valid_count.astype(dtype), dtype.type(1))
     if mode == _Norm.FULL:
         n = outer * inner
@@ -124,13 +128,12 @@ class LabelIndex:
         else:
             valid = lab != self.ignore_label
             lab = xp.where(valid, lab, 0)
-        if xp is np:
+        if xp is np and lab.size and (lab.min() < 0 or lab.max() >= self.shape[1]):
             # Checked on the host only: on a GPU the check would synchronise every iteration.
             bad = (lab < 0) | (lab >= self.shape[1])
-            if bad.any():
-                raise layer.error("label value %d out of range [0, %d) (and not the ignore_label)"
-                                  % (int(label.reshape(-1)[np.argmax(bad)]), self.shape[1]))
-        return self.base + lab * self.shape[2], lab, valid
+            raise layer.error("label value %d out of range [0, %d) (and not the ignore_label)"
+                              % (int(label.reshape(-1)[np.argmax(bad)]), self.shape[1]))
+        return self.base + (lab if self.shape[2] == 1 else lab * self.shape[2]), lab, valid
 
 
 @register("Softmax", "SOFTMAX")
@@ -211,10 +214,10 @@ class SoftmaxWithLossLayer(Layer):
         logp = xp.log(xp.maximum(self.prob.reshape(-1)[idx], self.dtype.type(FLT_MIN)))
         if valid is None:
             loss = -logp.sum()
-            count = xp.asarray(logp.size)
+            count = logp.size if xp is np else xp.asarray(logp.size)
         else:
             loss = -(logp * valid).sum()
-            count = valid.sum()
+            count = int(np.count_nonzero(valid)) if xp is np else valid.sum()
         self._norm = normalizer(self.mode, outer, inner, count, self.dtype)
         self._idx, self._valid = idx, valid
         top[0].data[...] = loss / self._norm
