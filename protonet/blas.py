@@ -90,7 +90,9 @@ class Blas:
         for step in program:
             arrays = [a for a in step[1:] if isinstance(a, np.ndarray)]
             for a in arrays:
-                if a.dtype != self.dtype or a.size != size or not a.flags.c_contiguous:
+                # 1-d with unit stride is contiguous (cheaper to ask than ``flags``)
+                if a.dtype != self.dtype or a.size != size or not (
+                        (a.ndim == 1 and (a.strides[0] == item or size <= 1)) or a.flags.c_contiguous):
                     raise ValueError("level-1 operands must be contiguous %s arrays of %d values"
                                      % (self.dtype, size))
             if step[0] == "axpy":
