@@ -138,7 +138,7 @@ class Blob:
         self._data = self._dbuf[:count].reshape(shape)
         self._diff = self._gbuf[:count].reshape(shape)
         self._diff_src = None
-        self._data_src = None
+        self._data_src = self._data_src_array = None     # nothing of another blob kept alive
         self.data_version += 1
 
     def reshape_like(self, other):
