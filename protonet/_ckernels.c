@@ -988,5 +988,36 @@ void bias_relu_##SUFFIX(T *y, const T *bias, i64 P, i64 K, i64 relu, i64 lo, i64
 BIAS_RELU(float, f32)
 BIAS_RELU(double, f64)
 
+/* y (N, K, P) rows [lo, hi) = src (K, N*P) regrouped (the batch's one GEMM product, channel
+   rows), + bias[k], then max(., 0) when relu: the copy out of the product and bias_relu's pass
+   in one, the same additions and comparisons */
+#define UNGROUP_BIAS_RELU(T, SUFFIX)                                                              \
+void ungroup_bias_relu_##SUFFIX(T *y, const T *src, const T *bias, i64 P, i64 K, i64 N,           \
+                                i64 relu, i64 lo, i64 hi)                                         \
+{                                                                                                 \
+    for (i64 row = lo; row < hi; ++row) {                                                         \
+        const i64 n = row / K, k = row % K;                                                       \
+        T *restrict v = y + row * P;                                                              \
+        const T *restrict s = src + (k * N + n) * P;                                              \
+        const T b = bias ? bias[k] : (T)0;                                                        \
+        if (bias && relu)                                                                         \
+            for (i64 j = 0; j < P; ++j) {                                                         \
+                const T t = s[j] + b;                                                             \
+                v[j] = t < 0 ? (T)0 : t;                                                          \
+            }                                                                                     \
+        else if (bias)                                                                            \
+            for (i64 j = 0; j < P; ++j)                                                           \
+                v[j] = s[j] + b;                                                                  \
+        else if (relu)                                                                            \
+            for (i64 j = 0; j < P; ++j)                                                           \
+                v[j] = s[j] < 0 ? (T)0 : s[j];                                                    \
+        else                                                                                      \
+            memcpy(v, s, (size_t)P * sizeof(T));                                                  \
+    }                                                                                             \
+}
+
+UNGROUP_BIAS_RELU(float, f32)
+UNGROUP_BIAS_RELU(double, f64)
+
 /* the library's interface version: ckernels.py refuses a stale build */
-int protonet_ckernels_version(void) { return 5; }
+int protonet_ckernels_version(void) { return 6; }

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-VERSION = 5
+VERSION = 6
 # elements per thread below which a pass is not split
 MIN_SPLIT = 1 << 19
 
@@ -78,7 +78,8 @@ def _signatures():
                 ("lrn_within_bwd_" + kind, [ptr] * 6 + [i64] * 3 + [real] + [i64] * 2),
                 ("wino_weights_" + kind, [ptr] * 3 + [i64] * 7),
                 ("wino_weights_grad_" + kind, [ptr] * 3 + [i64] * 7),
-                ("bias_relu_" + kind, [ptr] * 2 + [i64] * 5)]
+                ("bias_relu_" + kind, [ptr] * 2 + [i64] * 5),
+                ("ungroup_bias_relu_" + kind, [ptr] * 3 + [i64] * 6)]
         for ik in ("i8", "i16", "i32"):
             out += [("maxpool_%s_%s_%s" % (d, kind, ik), [ptr] * 3 + [i64] * 12) for d in ("fwd", "bwd")]
         for r in (3, 5):
@@ -309,6 +310,21 @@ def bias_relu(y, bias, relu):
     N, K, P = y.shape
     _run(getattr(lib, "bias_relu_" + _SUFFIX[y.dtype]),
          (_ptr(y), None if bias is None else _ptr(bias), P, K, int(relu)), N * K, y.size)
+    return True
+
+
+def ungroup_bias_relu(product, y, bias, relu):
+    """y (N, K, P) = product (K, N*P) regrouped, + bias[k] (None: none), then max(y, 0) when
+    ``relu``: ``y[n, k] = product[k, n*P:(n+1)*P]`` and bias_relu in one pass; False when not
+    applicable."""
+    lib = _load()
+    if lib is None or not _ok(y, product) or (bias is not None and not _ok(y, bias)):
+        return False
+    N, K, P = y.shape
+    if product.shape != (K, N * P):
+        raise ValueError("ungroup_bias_relu: product %s does not regroup into %s" % (product.shape, y.shape))
+    _run(getattr(lib, "ungroup_bias_relu_" + _SUFFIX[y.dtype]),
+         (_ptr(y), _ptr(product), None if bias is None else _ptr(bias), P, K, N, int(relu)), N * K, y.size)
     return True
 
 

@@ -214,6 +214,76 @@ def test_bias_relu_kernel_is_numpy_bit_for_bit(dtype, with_bias, relu):
     assert not ckernels.bias_relu(y[:, :, ::2], bias, relu)     # not contiguous: the caller's NumPy
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("split", [False, True])
+def test_ungroup_bias_relu_kernel_is_the_copy_then_bias_relu(monkeypatch, dtype, with_bias, relu, split):
+    # the forward's copy out of the batch's product (K, N*P) into (N, K, P), with the bias and
+    # the ReLU on the way: the NumPy transpose-copy, then bias_relu's values, bit for bit
+    if not ckernels.handles(dtype):
+        pytest.skip("the compiled kernels are not built here")
+    if split:
+        monkeypatch.setattr(ckernels, "MIN_SPLIT", 1)
+        monkeypatch.setattr(ckernels, "_threads", 3)
+    r = np.random.default_rng(6)
+    N, K, P = 5, 7, 37
+    product = r.standard_normal((K, N * P)).astype(dtype)
+    product[0, :4] = [np.nan, -np.inf, np.inf, -0.0]
+    product[3, P:P + 2] = [-0.0, 0.0]
+    bias = r.standard_normal(K).astype(dtype) if with_bias else None
+    want = np.ascontiguousarray(product.reshape(K, N, P).transpose(1, 0, 2))
+    if with_bias:
+        want += bias[:, None]
+    if relu:
+        want = np.where(want < 0, dtype(0), want)
+    got = np.full((N, K, P), 99, dtype)
+    assert ckernels.ungroup_bias_relu(product, got, bias, relu)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+    assert not ckernels.ungroup_bias_relu(product, got[:, :, ::2], bias, relu)   # not contiguous
+    with pytest.raises(ValueError, match="regroup"):
+        ckernels.ungroup_bias_relu(np.ascontiguousarray(product[:, :-P]), got, bias, relu)
+
+
+def test_a_chunk_the_kernel_refuses_gets_its_bias_and_relu_once(monkeypatch):
+    # the chunked forward copies each chunk out with the kernel, or by NumPy and then adds the
+    # bias to that chunk alone: a mix of the two must equal the plain computation
+    text = """
+    layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 9 dim: 3 dim: 10 dim: 10 } } }
+    layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+            convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 1
+                                weight_filler { type: "gaussian" std: 0.5 }
+                                bias_filler { type: "gaussian" std: 0.5 } } }
+    layer { name: "r" type: "ReLU" bottom: "c" top: "c" }
+    """
+    param = caffe_pb2.NetParameter()
+    text_format.Parse(text, param)
+    net = protonet.Net(param, protonet.TEST)
+    conv = net.layers[1]
+    monkeypatch.setattr(conv_module, "DCOL_BYTES", 3 * 9 * 100 * 4 * 2)    # 2 images a chunk
+    monkeypatch.setattr(conv_module, "DCOL_MIN_COLUMNS", 1)
+    conv._plan = type(conv._plan)(conv.img_spatial, conv.kernel, conv.pad, conv.stride, conv.dilation)
+    monkeypatch.setattr(type(conv), "_shares_columns", lambda self: False)
+    assert conv._forward_in_chunks() and conv._images_per_chunk() == 2
+    x = np.random.default_rng(7).standard_normal((9, 3, 10, 10)).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    w, b = conv.blobs[0].data, conv.blobs[1].data
+    cols = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), (2, 3))
+    want = np.einsum("nchwij,kcij->nkhw", cols, w) + b[None, :, None, None]
+    want = np.maximum(want, 0)
+    calls = []
+    real = ckernels.ungroup_bias_relu
+
+    def every_other(product, y, bias, relu):
+        calls.append(y.shape[0])
+        return real(product, y, bias, relu) if len(calls) % 2 else False
+    monkeypatch.setattr(ckernels, "ungroup_bias_relu", every_other)
+    net.forward_from_to()
+    assert calls == [2, 2, 2, 2, 1]
+    np.testing.assert_allclose(net.blobs["c"].data, want, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_training_matches_the_unfused_net(monkeypatch):
     # a few SGD steps of a small net with Winograd, rows and im2col layers, fused and not
     monkeypatch.setattr(Winograd, "RULES", {3: {"forward": ((1, 1),), "data": ((1, 1),), "weight": ((1, 1),)},
