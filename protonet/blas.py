@@ -81,6 +81,14 @@ class Blas:
         self._gemm(_ROW_MAJOR, ta, tb, m, n, k, float(alpha), a.ctypes.data, lda,
                    b.ctypes.data, ldb, float(beta), c.ctypes.data, ldc)
 
+    def try_gemm(self, a, b, c, alpha=1.0, beta=0.0):
+        """``gemm`` where the views are BLAS matrices (True), else nothing (False)."""
+        try:
+            self.gemm(a, b, c, alpha, beta)
+        except ValueError:
+            return False
+        return True
+
     def run(self, program):
         if not program:
             return

@@ -204,11 +204,8 @@ def add_product_to_diff(blob, a, b):
             return
     blas = _blas.get(out.dtype) if xp is np else None
     if blas is not None and len(out_shape) == 2:
-        try:
-            blas.gemm(a, b, out, beta=0.0 if overwrite else 1.0)
+        if blas.try_gemm(a, b, out, beta=0.0 if overwrite else 1.0):
             return
-        except ValueError:      # operands that are no BLAS matrices: below
-            pass
     elif blas is not None:
         batch_shape = out_shape[:-2]
         a_all = np.broadcast_to(a, batch_shape + a.shape[-2:])
