@@ -963,61 +963,49 @@ WINO_TILES(float, f32, 5, 6)
 WINO_TILES(double, f64, 3, 4)
 WINO_TILES(double, f64, 5, 6)
 
-/* y (rows of P) += bias[row % K], then, when relu, y = max(y, 0) in ReLU's sense (NaN stays NaN):
-   a convolution's bias and the in-place ReLU after it in one pass over the top */
-#define BIAS_RELU(T, SUFFIX)                                                                      \
+/* one row of P: v = s + b (when has_bias), then max(v, 0) in ReLU's sense when relu (NaN stays
+   NaN, -0.0 stays); v may be s itself (in place) */
+#define BIAS_RELU_ROW(T, SUFFIX)                                                                  \
+static inline void bias_relu_row_##SUFFIX(T *v, const T *s, T b, int has_bias, i64 relu, i64 P)  \
+{                                                                                                 \
+    if (has_bias && relu)                                                                         \
+        for (i64 j = 0; j < P; ++j) {                                                             \
+            const T t = s[j] + b;                                                                 \
+            v[j] = t < 0 ? (T)0 : t;                                                              \
+        }                                                                                         \
+    else if (has_bias)                                                                            \
+        for (i64 j = 0; j < P; ++j)                                                               \
+            v[j] = s[j] + b;                                                                      \
+    else if (relu)                                                                                \
+        for (i64 j = 0; j < P; ++j)                                                               \
+            v[j] = s[j] < 0 ? (T)0 : s[j];                                                        \
+    else if (v != s)                                                                              \
+        memcpy(v, s, (size_t)P * sizeof(T));                                                      \
+}                                                                                                 \
+                                                                                                  \
+/* y (rows of P) += bias[row % K], then, when relu, y = max(y, 0): a convolution's bias and the  \
+   in-place ReLU after it in one pass over the top */                                             \
 void bias_relu_##SUFFIX(T *y, const T *bias, i64 P, i64 K, i64 relu, i64 lo, i64 hi)             \
 {                                                                                                 \
-    for (i64 row = lo; row < hi; ++row) {                                                         \
-        T *v = y + row * P;                                                                       \
-        const T b = bias ? bias[row % K] : (T)0;                                                  \
-        if (bias && relu)                                                                         \
-            for (i64 j = 0; j < P; ++j) {                                                         \
-                const T t = v[j] + b;                                                             \
-                v[j] = t < 0 ? (T)0 : t;                                                          \
-            }                                                                                     \
-        else if (bias)                                                                            \
-            for (i64 j = 0; j < P; ++j)                                                           \
-                v[j] += b;                                                                        \
-        else if (relu)                                                                            \
-            for (i64 j = 0; j < P; ++j)                                                           \
-                v[j] = v[j] < 0 ? (T)0 : v[j];                                                    \
-    }                                                                                             \
-}
-
-BIAS_RELU(float, f32)
-BIAS_RELU(double, f64)
-
-/* y (N, K, P) rows [lo, hi) = src (K, N*P) regrouped (the batch's one GEMM product, channel
-   rows), + bias[k], then max(., 0) when relu: the copy out of the product and bias_relu's pass
-   in one, the same additions and comparisons */
-#define UNGROUP_BIAS_RELU(T, SUFFIX)                                                              \
+    for (i64 row = lo; row < hi; ++row)                                                           \
+        bias_relu_row_##SUFFIX(y + row * P, y + row * P, bias ? bias[row % K] : (T)0, bias != 0, \
+                               relu, P);                                                          \
+}                                                                                                 \
+                                                                                                  \
+/* y (N, K, P) rows [lo, hi) = src (K, N*P) regrouped (the batch's one GEMM product, channel     \
+   rows), then the same bias and ReLU: the copy out of the product and bias_relu in one pass */  \
 void ungroup_bias_relu_##SUFFIX(T *y, const T *src, const T *bias, i64 P, i64 K, i64 N,           \
                                 i64 relu, i64 lo, i64 hi)                                         \
 {                                                                                                 \
     for (i64 row = lo; row < hi; ++row) {                                                         \
         const i64 n = row / K, k = row % K;                                                       \
-        T *restrict v = y + row * P;                                                              \
-        const T *restrict s = src + (k * N + n) * P;                                              \
-        const T b = bias ? bias[k] : (T)0;                                                        \
-        if (bias && relu)                                                                         \
-            for (i64 j = 0; j < P; ++j) {                                                         \
-                const T t = s[j] + b;                                                             \
-                v[j] = t < 0 ? (T)0 : t;                                                          \
-            }                                                                                     \
-        else if (bias)                                                                            \
-            for (i64 j = 0; j < P; ++j)                                                           \
-                v[j] = s[j] + b;                                                                  \
-        else if (relu)                                                                            \
-            for (i64 j = 0; j < P; ++j)                                                           \
-                v[j] = s[j] < 0 ? (T)0 : s[j];                                                    \
-        else                                                                                      \
-            memcpy(v, s, (size_t)P * sizeof(T));                                                  \
+        bias_relu_row_##SUFFIX(y + row * P, src + (k * N + n) * P, bias ? bias[k] : (T)0,        \
+                               bias != 0, relu, P);                                               \
     }                                                                                             \
 }
 
-UNGROUP_BIAS_RELU(float, f32)
-UNGROUP_BIAS_RELU(double, f64)
+BIAS_RELU_ROW(float, f32)
+BIAS_RELU_ROW(double, f64)
 
 /* the library's interface version: ckernels.py refuses a stale build */
 int protonet_ckernels_version(void) { return 6; }
