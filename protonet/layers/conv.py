@@ -241,8 +241,9 @@ class _ConvolutionBase(Layer):
         self._plan.im2col(img, col)
         return col.reshape(self.group, self.Kg, n * self.P)
 
-    def _image_to_colside_in_chunks(self, img, out, bias_relu=None):
-        """out = W @ im2col(img) a few images at a time; ``bias_relu`` as in _image_to_colside."""
+    def _image_to_colside_in_chunks(self, img, out, bias_relu):
+        """out = W @ im2col(img) a few images at a time, with ``bias_relu`` as in
+        _image_to_colside."""
         G, N, P = self.group, self.num, self.P
         step = self._images_per_chunk()
         img = img.reshape((N, self.img_channels) + self.img_spatial)
@@ -253,12 +254,7 @@ class _ConvolutionBase(Layer):
             cols = self._chunk_columns(img[n0:n0 + n], step)
             product = scratch("conv.product", self.xp, self.dtype, (G, self.Cg, n * P))
             self.xp.matmul(w, cols, out=product)
-            if bias_relu is not None and self._ungroup_bias_relu(product, out[n0:n0 + n], bias_relu):
-                continue
-            out[n0:n0 + n] = product.reshape(G, self.Cg, n, P).transpose(2, 0, 1, 3)
-            if bias_relu is not None:   # this chunk's share, so each image gets it once
-                self._bias_relu_into(out[n0:n0 + n].reshape(n, G * self.Cg, P), *bias_relu)
-        return bias_relu is not None
+            self._ungroup_bias_relu(product, out[n0:n0 + n], bias_relu)
 
     def _weight_grad_in_chunks(self, img, colside):
         """blobs[0].diff += colside @ im2col(img)^T, the im2col redone a few images at a time."""
@@ -314,37 +310,40 @@ class _ConvolutionBase(Layer):
         out.reshape(N, G, rows, P)[...] = product.reshape(G, rows, N, P).transpose(2, 0, 1, 3)
 
     def _ungroup_bias_relu(self, product, out, bias_relu):
-        """The forward's copy out of a ``(G, Cg, n*P)`` product into ``out`` (n images) with
-        the bias and the fused ReLU applied on the way, in one compiled pass; False when the
-        kernels do not take these arrays (the caller copies and adds them itself)."""
-        if self.xp is not np:
-            return False
+        """Copy a ``(G, Cg, n*P)`` product into ``out`` (n images), then ``bias_relu`` (bias
+        or None, relu) on it: one compiled pass where the kernels take the arrays."""
         rows = self.group * self.Cg
         n = product.shape[-1] // self.P
-        return ckernels.ungroup_bias_relu(product.reshape(rows, n * self.P),
-                                          out.reshape(n, rows, self.P), *bias_relu)
+        out = out.reshape(n, rows, self.P)
+        if self.xp is np and ckernels.ungroup_bias_relu(product.reshape(rows, n * self.P), out,
+                                                        *bias_relu):
+            return
+        out[...] = product.reshape(self.group, self.Cg, n, self.P).transpose(2, 0, 1, 3).reshape(
+            n, rows, self.P)
+        self._bias_relu_into(out, *bias_relu)
 
     def _image_to_colside(self, img, out, cols=None, bias_relu=None):
         """out (column side) = W @ im2col(img); ``cols`` may be a precomputed _columns(img).
 
         One GEMM per group covers the whole batch (a batch of per-image GEMMs
         with FCN's 81 columns each would run at two thirds of the speed).
-        ``bias_relu`` (bias or None, relu): the forward's bias and fused ReLU, applied
-        while the product is copied out where the kernels can; returns whether they were
-        (else the caller applies them).
+        ``bias_relu`` (bias or None, relu): the forward's bias and fused ReLU, applied as
+        the product is copied out.
         """
         G, N = self.group, self.num
         if cols is None:
             cols = self._columns(img)
         if N == 1:
             self.xp.matmul(self._weights(), cols, out=out.reshape(G, self.Cg, self.P))
-            return False
+            if bias_relu is not None:
+                self._bias_relu_into(out.reshape(1, G * self.Cg, self.P), *bias_relu)
+            return
         product = scratch("conv.product", self.xp, self.dtype, (G, self.Cg, N * self.P))
         self.xp.matmul(self._weights(), cols, out=product)
-        if bias_relu is not None and self._ungroup_bias_relu(product, out, bias_relu):
-            return True
-        self._ungroup(product, out, self.Cg)
-        return False
+        if bias_relu is not None:
+            self._ungroup_bias_relu(product, out, bias_relu)
+        else:
+            self._ungroup(product, out, self.Cg)
 
     def _colside_to_image(self, colside, img, spend_col=False):
         """img = col2im(W^T @ colside), overwriting img.
@@ -451,15 +450,13 @@ class ConvolutionLayer(_ConvolutionBase):
                 continue
             bias_relu = (self.blobs[1].data if self.bias_term else None, relu)
             if self._forward_in_chunks():
-                if not self._image_to_colside_in_chunks(b.data, t.data, bias_relu):
-                    self._add_bias(t.data, relu)
+                self._image_to_colside_in_chunks(b.data, t.data, bias_relu)
                 continue
             cols = None if self.is_1x1 else self._columns(b.data)
             if cols is not None and not self._shares_columns():
                 self._col_holds = i
             if self._box is None:
-                if not self._image_to_colside(b.data, t.data, cols, bias_relu):
-                    self._add_bias(t.data, relu)
+                self._image_to_colside(b.data, t.data, cols, bias_relu)
                 continue
             # outside the box every tap reads padding: the output is the bias alone
             inner = self._box_view()
